@@ -1,0 +1,63 @@
+"""pytreeclass: immutable dataclasses that are JAX pytrees, with kinds, filters and lenses."""
+
+from ._errors import FrozenInstanceError as FrozenInstanceError
+from ._field import Field as Field
+from ._field import field as field
+from ._field import fields as fields
+from ._filters import All as All
+from ._filters import Any as Any
+from ._filters import Filter as Filter
+from ._filters import Not as Not
+from ._filters import OfKind as OfKind
+from ._filters import OfType as OfType
+from ._filters import PathContains as PathContains
+from ._filters import Predicate as Predicate
+from ._kinds import BatchStat as BatchStat
+from ._kinds import Cache as Cache
+from ._kinds import Kind as Kind
+from ._kinds import OptState as OptState
+from ._kinds import Parameter as Parameter
+from ._kinds import Rng as Rng
+from ._kinds import State as State
+from ._kinds import tree_kinds as tree_kinds
+from ._merge import tree_filter as tree_filter
+from ._merge import tree_labels as tree_labels
+from ._merge import tree_mask as tree_mask
+from ._merge import tree_merge as tree_merge
+from ._merge import tree_partition as tree_partition
+from ._methods import tree_equal as tree_equal
+from ._treeclass import is_treeclass as is_treeclass
+from ._treeclass import treeclass as treeclass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "All",
+    "Any",
+    "BatchStat",
+    "Cache",
+    "Field",
+    "Filter",
+    "FrozenInstanceError",
+    "Kind",
+    "Not",
+    "OfKind",
+    "OfType",
+    "OptState",
+    "Parameter",
+    "PathContains",
+    "Predicate",
+    "Rng",
+    "State",
+    "field",
+    "fields",
+    "is_treeclass",
+    "tree_equal",
+    "tree_filter",
+    "tree_kinds",
+    "tree_labels",
+    "tree_mask",
+    "tree_merge",
+    "tree_partition",
+    "treeclass",
+]

@@ -1,0 +1,65 @@
+"""Generate straight-line source for `__init__`, flatten and unflatten, once per class.
+
+Generated functions are registered in `linecache`, so tracebacks and pdb show their source
+(the attrs trick). Straight-line code with no loops is what makes flatten and unflatten fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["compile_function"]
+
+_counter = itertools.count()
+
+
+def compile_function(name: str, source: str, namespace: dict[str, Any], owner: str) -> Callable:
+    """Compile `source` (one `def name(...)`) in `namespace`; show it in tracebacks."""
+    filename = f"<pytreeclass generated {name} of {owner} #{next(_counter)}>"
+    code = compile(source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 -- the whole point: source we generated ourselves
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return namespace[name]
+
+
+def flatten_sources(child_names: tuple[str, ...], static_names: tuple[str, ...]) -> tuple[str, str]:
+    """Sources of `flatten(self)` and `flatten_with_keys(self)`.
+
+    Children come out as a tuple in field order; the aux data is `None` without static
+    fields, the value itself with one, and a tuple with several (no tuple to build in the
+    common cases).
+    """
+    if not static_names:
+        aux = "None"
+    elif len(static_names) == 1:
+        aux = f"self.{static_names[0]}"
+    else:
+        aux = "(" + ", ".join(f"self.{n}" for n in static_names) + ")"
+    children = "".join(f"self.{n}, " for n in child_names)
+    keyed = "".join(f"(_k{i}, self.{n}), " for i, n in enumerate(child_names))
+    flatten = f"def flatten(self):\n    return ({children}), {aux}\n"
+    flatten_keys = f"def flatten_with_keys(self):\n    return ({keyed}), {aux}\n"
+    return flatten, flatten_keys
+
+
+def unflatten_source(
+    field_order: tuple[str, ...], child_names: tuple[str, ...], static_names: tuple[str, ...]
+) -> str:
+    """Source of `unflatten(aux, children)`: `object.__new__` and direct `__dict__` writes.
+
+    It never calls `__init__` or converters: JAX unflattens with tracers, `None` and
+    `object()` sentinels, which a user's `__init__` may reject.
+    """
+    lines = ["def unflatten(aux, children):", "    self = _new(_cls)", "    d = self.__dict__"]
+    if child_names:
+        lines.append("    " + "".join(f"_c_{n}, " for n in child_names) + "= children")
+    if len(static_names) == 1:
+        lines.append(f"    _c_{static_names[0]} = aux")
+    elif static_names:
+        lines.append("    " + "".join(f"_c_{n}, " for n in static_names) + "= aux")
+    lines.extend(f"    d[{n!r}] = _c_{n}" for n in field_order)
+    lines.append("    return self")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,50 @@
+"""Error messages, kept in one place so their wording stays consistent and tested."""
+
+from __future__ import annotations
+
+import dataclasses
+
+FROZEN_SET = (
+    "cannot assign to field {name!r} of {cls}: treeclass instances are immutable.\n"
+    "Make an updated copy instead:\n"
+    "    obj = obj.at.{name}.set(value)\n"
+    "    obj = dataclasses.replace(obj, {name}=value)\n"
+    "or write the update in place inside ptc.value_and_tree(fn)(obj)."
+)
+
+FROZEN_DEL = (
+    "cannot delete field {name!r} of {cls}: treeclass instances are immutable.\n"
+    "Make an updated copy with obj.at.{name}.set(...) or dataclasses.replace(obj, ...)."
+)
+
+NOT_A_FIELD = (
+    "cannot set {name!r} on {cls}: it is not a field, so it would be silently dropped by "
+    "flatten/unflatten (jit, grad, vmap). Declare it in the class body, e.g. `{name}: Any`, "
+    "or use `field(static=True)` for non-array configuration. Fields: {fields}."
+)
+
+MISSING_FIELDS = (
+    "{cls}.__init__ returned without setting field(s) {names}. Assign them in __init__ "
+    "(`self.{first} = ...`) or give them a default in the class body."
+)
+
+STATIC_ARRAY = (
+    "static field {name!r} of {cls} holds an array ({value}). Static values live in the "
+    "treedef, which jax.jit hashes and compares; an array there breaks caching. Make it a "
+    "normal field (drop static=True), or store a hashable Python value (e.g. int(x), "
+    "tuple(x.tolist()))."
+)
+
+STATIC_UNHASHABLE = (
+    "static field {name!r} of {cls} holds an unhashable {typ} ({value}). Static values live "
+    "in the treedef, which jax.jit hashes; use a hashable value (a tuple instead of a list, "
+    "a frozenset instead of a set), or make it a normal field."
+)
+
+RESERVED_NAME = (
+    "{cls} declares a field named {name!r}, which pytreeclass reserves ({why}). Rename the field."
+)
+
+
+class FrozenInstanceError(dataclasses.FrozenInstanceError):
+    """Raised on assignment to (or deletion of) a field of a frozen treeclass instance."""

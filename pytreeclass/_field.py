@@ -1,0 +1,224 @@
+"""`field()` and `Field`: dataclass fields that also know their kind, staticness and axes."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+__all__ = ["Field", "field", "fields"]
+
+_T = TypeVar("_T")
+
+# `dataclasses.Field.__init__` grew a `doc` parameter in Python 3.14; pass only what it takes.
+_FIELD_TAKES_DOC = "doc" in inspect.signature(dataclasses.Field.__init__).parameters
+
+
+class Field(dataclasses.Field):  # type: ignore[type-arg]
+    """A `dataclasses.Field` with pytreeclass metadata.
+
+    Attributes beyond those of `dataclasses.Field`:
+        kind: the `Kind` subclass of every leaf under this field, or `None`.
+        static: whether the value lives in the treedef (aux data) instead of the leaves.
+        axes: logical sharding axis names of the array leaves under this field, or `None`.
+        converter: called on the value during construction, never on unflatten.
+        doc: a short description, shown by `tree_summary` and the docs.
+    """
+
+    __slots__ = ("axes", "converter", "kind", "static") + (() if _FIELD_TAKES_DOC else ("doc",))
+
+    def __init__(
+        self,
+        *,
+        default: Any,
+        default_factory: Any,
+        init: bool,
+        repr: bool,
+        hash: bool | None,
+        compare: bool,
+        metadata: Mapping[Any, Any] | None,
+        kw_only: Any,
+        kind: type | None,
+        static: bool,
+        axes: tuple[str | None, ...] | None,
+        converter: Callable[[Any], Any] | None,
+        doc: str | None,
+    ) -> None:
+        args = (default, default_factory, init, repr, hash, compare, metadata, kw_only)
+        if _FIELD_TAKES_DOC:
+            super().__init__(*args, doc)  # type: ignore[call-arg]
+        else:
+            super().__init__(*args)
+            self.doc = doc
+        self.kind = kind
+        self.static = static
+        self.axes = axes
+        self.converter = converter
+
+    def __repr__(self) -> str:
+        extra = []
+        if self.kind is not None:
+            extra.append(f"kind={self.kind.__name__}")
+        if self.static:
+            extra.append("static=True")
+        if self.axes is not None:
+            extra.append(f"axes={self.axes!r}")
+        if self.converter is not None:
+            extra.append(f"converter={self.converter!r}")
+        return f"Field(name={self.name!r}, type={self.type!r}{''.join(', ' + e for e in extra)})"
+
+
+@overload
+def field(
+    *,
+    default: _T,
+    kind: type | None = None,
+    static: bool = False,
+    init: bool = True,
+    repr: bool = True,
+    converter: Callable[[Any], Any] | None = None,
+    metadata: Mapping[Any, Any] | None = None,
+    doc: str | None = None,
+    axes: tuple[str | None, ...] | None = None,
+    kw_only: bool = ...,
+    compare: bool = True,
+    hash: bool | None = None,
+) -> _T: ...
+@overload
+def field(
+    *,
+    default_factory: Callable[[], _T],
+    kind: type | None = None,
+    static: bool = False,
+    init: bool = True,
+    repr: bool = True,
+    converter: Callable[[Any], Any] | None = None,
+    metadata: Mapping[Any, Any] | None = None,
+    doc: str | None = None,
+    axes: tuple[str | None, ...] | None = None,
+    kw_only: bool = ...,
+    compare: bool = True,
+    hash: bool | None = None,
+) -> _T: ...
+@overload
+def field(
+    *,
+    kind: type | None = None,
+    static: bool = False,
+    init: bool = True,
+    repr: bool = True,
+    converter: Callable[[Any], Any] | None = None,
+    metadata: Mapping[Any, Any] | None = None,
+    doc: str | None = None,
+    axes: tuple[str | None, ...] | None = None,
+    kw_only: bool = ...,
+    compare: bool = True,
+    hash: bool | None = None,
+) -> Any: ...
+def field(
+    *,
+    default: Any = dataclasses.MISSING,
+    default_factory: Any = dataclasses.MISSING,
+    kind: type | None = None,
+    static: bool = False,
+    init: bool = True,
+    repr: bool = True,
+    converter: Callable[[Any], Any] | None = None,
+    metadata: Mapping[Any, Any] | None = None,
+    doc: str | None = None,
+    axes: tuple[str | None, ...] | None = None,
+    kw_only: Any = dataclasses.MISSING,
+    compare: bool = True,
+    hash: bool | None = None,
+) -> Any:
+    """Declare a treeclass field.
+
+    Args:
+        default: the default value.
+        default_factory: a zero-argument callable making the default (for mutable defaults).
+        kind: a `Kind` subclass (e.g. `Parameter`) applied to every leaf under this field.
+        static: keep the value in the treedef instead of the leaves; it must be hashable.
+        init: whether the generated `__init__` takes this field as an argument.
+        repr: whether `repr` shows the field.
+        converter: called on the value whenever it is set during construction
+            (defaults included); never called on unflatten.
+        metadata: free-form mapping, as in `dataclasses.field`.
+        doc: a short description.
+        axes: logical sharding axis names for the array leaves under this field.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Linear:
+        ...     w: float = ptc.field(kind=ptc.Parameter, default=1.0)
+        ...     features: int = ptc.field(static=True, default=4)
+        >>> Linear().features
+        4
+    """
+    from ._kinds import Kind, check_kind  # local: _kinds imports nothing from here at import time
+
+    if default is not dataclasses.MISSING and default_factory is not dataclasses.MISSING:
+        raise ValueError("field(): pass `default` or `default_factory`, not both.")
+    if kind is not None:
+        check_kind(kind, where="field(kind=...)")
+    if static and kind is not None:
+        raise ValueError(
+            f"field(static=True, kind={getattr(kind, '__name__', kind)}): a static field has "
+            "no leaves, so a kind would select nothing. Drop one of the two."
+        )
+    if axes is not None:
+        if isinstance(axes, str) or not isinstance(axes, tuple):
+            raise TypeError(
+                f"field(axes={axes!r}): axes must be a tuple of logical axis names "
+                "(str or None), one per array dimension, e.g. axes=('embed', 'mlp')."
+            )
+        for a in axes:
+            if a is not None and not isinstance(a, str):
+                raise TypeError(f"field(axes={axes!r}): every axis name must be a str or None.")
+        if static:
+            raise ValueError("field(static=True, axes=...): a static field holds no arrays to shard.")
+    if converter is not None and not callable(converter):
+        raise TypeError(f"field(converter={converter!r}): the converter must be callable.")
+    del Kind
+    return Field(
+        default=default,
+        default_factory=default_factory,
+        init=init,
+        repr=repr,
+        hash=hash,
+        compare=compare,
+        metadata=metadata,
+        kw_only=kw_only,
+        kind=kind,
+        static=static,
+        axes=axes,
+        converter=converter,
+        doc=doc,
+    )
+
+
+def fields(obj_or_class: Any, /) -> tuple[Field, ...]:
+    """The fields of a treeclass (instance or class), as `Field` objects.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Point:
+        ...     x: float
+        ...     y: float = ptc.field(kind=ptc.Parameter, default=0.0)
+        >>> [(f.name, f.kind) for f in ptc.fields(Point)]
+        [('x', None), ('y', <class 'pytreeclass._kinds.Parameter'>)]
+    """
+    cls = obj_or_class if isinstance(obj_or_class, type) else type(obj_or_class)
+    meta = getattr(cls, "__ptc_meta__", None)
+    if meta is None or meta.cls is not cls:
+        from ._treeclass import is_treeclass
+
+        if not is_treeclass(cls):
+            raise TypeError(
+                f"ptc.fields(): {cls.__qualname__} is not a treeclass. "
+                "Decorate it with @ptc.treeclass, or use dataclasses.fields for plain dataclasses."
+            )
+        meta = cls.__ptc_meta__
+    return meta.fields

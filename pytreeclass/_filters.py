@@ -1,0 +1,328 @@
+"""Filters: small hashable predicates over leaves, built once from what users pass.
+
+A filter answers, for each leaf of a tree, "is it selected?". Filters that depend only on
+the tree's structure (kinds, names, masks of kinds) are computed once per treedef and
+cached, so `tree_partition(model, Parameter)` on every training step costs a flatten, a
+list pass and two unflattens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any as _Any
+
+import jax
+import numpy as np
+
+from ._cache import BoundedCache
+from ._kinds import Kind, leaf_kinds
+
+__all__ = [
+    "All",
+    "Any",
+    "Filter",
+    "Not",
+    "OfKind",
+    "OfType",
+    "PathContains",
+    "Predicate",
+    "as_filter",
+    "leaf_paths",
+    "select",
+]
+
+
+class Leaves:
+    """One flattened tree, with its kinds and key paths computed only when asked for."""
+
+    __slots__ = ("_kinds", "_paths", "leaves", "tree", "treedef")
+
+    def __init__(self, tree: _Any) -> None:
+        self.tree = tree
+        self.leaves, self.treedef = jax.tree_util.tree_flatten(tree)
+        self._kinds: tuple[_Any, ...] | None = None
+        self._paths: tuple[tuple[_Any, ...], ...] | None = None
+
+    @property
+    def kinds(self) -> tuple[_Any, ...]:
+        if self._kinds is None:
+            self._kinds = leaf_kinds(self.tree, self.treedef)
+        return self._kinds
+
+    @property
+    def paths(self) -> tuple[tuple[_Any, ...], ...]:
+        if self._paths is None:
+            self._paths = leaf_paths(self.tree, self.treedef)
+        return self._paths
+
+
+_PATHS_CACHE = BoundedCache(maxsize=4096)
+
+
+def leaf_paths(tree: _Any, treedef: _Any = None) -> tuple[tuple[_Any, ...], ...]:
+    """The key path of every leaf of `tree`, in leaf order; cached per treedef."""
+    if treedef is None:
+        treedef = jax.tree_util.tree_structure(tree)
+    paths = _PATHS_CACHE.get(treedef)
+    if paths is None:
+        paths = tuple(p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+        _PATHS_CACHE.put(treedef, paths)
+    return paths
+
+
+class Filter:
+    """Base of filter objects. `structural` filters depend on the treedef alone."""
+
+    structural: bool = False
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        raise NotImplementedError  # every concrete filter overrides it
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class OfKind(Filter):
+    """Leaves whose kind is `kind` or a subkind of it."""
+
+    kind: type[Kind]
+    structural = True
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        kind = self.kind
+        return tuple(k is not None and issubclass(k, kind) for k in ctx.kinds)
+
+    def __repr__(self) -> str:
+        return self.kind.__name__
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class OfType(Filter):
+    """Leaves that are instances of `type`."""
+
+    type: type
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        t = self.type
+        return tuple(isinstance(leaf, t) for leaf in ctx.leaves)
+
+    def __repr__(self) -> str:
+        return f"OfType({self.type.__module__}.{self.type.__qualname__})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Predicate(Filter):
+    """Leaves for which `fn(leaf)` is true (e.g. `equinox.is_array`)."""
+
+    fn: Callable[[_Any], _Any]
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        fn, out = self.fn, []
+        for i, leaf in enumerate(ctx.leaves):
+            r = fn(leaf)
+            if r is True or r is False:
+                out.append(r)
+                continue
+            try:
+                out.append(bool(r))
+            except Exception as e:
+                path = jax.tree_util.keystr(ctx.paths[i])
+                raise TypeError(
+                    f"filter {self!r} returned {type(r).__name__} for the leaf at {path or '<root>'}; "
+                    "a filter function must return a Python bool (it decides the tree's "
+                    "structure, which cannot depend on traced values)."
+                ) from e
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        return f"Predicate({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def _key_name(key: _Any) -> _Any:
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.DictKey):
+        return key.key
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PathContains(Filter):
+    """Leaves whose key path has a field, attribute or dict key named exactly `name`."""
+
+    name: str
+    structural = True
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        name = self.name
+        return tuple(any(_key_name(k) == name for k in path) for path in ctx.paths)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Mask(Filter):
+    """A pytree of bools shaped like the tree (or a prefix of it: a bool covers a subtree)."""
+
+    tree: _Any
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        bools, mask_def = jax.tree_util.tree_flatten(self.tree, is_leaf=lambda x: x is None)
+        if mask_def == ctx.treedef:
+            subtrees: list[_Any] = [None] * len(bools)
+            counts = [1] * len(bools)
+        else:
+            try:
+                subtrees = mask_def.flatten_up_to(ctx.tree)
+            except (ValueError, TypeError) as e:
+                from ._merge import first_difference
+
+                where = first_difference(self.tree, ctx.tree)
+                raise ValueError(
+                    f"mask filter does not match the tree: {where}. A mask must have the "
+                    "tree's structure (a bool may stand for a whole subtree)."
+                ) from e
+            counts = [jax.tree_util.tree_structure(s).num_leaves for s in subtrees]
+        out: list[bool] = []
+        for b, n in zip(bools, counts):
+            if b is None:
+                b = False
+            elif not (
+                isinstance(b, (bool, np.bool_))
+                or (getattr(b, "dtype", None) == np.bool_ and getattr(b, "shape", None) == ())
+            ):
+                raise TypeError(
+                    f"mask filter holds {b!r}; every leaf of a mask must be a bool "
+                    "(True selects the leaf or subtree there)."
+                )
+            out.extend([bool(b)] * n)
+        return tuple(out)
+
+    def __repr__(self) -> str:
+        return "Mask(...)"
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class Any(Filter):
+    """Leaves selected by at least one of `filters`."""
+
+    filters: tuple[Filter, ...]
+
+    def __init__(self, *filters: _Any) -> None:
+        object.__setattr__(self, "filters", tuple(as_filter(f) for f in filters))
+
+    @property
+    def structural(self) -> bool:  # type: ignore[override]
+        return all(f.structural for f in self.filters)
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        masks = [f.mask(ctx) for f in self.filters]
+        return tuple(map(any, zip(*masks))) if masks else (False,) * len(ctx.leaves)
+
+    def __repr__(self) -> str:
+        return f"Any({', '.join(map(repr, self.filters))})"
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class All(Filter):
+    """Leaves selected by every one of `filters` (several filters in one call mean this)."""
+
+    filters: tuple[Filter, ...]
+
+    def __init__(self, *filters: _Any) -> None:
+        object.__setattr__(self, "filters", tuple(as_filter(f) for f in filters))
+
+    @property
+    def structural(self) -> bool:  # type: ignore[override]
+        return all(f.structural for f in self.filters)
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        masks = [f.mask(ctx) for f in self.filters]
+        return tuple(map(all, zip(*masks))) if masks else (True,) * len(ctx.leaves)
+
+    def __repr__(self) -> str:
+        return f"All({', '.join(map(repr, self.filters))})"
+
+
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
+class Not(Filter):
+    """Leaves not selected by `filter`."""
+
+    filter: Filter
+
+    def __init__(self, filter: _Any) -> None:  # noqa: A002 -- the natural name here
+        object.__setattr__(self, "filter", as_filter(filter))
+
+    @property
+    def structural(self) -> bool:  # type: ignore[override]
+        return self.filter.structural
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        return tuple(not b for b in self.filter.mask(ctx))
+
+    def __repr__(self) -> str:
+        return f"Not({self.filter!r})"
+
+
+_FILTER_FORMS = (
+    "a Kind subclass (ptc.Parameter), any other type (jax.Array), a callable leaf -> bool "
+    "(eqx.is_array), a str (a field or key name), a pytree of bools (a mask), or "
+    "ptc.Any/ptc.All/ptc.Not of those"
+)
+
+_TYPE_FILTERS: dict[type, Filter] = {}
+
+
+def _is_bool_tree(x: _Any) -> bool:
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # x is itself a leaf
+        return False
+    return all(isinstance(b, (bool, np.bool_)) for b in leaves)
+
+
+def as_filter(f: _Any) -> Filter:
+    """Turn any accepted filter form into a `Filter` object (see the module docs)."""
+    if isinstance(f, Filter):
+        return f
+    if isinstance(f, type):
+        out = _TYPE_FILTERS.get(f)
+        if out is None:
+            out = OfKind(f) if issubclass(f, Kind) else OfType(f)
+            if len(_TYPE_FILTERS) < 1024:
+                _TYPE_FILTERS[f] = out
+        return out
+    if isinstance(f, str):
+        return PathContains(f)
+    if isinstance(f, (bool, np.bool_)) or _is_bool_tree(f):
+        return Mask(f)
+    if callable(f):
+        return Predicate(f)
+    raise TypeError(
+        f"{f!r} (of type {type(f).__name__}) is not a filter. A filter is {_FILTER_FORMS}."
+    )
+
+
+_MASK_CACHE = BoundedCache(maxsize=8192)
+
+
+def _cacheable(f: Filter) -> bool:
+    if not f.structural:
+        return False
+    try:
+        hash(f)
+    except TypeError:
+        return False
+    return True
+
+
+def select(tree: _Any, filters: tuple[_Any, ...]) -> tuple[Leaves, tuple[bool, ...]]:
+    """Flatten `tree` and say which leaves all of `filters` select."""
+    ctx = Leaves(tree)
+    if not filters:
+        return ctx, (True,) * len(ctx.leaves)
+    f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)
+    if _cacheable(f):
+        key = (ctx.treedef, f)
+        sel = _MASK_CACHE.get(key)
+        if sel is None:
+            sel = f.mask(ctx)
+            _MASK_CACHE.put(key, sel)
+        return ctx, sel
+    return ctx, f.mask(ctx)

@@ -1,0 +1,229 @@
+"""tree_mask, tree_filter, tree_partition, tree_merge, tree_labels.
+
+Holes are `None`, as in `equinox.partition`/`equinox.combine`, so outputs feed either library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from ._cache import BoundedCache
+from ._filters import select
+from ._kinds import leaf_kinds
+
+__all__ = [
+    "first_difference",
+    "tree_filter",
+    "tree_labels",
+    "tree_mask",
+    "tree_merge",
+    "tree_partition",
+]
+
+
+def tree_mask(tree: Any, /, *filters: Any) -> Any:
+    """A tree of bools shaped like `tree`: True where every filter selects the leaf.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0}, float)
+        {'a': False, 'b': True}
+    """
+    ctx, sel = select(tree, filters)
+    return ctx.treedef.unflatten(sel)
+
+
+def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
+    """`tree` with unselected leaves replaced by `None` (selected ones, with `inverse=True`).
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_filter({"a": 1, "b": 2.0}, float)
+        {'a': None, 'b': 2.0}
+    """
+    ctx, sel = select(tree, filters)
+    if inverse:
+        return ctx.treedef.unflatten([None if s else x for x, s in zip(ctx.leaves, sel)])
+    return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
+
+
+def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
+    """Split `tree` into (selected, rest), each with `None` holes; `tree_merge` undoes it.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_partition({"a": 1, "b": 2.0}, float)
+        ({'a': None, 'b': 2.0}, {'a': 1, 'b': None})
+    """
+    ctx, sel = select(tree, filters)
+    leaves, treedef = ctx.leaves, ctx.treedef
+    return (
+        treedef.unflatten([x if s else None for x, s in zip(leaves, sel)]),
+        treedef.unflatten([None if s else x for x, s in zip(leaves, sel)]),
+    )
+
+
+# -- merging ----------------------------------------------------------------------------------
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _one_level(node: Any) -> tuple[list[Any], list[Any], Any] | None:
+    """(keys, children, one-level treedef) of a pytree node; None for a leaf."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        return None
+    return [p[0] for p, _ in pairs], [c for _, c in pairs], treedef
+
+
+def _describe(node: Any) -> str:
+    level = _one_level(node)
+    if level is None:
+        from ._show import leaf_repr
+
+        return f"leaf {leaf_repr(node)}"
+    keys = ", ".join(jax.tree_util.keystr((k,)) for k in level[0])
+    return f"{type(node).__name__} with children [{keys}]"
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def _merge_nodes(nodes: list[tuple[int, Any]], path: tuple[Any, ...]) -> Any:
+    present = [(i, n) for i, n in nodes if n is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0][1]
+    levels = [_one_level(n) for _, n in present]
+    if all(lv is None for lv in levels):
+        return present[-1][1]  # later non-None values win
+    ref_i, ref = next((i, n) for (i, n), lv in zip(present, levels) if lv is not None)
+    ref_level = next(lv for lv in levels if lv is not None)
+    for (i, n), lv in zip(present, levels):
+        if lv is None or lv[2] != ref_level[2]:
+            where = jax.tree_util.keystr(path) or "the root"
+            raise _Mismatch(
+                f"tree_merge: the trees differ at {where}: tree {ref_i} has "
+                f"{_describe(ref)}, tree {i} has {_describe(n)}. Trees to merge must have "
+                "the same structure, except that None may stand for any subtree."
+            )
+    keys, _, treedef = ref_level
+    children = [
+        _merge_nodes([(i, lv[1][c]) for (i, _), lv in zip(present, levels)], (*path, keys[c]))
+        for c in range(len(keys))
+    ]
+    return treedef.unflatten(children)
+
+
+class _Marker:
+    __slots__ = ("leaf", "tree")
+
+    def __init__(self, tree: int, leaf: int) -> None:
+        self.tree, self.leaf = tree, leaf
+
+
+_PLANS = BoundedCache(maxsize=4096)
+
+
+def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, tuple[tuple[int, int], ...]]:
+    """Output treedef and, for each output leaf, (tree index, leaf index) it comes from."""
+    markers = [
+        td.unflatten([_Marker(i, j) for j in range(td.num_leaves)]) for i, td in enumerate(treedefs)
+    ]
+    merged = _merge_nodes(list(enumerate(markers)), ())
+    out, out_def = jax.tree_util.tree_flatten(merged)
+    return out_def, tuple((m.tree, m.leaf) for m in out)
+
+
+def tree_merge(tree: Any, /, *updates: Any) -> Any:
+    """Put partitioned trees back together; later non-`None` values win.
+
+    A `None` in any tree is a hole: it may stand for a leaf or a whole subtree. Trees whose
+    structures differ elsewhere raise `ValueError` naming the first differing key path.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> params, rest = ptc.tree_partition({"a": 1, "b": 2.0}, float)
+        >>> ptc.tree_merge(params, rest)
+        {'a': 1, 'b': 2.0}
+    """
+    trees = (tree, *updates)
+    flats = [jax.tree_util.tree_flatten(t) for t in trees]
+    treedefs = tuple(td for _, td in flats)
+    plan = _PLANS.get(treedefs)
+    if plan is None:
+        try:
+            plan = _plan(trees, treedefs)
+        except _Mismatch as e:
+            raise ValueError(str(e)) from None
+        except Exception:  # a node type that cannot be rebuilt around markers: merge directly
+            try:
+                return _merge_nodes(list(enumerate(trees)), ())
+            except _Mismatch as e:
+                raise ValueError(str(e)) from None
+        _PLANS.put(treedefs, plan)
+    out_def, sources = plan
+    return out_def.unflatten([flats[i][0][j] for i, j in sources])
+
+
+def first_difference(a: Any, b: Any) -> str:
+    """Where two trees' structures first differ, in words (for error messages)."""
+    try:
+        _merge_nodes([(0, a), (1, b)], ())
+    except _Mismatch as e:
+        return str(e).removeprefix("tree_merge: ").split(". Trees to merge")[0]
+    la, lb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
+    return f"structures {la} and {lb} differ"
+
+
+# -- labels -----------------------------------------------------------------------------------
+
+
+def _label(kind: Any, mapping: Mapping[Any, Any] | None) -> Any:
+    if mapping is not None:
+        if kind is None:
+            if None in mapping:
+                return mapping[None]
+        else:
+            for ancestor in kind.__mro__:
+                if ancestor in mapping:
+                    return mapping[ancestor]
+    return "none" if kind is None else kind.__name__
+
+
+def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
+    """Label every leaf by its kind, for `optax.multi_transform(txs, ptc.tree_labels)`.
+
+    Labels are the kind's class name (`"Parameter"`) and `"none"` for kind-less leaves;
+    `mapping` (`{Kind or None: label}`) overrides them, a subkind taking the entry of its
+    nearest listed ancestor.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Layer:
+        ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
+        ...     mean: jnp.ndarray = ptc.field(kind=ptc.BatchStat)
+        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)))
+        Layer(w='Parameter', mean='BatchStat')
+        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)), {ptc.State: "frozen"})
+        Layer(w='Parameter', mean='frozen')
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    kinds = leaf_kinds(tree, treedef)
+    table: dict[Any, Any] = {}
+    labels = []
+    for k in kinds:
+        label = table.get(k, table)
+        if label is table:
+            label = table[k] = _label(k, mapping)
+        labels.append(label)
+    return treedef.unflatten(labels)
