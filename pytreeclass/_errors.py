@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 FROZEN_SET = (
     "cannot assign to field {name!r} of {cls}: treeclass instances are immutable.\n"
@@ -48,3 +49,45 @@ RESERVED_NAME = (
 
 class FrozenInstanceError(dataclasses.FrozenInstanceError):
     """Raised on assignment to (or deletion of) a field of a frozen treeclass instance."""
+
+
+class TreeTooDeepError(ValueError, RecursionError):
+    """A tree nested deeper than Python's recursion limit lets JAX (or us) walk, or cyclic."""
+
+
+TOO_DEEP = (
+    "{where}: the tree is nested too deeply to walk, or it contains a reference cycle "
+    "(JAX's pytree functions and pytreeclass recurse once per level; Python's recursion "
+    "limit is {limit}). Make the nesting shallower (e.g. keep a chain of layers in one list "
+    "instead of nesting each inside the next), break the cycle, or raise the limit with "
+    "sys.setrecursionlimit(...) if your stack allows it."
+)
+
+
+class depth_guard:  # lower case: used as `with depth_guard(...)`, like a function
+    """Turn a RecursionError raised while walking a tree into a `TreeTooDeepError`.
+
+    JAX's C++ flatten reports it as a `SystemError` caused by a `RecursionError`; both are
+    translated. One stateless instance per public function is reused (re-entrant).
+    """
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+        if typ is None or isinstance(exc, TreeTooDeepError):
+            return False
+        if isinstance(exc, RecursionError) or (
+            isinstance(exc, SystemError) and isinstance(exc.__cause__, RecursionError)
+        ):
+            import sys
+
+            raise TreeTooDeepError(
+                TOO_DEEP.format(where=self.where, limit=sys.getrecursionlimit())
+            ) from exc
+        return False

@@ -45,7 +45,7 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
         converter: Callable[[Any], Any] | None,
         doc: str | None,
     ) -> None:
-        args = (default, default_factory, init, repr, hash, compare, metadata, kw_only)
+        args = (default, default_factory, init, repr, hash, compare, metadata or {}, kw_only)
         if _FIELD_TAKES_DOC:
             super().__init__(*args, doc)  # type: ignore[call-arg]
         else:
@@ -156,7 +156,7 @@ def field(
         >>> Linear().features
         4
     """
-    from ._kinds import Kind, check_kind  # local: _kinds imports nothing from here at import time
+    from ._kinds import check_kind
 
     if default is not dataclasses.MISSING and default_factory is not dataclasses.MISSING:
         raise ValueError("field(): pass `default` or `default_factory`, not both.")
@@ -180,7 +180,6 @@ def field(
             raise ValueError("field(static=True, axes=...): a static field holds no arrays to shard.")
     if converter is not None and not callable(converter):
         raise TypeError(f"field(converter={converter!r}): the converter must be callable.")
-    del Kind
     return Field(
         default=default,
         default_factory=default_factory,

@@ -247,7 +247,7 @@ class Not(Filter):
 
     filter: Filter
 
-    def __init__(self, filter: _Any) -> None:  # noqa: A002 -- the natural name here
+    def __init__(self, filter: _Any) -> None:  # `filter` shadows the builtin: the natural name
         object.__setattr__(self, "filter", as_filter(filter))
 
     @property
@@ -270,11 +270,17 @@ _FILTER_FORMS = (
 _TYPE_FILTERS: dict[type, Filter] = {}
 
 
-def _is_bool_tree(x: _Any) -> bool:
-    leaves, treedef = jax.tree_util.tree_flatten(x)
+def _bool_tree_status(x: _Any) -> str | None:
+    """"mask" for a pytree of bools; the first offending leaf for other containers; else None."""
+    if isinstance(x, (bool, np.bool_)):
+        return "mask"
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(x)
     if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # x is itself a leaf
-        return False
-    return all(isinstance(b, (bool, np.bool_)) for b in leaves)
+        return None
+    for path, b in pairs:
+        if not isinstance(b, (bool, np.bool_)):
+            return f"{jax.tree_util.keystr(path)} is {b!r} ({type(b).__name__}), not a bool"
+    return "mask"
 
 
 def as_filter(f: _Any) -> Filter:
@@ -290,10 +296,18 @@ def as_filter(f: _Any) -> Filter:
         return out
     if isinstance(f, str):
         return PathContains(f)
-    if isinstance(f, (bool, np.bool_)) or _is_bool_tree(f):
+    if f is None:  # a None mask would select nothing, silently: almost surely a mistake
+        raise TypeError(f"None is not a filter. A filter is {_FILTER_FORMS}.")
+    status = _bool_tree_status(f)
+    if status == "mask":
         return Mask(f)
     if callable(f):
         return Predicate(f)
+    if status is not None:
+        raise TypeError(
+            f"a {type(f).__name__} used as a filter must be a mask, a pytree of bools, but "
+            f"its leaf at {status}. A filter is {_FILTER_FORMS}."
+        )
     raise TypeError(
         f"{f!r} (of type {type(f).__name__}) is not a filter. A filter is {_FILTER_FORMS}."
     )

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 
 from ._cache import BoundedCache
+from ._errors import depth_guard
 
 __all__ = [
     "BatchStat",
@@ -154,6 +155,7 @@ def _walk(node: Any, kind: type[Kind] | None, out: list[Any]) -> None:
 
 
 _KINDS_CACHE: BoundedCache = BoundedCache(maxsize=4096)
+_GUARD_KINDS = depth_guard("tree_kinds")
 
 
 def leaf_kinds(tree: Any, treedef: Any = None) -> tuple[type[Kind] | None, ...]:
@@ -187,5 +189,6 @@ def tree_kinds(tree: Any) -> Any:
         >>> ptc.tree_kinds(Linear(jnp.ones(2), jnp.zeros(())))
         Linear(w=Parameter, n=None)
     """
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef.unflatten(leaf_kinds(tree, treedef))
+    with _GUARD_KINDS:
+        treedef = jax.tree_util.tree_structure(tree)
+        return treedef.unflatten(leaf_kinds(tree, treedef))

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 
 from ._cache import BoundedCache
+from ._errors import depth_guard
 from ._filters import select
 from ._kinds import leaf_kinds
 
@@ -24,6 +25,13 @@ __all__ = [
 ]
 
 
+_GUARD_MASK = depth_guard("tree_mask")
+_GUARD_FILTER = depth_guard("tree_filter")
+_GUARD_PARTITION = depth_guard("tree_partition")
+_GUARD_MERGE = depth_guard("tree_merge")
+_GUARD_LABELS = depth_guard("tree_labels")
+
+
 def tree_mask(tree: Any, /, *filters: Any) -> Any:
     """A tree of bools shaped like `tree`: True where every filter selects the leaf.
 
@@ -32,8 +40,9 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         >>> ptc.tree_mask({"a": 1, "b": 2.0}, float)
         {'a': False, 'b': True}
     """
-    ctx, sel = select(tree, filters)
-    return ctx.treedef.unflatten(sel)
+    with _GUARD_MASK:
+        ctx, sel = select(tree, filters)
+        return ctx.treedef.unflatten(sel)
 
 
 def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
@@ -44,10 +53,11 @@ def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
         >>> ptc.tree_filter({"a": 1, "b": 2.0}, float)
         {'a': None, 'b': 2.0}
     """
-    ctx, sel = select(tree, filters)
-    if inverse:
-        return ctx.treedef.unflatten([None if s else x for x, s in zip(ctx.leaves, sel)])
-    return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
+    with _GUARD_FILTER:
+        ctx, sel = select(tree, filters)
+        if inverse:
+            return ctx.treedef.unflatten([None if s else x for x, s in zip(ctx.leaves, sel)])
+        return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 
 
 def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
@@ -58,12 +68,13 @@ def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
         >>> ptc.tree_partition({"a": 1, "b": 2.0}, float)
         ({'a': None, 'b': 2.0}, {'a': 1, 'b': None})
     """
-    ctx, sel = select(tree, filters)
-    leaves, treedef = ctx.leaves, ctx.treedef
-    return (
-        treedef.unflatten([x if s else None for x, s in zip(leaves, sel)]),
-        treedef.unflatten([None if s else x for x, s in zip(leaves, sel)]),
-    )
+    with _GUARD_PARTITION:
+        ctx, sel = select(tree, filters)
+        leaves, treedef = ctx.leaves, ctx.treedef
+        return (
+            treedef.unflatten([x if s else None for x, s in zip(leaves, sel)]),
+            treedef.unflatten([None if s else x for x, s in zip(leaves, sel)]),
+        )
 
 
 # -- merging ----------------------------------------------------------------------------------
@@ -82,13 +93,28 @@ def _one_level(node: Any) -> tuple[list[Any], list[Any], Any] | None:
 
 
 def _describe(node: Any) -> str:
+    if isinstance(node, _Marker):  # merge plans run on marker trees: their leaves are markers
+        return "a leaf"
     level = _one_level(node)
     if level is None:
         from ._show import leaf_repr
 
         return f"leaf {leaf_repr(node)}"
     keys = ", ".join(jax.tree_util.keystr((k,)) for k in level[0])
-    return f"{type(node).__name__} with children [{keys}]"
+    return f"{type(node).__name__} with children {keys or '(none)'}"
+
+
+def _static_difference(a: Any, b: Any) -> str:
+    """Which static fields of two same-class treeclass nodes differ, in words."""
+    meta = getattr(type(a), "__ptc_meta__", None)
+    if meta is None:
+        return "their pytree aux data"
+    diffs = [
+        f"{name}: {a.__dict__.get(name)!r} vs {b.__dict__.get(name)!r}"
+        for name in meta.static_names
+        if a.__dict__.get(name) != b.__dict__.get(name)
+    ]
+    return "; ".join(diffs) or "their pytree aux data"
 
 
 class _Mismatch(ValueError):
@@ -109,14 +135,22 @@ def _merge_nodes(nodes: list[tuple[int, Any]], path: tuple[Any, ...]) -> Any:
     for (i, n), lv in zip(present, levels):
         if lv is None or lv[2] != ref_level[2]:
             where = jax.tree_util.keystr(path) or "the root"
+            if lv is not None and type(n) is type(ref) and lv[0] == ref_level[0]:
+                raise _Mismatch(
+                    f"tree_merge: the trees differ at {where}: trees {ref_i} and {i} hold "
+                    f"{type(n).__name__} nodes whose static parts differ "
+                    f"({_static_difference(ref, n)}). Trees to merge must have the same "
+                    "structure, except that None may stand for any subtree."
+                )
             raise _Mismatch(
                 f"tree_merge: the trees differ at {where}: tree {ref_i} has "
-                f"{_describe(ref)}, tree {i} has {_describe(n)}. Trees to merge must have "
+                f"{_describe(ref)}; tree {i} has {_describe(n)}. Trees to merge must have "
                 "the same structure, except that None may stand for any subtree."
             )
     keys, _, treedef = ref_level
+    child_lists = [lv[1] for lv in levels if lv is not None]  # all present, checked above
     children = [
-        _merge_nodes([(i, lv[1][c]) for (i, _), lv in zip(present, levels)], (*path, keys[c]))
+        _merge_nodes([(i, kids[c]) for (i, _), kids in zip(present, child_lists)], (*path, keys[c]))
         for c in range(len(keys))
     ]
     return treedef.unflatten(children)
@@ -132,7 +166,9 @@ class _Marker:
 _PLANS = BoundedCache(maxsize=4096)
 
 
-def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, tuple[tuple[int, int], ...]]:
+def _plan(
+    trees: tuple[Any, ...], treedefs: tuple[Any, ...]
+) -> tuple[Any, tuple[tuple[int, int], ...]]:
     """Output treedef and, for each output leaf, (tree index, leaf index) it comes from."""
     markers = [
         td.unflatten([_Marker(i, j) for j in range(td.num_leaves)]) for i, td in enumerate(treedefs)
@@ -154,23 +190,27 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
         >>> ptc.tree_merge(params, rest)
         {'a': 1, 'b': 2.0}
     """
-    trees = (tree, *updates)
-    flats = [jax.tree_util.tree_flatten(t) for t in trees]
-    treedefs = tuple(td for _, td in flats)
-    plan = _PLANS.get(treedefs)
-    if plan is None:
-        try:
-            plan = _plan(trees, treedefs)
-        except _Mismatch as e:
-            raise ValueError(str(e)) from None
-        except Exception:  # a node type that cannot be rebuilt around markers: merge directly
+    with _GUARD_MERGE:
+        trees = (tree, *updates)
+        flats = [jax.tree_util.tree_flatten(t) for t in trees]
+        treedefs = tuple(td for _, td in flats)
+        plan = _PLANS.get(treedefs)
+        if plan is None:
             try:
-                return _merge_nodes(list(enumerate(trees)), ())
-            except _Mismatch as e:
-                raise ValueError(str(e)) from None
-        _PLANS.put(treedefs, plan)
-    out_def, sources = plan
-    return out_def.unflatten([flats[i][0][j] for i, j in sources])
+                plan = _plan(trees, treedefs)
+            except RecursionError:
+                raise
+            except Exception:
+                # A mismatch (found again on the real trees, so the message shows real
+                # leaves), or a node type that cannot be rebuilt around markers: merge
+                # directly, uncached.
+                try:
+                    return _merge_nodes(list(enumerate(trees)), ())
+                except _Mismatch as e:
+                    raise ValueError(str(e)) from None
+            _PLANS.put(treedefs, plan)
+        out_def, sources = plan
+        return out_def.unflatten([flats[i][0][j] for i, j in sources])
 
 
 def first_difference(a: Any, b: Any) -> str:
@@ -217,13 +257,19 @@ def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
         >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)), {ptc.State: "frozen"})
         Layer(w='Parameter', mean='frozen')
     """
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    kinds = leaf_kinds(tree, treedef)
-    table: dict[Any, Any] = {}
-    labels = []
-    for k in kinds:
-        label = table.get(k, table)
-        if label is table:
-            label = table[k] = _label(k, mapping)
-        labels.append(label)
-    return treedef.unflatten(labels)
+    if mapping is not None and not isinstance(mapping, Mapping):
+        raise TypeError(
+            f"tree_labels(mapping={mapping!r}): mapping must be a dict from a Kind (or None) "
+            "to a label, e.g. {ptc.Parameter: 'adam', None: 'frozen'}."
+        )
+    with _GUARD_LABELS:
+        treedef = jax.tree_util.tree_structure(tree)
+        kinds = leaf_kinds(tree, treedef)
+        table: dict[Any, Any] = {}
+        labels = []
+        for k in kinds:
+            label = table.get(k, table)
+            if label is table:
+                label = table[k] = _label(k, mapping)
+            labels.append(label)
+        return treedef.unflatten(labels)

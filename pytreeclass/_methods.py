@@ -18,6 +18,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.core import Tracer
+
+from ._errors import depth_guard
 
 __all__ = ["install_methods", "tree_equal"]
 
@@ -32,7 +35,7 @@ def _leaf_equal(a: Any, b: Any) -> bool:
     if _is_array(a) or _is_array(b):
         if not (_is_array(a) and _is_array(b)):
             return False
-        if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        if isinstance(a, Tracer) or isinstance(b, Tracer):
             raise TypeError(
                 "cannot compare treeclass instances holding traced arrays with `==` inside "
                 "a JAX transformation (the answer would be traced, not a Python bool). "
@@ -44,15 +47,20 @@ def _leaf_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+_GUARD_EQUAL = depth_guard("tree_equal")
+_GUARD_REPR = depth_guard("repr")
+
+
 def tree_equal(a: Any, b: Any) -> bool:
     """Whether two pytrees have equal structure and equal leaves (arrays by value)."""
     if a is b:
         return True
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    if ta != tb:
-        return False
-    return all(_leaf_equal(x, y) for x, y in zip(la, lb))
+    with _GUARD_EQUAL:
+        la, ta = jax.tree_util.tree_flatten(a)
+        lb, tb = jax.tree_util.tree_flatten(b)
+        if ta != tb:
+            return False
+        return all(_leaf_equal(x, y) for x, y in zip(la, lb))
 
 
 def _eq(self: Any, other: Any) -> Any:
@@ -90,7 +98,8 @@ def _hash(self: Any) -> int:
 def _repr(self: Any) -> str:
     from ._show import treeclass_repr
 
-    return treeclass_repr(self)
+    with _GUARD_REPR:
+        return treeclass_repr(self)
 
 
 def _repr_html_(self: Any) -> str:

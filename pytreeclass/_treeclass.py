@@ -74,14 +74,14 @@ def check_static(cls: type, name: str, value: Any) -> None:
         return
     if isinstance(value, (jax.Array, np.ndarray)):
         raise TypeError(
-            _errors.STATIC_ARRAY.format(name=name, cls=cls.__qualname__, value=_short(value))
+            _errors.STATIC_ARRAY.format(name=name, cls=cls.__name__, value=_short(value))
         )
     try:
         hash(value)
     except TypeError:
         raise TypeError(
             _errors.STATIC_UNHASHABLE.format(
-                name=name, cls=cls.__qualname__, typ=type(value).__name__, value=_short(value)
+                name=name, cls=cls.__name__, typ=type(value).__name__, value=_short(value)
             )
         ) from None
 
@@ -99,16 +99,16 @@ def _setattr(self: Any, name: str, value: Any) -> None:
             # Not a field: say so (assignment would be lost by flatten/unflatten anyway).
             raise _errors.FrozenInstanceError(
                 _errors.NOT_A_FIELD.format(
-                    name=name, cls=cls.__qualname__, fields=", ".join(meta.fields_by_name)
+                    name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
                 )
             )
         raise _errors.FrozenInstanceError(
-            _errors.FROZEN_SET.format(name=name, cls=cls.__qualname__)
+            _errors.FROZEN_SET.format(name=name, cls=cls.__name__)
         )
     if f is None:
         raise AttributeError(
             _errors.NOT_A_FIELD.format(
-                name=name, cls=cls.__qualname__, fields=", ".join(meta.fields_by_name)
+                name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
             )
         )
     if mode == _INIT and f.converter is not None:
@@ -123,7 +123,7 @@ def _delattr(self: Any, name: str) -> None:
         del self.__dict__[name]
         return
     raise _errors.FrozenInstanceError(
-        _errors.FROZEN_DEL.format(name=name, cls=type(self).__qualname__)
+        _errors.FROZEN_DEL.format(name=name, cls=type(self).__name__)
     )
 
 
@@ -150,7 +150,7 @@ def _finish_init(self: Any) -> None:
     if missing:
         raise TypeError(
             _errors.MISSING_FIELDS.format(
-                cls=type(self).__qualname__,
+                cls=type(self).__name__,
                 names=", ".join(repr(n) for n in missing),
                 first=missing[0],
             )
@@ -206,9 +206,9 @@ _FACTORY = _FactorySentinel()
 def _init_source(
     cls: type, fields: tuple[Field, ...], initvars: list[Any], has_post_init: bool
 ) -> tuple[str, dict[str, Any]]:
-    ns: dict[str, Any] = {"_FACTORY": _FACTORY, "_PLAIN": _PLAIN_STATIC, "_cls": cls}
-    ns["_check_static"] = check_static
-    ns["_run_post_init"] = _run_post_init
+    ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": _PLAIN_STATIC, "__ptc_cls": cls}
+    ns["__ptc_check_static"] = check_static
+    ns["__ptc_run_post_init"] = _run_post_init
     positional, keyword, body = [], [], []
     seen_default = None
     for f in [*fields, *initvars]:
@@ -216,15 +216,15 @@ def _init_source(
         if not f.init:
             continue
         if f.default is not dataclasses.MISSING:
-            ns[f"_dflt_{name}"] = f.default
-            param = f"{name}=_dflt_{name}"
+            ns[f"__ptc_dflt_{name}"] = f.default
+            param = f"{name}=__ptc_dflt_{name}"
         elif f.default_factory is not dataclasses.MISSING:
-            param = f"{name}=_FACTORY"
+            param = f"{name}=__ptc_FACTORY"
         else:
             param = name
             if not f.kw_only and seen_default is not None:
                 raise TypeError(
-                    f"{cls.__qualname__}: field {name!r} has no default but follows field "
+                    f"{cls.__name__}: field {name!r} has no default but follows field "
                     f"{seen_default!r}, which has one. Give {name!r} a default, reorder the "
                     "fields, or make it keyword-only with field(kw_only=True)."
                 )
@@ -236,34 +236,34 @@ def _init_source(
         if f.init:
             value = name
             if f.default_factory is not dataclasses.MISSING:
-                ns[f"_factory_{name}"] = f.default_factory
-                body.append(f"    if {name} is _FACTORY: {name} = _factory_{name}()")
+                ns[f"__ptc_factory_{name}"] = f.default_factory
+                body.append(f"    if {name} is __ptc_FACTORY: {name} = __ptc_factory_{name}()")
         elif f.default is not dataclasses.MISSING:
-            ns[f"_dflt_{name}"] = f.default
-            value = f"_dflt_{name}"
+            ns[f"__ptc_dflt_{name}"] = f.default
+            value = f"__ptc_dflt_{name}"
         elif f.default_factory is not dataclasses.MISSING:
-            ns[f"_factory_{name}"] = f.default_factory
-            value = f"_factory_{name}()"
+            ns[f"__ptc_factory_{name}"] = f.default_factory
+            value = f"__ptc_factory_{name}()"
         else:
             continue  # init=False without a default: __post_init__ must set it
         if f.converter is not None:
-            ns[f"_conv_{name}"] = f.converter
-            value = f"_conv_{name}({value})"
+            ns[f"__ptc_conv_{name}"] = f.converter
+            value = f"__ptc_conv_{name}({value})"
         if f.static:
-            body.append(f"    _v = {value}")
-            body.append(f"    if type(_v) not in _PLAIN: _check_static(_cls, {name!r}, _v)")
-            value = "_v"
-        body.append(f"    d[{name!r}] = {value}")
+            body.append(f"    __ptc_v = {value}")
+            body.append(f"    if type(__ptc_v) not in __ptc_PLAIN: __ptc_check_static(__ptc_cls, {name!r}, __ptc_v)")
+            value = "__ptc_v"
+        body.append(f"    __ptc_d[{name!r}] = {value}")
     if has_post_init:
         body.append(
-            "    _run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")"
+            "    __ptc_run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")"
         )
     elif any(not f.init and f.default is f.default_factory is dataclasses.MISSING for f in fields):
-        ns["_finish_init"] = _finish_init
-        body.append("    _finish_init(self)")  # reports the field that nothing sets
+        ns["__ptc_finish_init"] = _finish_init
+        body.append("    __ptc_finish_init(self)")  # reports the field that nothing sets
     params = ["self", *positional, *(["*", *keyword] if keyword else [])]
     source = (
-        f"def __init__({', '.join(params)}):\n    d = self.__dict__\n"
+        f"def __init__({', '.join(params)}):\n    __ptc_d = self.__dict__\n"
         + "\n".join(body)
         + "\n"
     )
@@ -296,7 +296,7 @@ def replace_fields(obj: Any, changes: dict[str, Any]) -> Any:
         f = meta.fields_by_name.get(name)
         if f is None:
             raise AttributeError(
-                f"{cls.__qualname__} has no field {name!r}; fields: {', '.join(meta.fields_by_name)}"
+                f"{cls.__name__} has no field {name!r}; fields: {', '.join(meta.fields_by_name)}"
             )
         if f.static:
             check_static(cls, name, value)
@@ -314,7 +314,7 @@ def _own_fields(cls: type) -> tuple[tuple[Field, ...], list[Any]]:
     fields = []
     for f in dataclasses.fields(cls):
         if not isinstance(f, Field):  # a plain dataclasses.field(): upgrade it, same settings
-            g = field(
+            g = field(  # type: ignore[call-overload]
                 default=f.default,
                 default_factory=f.default_factory,
                 init=f.init,
@@ -367,7 +367,7 @@ def _register(cls: type, meta: _Meta) -> None:
 def _process(cls: type, options: dict[str, Any]) -> type:
     if "__slots__" in cls.__dict__:
         raise TypeError(
-            f"@treeclass: {cls.__qualname__} defines __slots__; treeclasses keep fields in "
+            f"@treeclass: {cls.__name__} defines __slots__; treeclasses keep fields in "
             "__dict__ (fast unflatten). Remove __slots__."
         )
     own_init = cls.__dict__.get("__init__")
@@ -380,7 +380,7 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     for f in fields:
         if f.name in _RESERVED:
             raise TypeError(
-                _errors.RESERVED_NAME.format(cls=cls.__qualname__, name=f.name, why=_RESERVED[f.name])
+                _errors.RESERVED_NAME.format(cls=cls.__name__, name=f.name, why=_RESERVED[f.name])
             )
         if f.static and f.default is not dataclasses.MISSING:
             check_static(cls, f.name, f.default)
@@ -480,7 +480,7 @@ def treeclass(
         if not isinstance(c, type):
             raise TypeError(f"@treeclass decorates classes, not {type(c).__name__} objects.")
         if "__ptc_meta__" in c.__dict__:
-            raise TypeError(f"@treeclass: {c.__qualname__} is already a treeclass.")
+            raise TypeError(f"@treeclass: {c.__name__} is already a treeclass.")
         if c.__dict__.get("__new__") is _lazy_new:
             del c.__new__  # type: ignore[misc]
         out = _process(c, options)

@@ -1,0 +1,482 @@
+"""@treeclass and field(): construction, immutability, registration, copying, equality."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+from typing import Generic, TypeVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.tree_util import GetAttrKey
+
+import pytreeclass as ptc
+from pytreeclass import BatchStat, Parameter, field, treeclass
+
+
+@treeclass
+class Linear:
+    w: jax.Array = field(kind=Parameter)
+    b: jax.Array = field(kind=Parameter)
+    features: int = field(static=True, default=4)
+
+    def __call__(self, x):
+        return x @ self.w + self.b
+
+
+@treeclass
+class MLP:
+    layers: list[Linear]
+    mean: jax.Array = field(kind=BatchStat, default_factory=lambda: jnp.zeros(()))
+
+
+def _model() -> MLP:
+    return MLP([Linear(jnp.ones((3, 4)), jnp.zeros(4)), Linear(jnp.ones((4, 2)), jnp.zeros(2))])
+
+
+# -- declaring and constructing -------------------------------------------------------------
+
+
+def test_decorator_with_and_without_arguments():
+    @treeclass
+    class A:
+        x: int
+
+    @treeclass(kw_only=True)
+    class B:
+        x: int
+        y: int = 2
+
+    assert A(1).x == 1
+    assert B(x=1).y == 2
+    with pytest.raises(TypeError):
+        B(1)  # type: ignore[misc]
+
+
+def test_is_a_dataclass():
+    m = _model()
+    assert dataclasses.is_dataclass(m)
+    assert [f.name for f in dataclasses.fields(Linear)] == ["w", "b", "features"]
+    m2 = dataclasses.replace(m, mean=jnp.ones(()))
+    assert float(m2.mean) == 1.0 and float(m.mean) == 0.0
+    d = dataclasses.asdict(Linear(jnp.ones(2), jnp.zeros(2)))
+    assert set(d) == {"w", "b", "features"}
+
+
+def test_fields_and_is_treeclass():
+    fs = ptc.fields(Linear)
+    assert [(f.name, f.kind, f.static) for f in fs] == [
+        ("w", Parameter, False),
+        ("b", Parameter, False),
+        ("features", None, True),
+    ]
+    assert ptc.fields(Linear(1.0, 2.0)) == fs
+    assert all(isinstance(f, ptc.Field) for f in fs)
+    assert ptc.is_treeclass(Linear) and ptc.is_treeclass(Linear(1.0, 2.0))
+    assert not ptc.is_treeclass(1) and not ptc.is_treeclass(dict)
+    with pytest.raises(TypeError, match="not a treeclass"):
+        ptc.fields(dict)
+
+
+def test_field_keywords():
+    @treeclass
+    class A:
+        a: int = field(default=1, repr=False, metadata={"unit": "m"}, doc="the a")
+        b: list = field(default_factory=list, init=False)
+        c: tuple = field(default=(1,), axes=None)
+        d: jax.Array = field(default=0.0, axes=("embed",), converter=jnp.asarray)
+
+    obj = A()
+    f = {f.name: f for f in ptc.fields(A)}
+    assert f["a"].metadata["unit"] == "m" and f["a"].doc == "the a"
+    assert f["d"].axes == ("embed",)
+    assert "a=" not in repr(obj) and obj.a == 1
+    assert obj.b == [] and obj.b is not A().b
+    assert isinstance(obj.d, jax.Array)
+    with pytest.raises(TypeError):
+        A(b=[1])  # type: ignore[call-arg]
+
+
+def test_field_argument_errors():
+    with pytest.raises(ValueError, match="not both"):
+        field(default=1, default_factory=list)
+    with pytest.raises(TypeError, match="not a kind"):
+        field(kind=int)
+    with pytest.raises(ValueError, match="static field has no leaves"):
+        field(static=True, kind=Parameter)
+    with pytest.raises(TypeError, match="tuple of logical axis names"):
+        field(axes="embed")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="converter must be callable"):
+        field(converter=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="is a kind, used as a class"):
+        Parameter()
+
+
+def test_non_default_after_default_is_a_clear_error():
+    with pytest.raises(TypeError, match="'b' has no default but follows field 'a'"):
+
+        @treeclass
+        class A:
+            a: int = 1
+            b: int  # type: ignore[misc]
+
+
+def test_reserved_field_name():
+    with pytest.raises(TypeError, match="reserves"):
+
+        @treeclass
+        class A:
+            at: int
+
+
+# -- immutability ---------------------------------------------------------------------------
+
+
+def test_frozen_assignment_and_deletion():
+    m = _model()
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"obj = obj\.at\.mean\.set\(value\)"):
+        m.mean = jnp.ones(())  # type: ignore[misc]
+    with pytest.raises(ptc.FrozenInstanceError, match="cannot delete field 'mean'"):
+        del m.mean
+    with pytest.raises(AttributeError, match="not a field"):
+        m.other = 1  # type: ignore[attr-defined]
+
+
+def test_user_init_missing_fields_and_extra_attributes():
+    @treeclass
+    class A:
+        a: jax.Array
+        b: int
+        c: int = 3
+
+        def __init__(self, n: int):
+            self.a = jnp.ones(n)
+
+    with pytest.raises(TypeError, match=r"A.__init__ returned without setting field\(s\) 'b'"):
+        A(2)
+
+    @treeclass
+    class B:
+        a: int
+
+        def __init__(self):
+            self.a = 1
+            self.oops = 2
+
+    with pytest.raises(AttributeError, match="'oops'.*not a field"):
+        B()
+
+
+def test_user_init_fills_defaults_and_converts():
+    @treeclass
+    class A:
+        a: jax.Array = field(converter=jnp.asarray)
+        c: jax.Array = field(default=3, converter=jnp.asarray)
+        d: list = field(default_factory=list)
+
+        def __init__(self, n):
+            self.a = [n, n]
+            assert isinstance(self.a, jax.Array)  # converted when set
+
+    obj = A(2)
+    assert isinstance(obj.a, jax.Array) and obj.a.shape == (2,)
+    assert isinstance(obj.c, jax.Array) and obj.d == []
+
+
+def test_post_init_may_assign_fields():
+    @treeclass
+    class A:
+        a: float
+        b: float = field(init=False)
+
+        def __post_init__(self):
+            self.b = self.a * 2
+
+    assert A(1.5).b == 3.0
+    with pytest.raises(ptc.FrozenInstanceError):
+        A(1.0).b = 2  # type: ignore[misc]
+
+    @treeclass
+    class Missing:
+        a: float
+        b: float = field(init=False)
+
+    with pytest.raises(TypeError, match="'b'"):
+        Missing(1.0)
+
+
+def test_initvar_goes_to_post_init():
+    @treeclass
+    class A:
+        a: float
+        scale: dataclasses.InitVar[float] = 2.0
+
+        def __post_init__(self, scale):
+            self.a = self.a * scale
+
+    assert A(1.0).a == 2.0
+    assert A(1.0, 3.0).a == 3.0
+    assert [f.name for f in ptc.fields(A)] == ["a"]
+
+
+def test_converter_runs_once_in_init_never_on_unflatten():
+    calls = []
+
+    def conv(x):
+        calls.append(x)
+        if isinstance(x, jax.core.Tracer) or not isinstance(x, (list, np.ndarray, jax.Array)):
+            raise TypeError("converter saw a tracer or a sentinel")
+        return jnp.asarray(x, dtype=jnp.float32)
+
+    @treeclass
+    class A:
+        x: jax.Array = field(converter=conv)
+
+    a = A([1.0, 2.0])
+    batch = A(jnp.ones((3, 2)))
+    assert len(calls) == 2
+    jax.vmap(lambda a: a)(batch)
+    jax.tree_util.tree_map(lambda _: object(), a)
+    eqx.tree_at(lambda t: t.x, a, jnp.zeros(2))
+    jax.jit(lambda a: a)(a)
+    jax.grad(lambda a: jnp.sum(a.x))(a)
+    assert len(calls) == 2  # only the two constructions above
+
+
+def test_jacobian_of_function_returning_a_treeclass():
+    @treeclass
+    class A:
+        x: jax.Array = field(converter=lambda v: np.asarray(v))  # fails on tracers
+
+    def f(v):
+        a = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(A(np.ones(2))), [v * 2])
+        return a
+
+    jac = jax.jacobian(f)(jnp.ones(2))
+    assert isinstance(jac, A)
+    np.testing.assert_allclose(jac.x, 2 * np.eye(2))
+
+
+# -- static fields ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (jnp.ones(3), r"static field 'features' of Linear holds an array \(f32\[3\]\)"),
+        (np.ones((2, 2)), r"holds an array \(f64\[2,2\]\)"),
+        ([1, 2], "unhashable list"),
+        ({"a": 1}, "unhashable dict"),
+        ((1, [2]), "unhashable tuple"),
+    ],
+)
+def test_static_field_must_be_hashable(value, match):
+    with pytest.raises(TypeError, match=match):
+        Linear(jnp.ones(2), jnp.ones(2), features=value)
+
+
+def test_static_default_is_checked_at_class_creation():
+    with pytest.raises(TypeError, match="static field 'n' of A holds an unhashable list"):
+
+        @treeclass
+        class A:
+            n: tuple = field(static=True, default_factory=lambda: [1])
+
+        A()
+
+
+def test_static_fields_live_in_the_treedef():
+    a, b = Linear(jnp.ones(2), jnp.ones(2), 3), Linear(jnp.ones(2), jnp.ones(2), 5)
+    assert jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b)
+    assert len(jax.tree_util.tree_leaves(a)) == 2
+
+
+# -- pytree registration ------------------------------------------------------------------
+
+
+def test_registered_with_keys():
+    m = _model()
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(m)[0]]
+    assert paths[0] == (GetAttrKey("layers"), jax.tree_util.SequenceKey(0), GetAttrKey("w"))
+    assert paths[-1] == (GetAttrKey("mean"),)
+    assert jax.tree_util.keystr(paths[1]) == ".layers[0].b"
+
+
+def test_round_trip_flatten_unflatten_is_identity_on_leaves():
+    m = _model()
+    leaves, treedef = jax.tree_util.tree_flatten(m)
+    m2 = treedef.unflatten(leaves)
+    assert type(m2) is MLP and m2 == m
+    assert all(x is y for x, y in zip(jax.tree_util.tree_leaves(m2), leaves))
+    assert m2.layers[0].features == 4
+
+
+def test_transforms_as_plain_arguments():
+    m = _model()
+    x = jnp.ones((5, 3))
+
+    def loss(m, x):
+        for layer in m.layers:
+            x = layer(x)
+        return jnp.sum(x) + m.mean
+
+    out = jax.jit(loss)(m, x)
+    grads = jax.grad(loss)(m, x)
+    assert isinstance(grads, MLP) and grads.layers[0].w.shape == (3, 4)
+    np.testing.assert_allclose(out, loss(m, x))
+    batched = jax.vmap(lambda layer, x: layer(x), in_axes=(None, 0))(m.layers[0], x)
+    assert batched.shape == (5, 4)
+    stacked = jax.vmap(lambda w: Linear(w, jnp.zeros(4)))(jnp.ones((7, 3, 4)))
+    assert stacked.w.shape == (7, 3, 4) and stacked.features == 4
+
+    def body(carry, _):
+        return jax.tree_util.tree_map(lambda a: a + 1, carry), carry.mean
+
+    final, means = jax.lax.scan(body, m, None, length=3)
+    assert float(final.mean) == 3.0 and means.tolist() == [0.0, 1.0, 2.0]
+    ck = jax.checkpoint(loss)(m, x)
+    np.testing.assert_allclose(ck, out)
+    assert jax.jit(lambda m: m)(m) == m
+
+
+def test_pickle_and_copy_round_trip():
+    m = _model()
+    for clone in (pickle.loads(pickle.dumps(m)), copy.copy(m), copy.deepcopy(m)):
+        assert type(clone) is MLP and clone == m
+        with pytest.raises(ptc.FrozenInstanceError):
+            clone.mean = 1  # type: ignore[misc]
+    assert copy.copy(m).layers is m.layers
+    assert copy.deepcopy(m).layers is not m.layers
+
+
+# -- equality and hashing --------------------------------------------------------------------
+
+
+def test_equality_compares_arrays_by_value_never_ambiguously():
+    a = Linear(jnp.ones(3), jnp.zeros(3))
+    assert a == Linear(jnp.ones(3), jnp.zeros(3))
+    assert a != Linear(jnp.ones(3), jnp.ones(3))
+    assert a != Linear(jnp.ones(4), jnp.zeros(4))  # shapes differ: False, not an error
+    assert a != Linear(jnp.ones(3, jnp.int32), jnp.zeros(3))  # dtypes differ
+    assert a != Linear(jnp.ones(3), jnp.zeros(3), features=5)
+    assert a != "Linear"
+    assert Linear(np.ones(3), np.zeros(3)) == Linear(np.ones(3), np.zeros(3))
+
+
+def test_equality_of_traced_instances_is_a_clear_error():
+    a = Linear(jnp.ones(3), jnp.zeros(3))
+
+    def f(x):
+        return a == Linear(x, jnp.zeros(3))
+
+    with pytest.raises(TypeError, match="jnp.array_equal"):
+        jax.jit(f)(jnp.ones(3))
+
+
+def test_hash_like_frozen_dataclass():
+    @treeclass
+    class Config:
+        n: int
+        name: str = "x"
+
+    assert hash(Config(1)) == hash(Config(1))
+    assert {Config(1), Config(1), Config(2)} == {Config(1), Config(2)}
+    with pytest.raises(TypeError, match="field 'w' holds an unhashable value"):
+        hash(Linear(jnp.ones(2), jnp.ones(2)))
+
+
+# -- inheritance and generics ------------------------------------------------------------------
+
+
+class Scaled(Linear):
+    def __call__(self, x):
+        return 2 * super().__call__(x)
+
+
+def test_undecorated_subclass_is_a_registered_frozen_treeclass():
+    s = Scaled(jnp.ones((2, 2)), jnp.zeros(2))
+    assert ptc.is_treeclass(s)
+    assert jax.tree_util.tree_structure(s).num_leaves == 2
+    assert type(jax.jit(lambda s: s)(s)) is Scaled
+    assert ptc.tree_kinds(s) == Scaled(Parameter, Parameter)  # type: ignore[arg-type]
+    with pytest.raises(ptc.FrozenInstanceError):
+        s.w = 1  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(s)) == s
+
+
+def test_undecorated_subclass_with_its_own_init():
+    class FromSize(Linear):
+        def __init__(self, n: int):
+            self.w = jnp.ones((n, n))
+            self.b = jnp.zeros(n)
+
+    obj = FromSize(3)
+    assert obj.w.shape == (3, 3) and obj.features == 4
+    assert jax.jit(lambda o: o)(obj) == obj
+
+
+def test_decorated_subclass_adds_fields():
+    @treeclass
+    class WithScale(Linear):
+        scale: jax.Array = field(default=1.0, kind=ptc.State)
+
+    obj = WithScale(jnp.ones(2), jnp.ones(2))
+    assert [f.name for f in ptc.fields(obj)] == ["w", "b", "features", "scale"]
+    assert ptc.tree_labels(obj) == WithScale("Parameter", "Parameter", 4, "State")  # type: ignore[arg-type]
+
+
+def test_subclass_of_class_with_user_init_super_call():
+    @treeclass
+    class Base:
+        a: int
+
+        def __init__(self, a):
+            self.a = a
+
+    @treeclass
+    class Child(Base):
+        b: int
+
+        def __init__(self, a, b):
+            super().__init__(a)
+            self.b = b
+
+    c = Child(1, 2)
+    assert (c.a, c.b) == (1, 2)
+    with pytest.raises(ptc.FrozenInstanceError):
+        c.a = 3  # type: ignore[misc]
+
+
+T = TypeVar("T")
+
+
+def test_generic_treeclass():
+    @treeclass
+    class Box(Generic[T]):
+        item: T
+
+    b = Box[int](1)
+    assert b.item == 1 and Box(jnp.ones(2)).item.shape == (2,)
+    assert jax.tree_util.tree_leaves(Box(jnp.ones(2)))[0].shape == (2,)
+
+
+def test_slots_are_rejected_clearly():
+    with pytest.raises(TypeError, match="__slots__"):
+
+        @treeclass
+        class A:
+            __slots__ = ("x",)
+            x: int
+
+
+def test_decorating_twice_is_an_error():
+    with pytest.raises(TypeError, match="already a treeclass"):
+        treeclass(Linear)
+
+
+def test_repr_is_short():
+    assert repr(Linear(jnp.ones((3, 4)), jnp.zeros(4))) == "Linear(w=f32[3,4], b=f32[4], features=4)"
