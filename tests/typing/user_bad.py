@@ -1,0 +1,17 @@
+"""A typed user file with one wrong argument type: pyright must report it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import pytreeclass as ptc
+
+
+@ptc.treeclass
+class Linear:
+    w: jax.Array = ptc.field(kind=ptc.Parameter)
+    features: int = ptc.field(static=True, default=4)
+
+
+layer = Linear(jnp.ones(2), features="four")
