@@ -1,5 +1,6 @@
 """pytreeclass: immutable dataclasses that are JAX pytrees, with kinds, filters and lenses."""
 
+from ._edit import value_and_tree as value_and_tree
 from ._errors import FrozenInstanceError as FrozenInstanceError
 from ._field import Field as Field
 from ._field import field as field
@@ -12,6 +13,8 @@ from ._filters import OfKind as OfKind
 from ._filters import OfType as OfType
 from ._filters import PathContains as PathContains
 from ._filters import Predicate as Predicate
+from ._io import tree_load as tree_load
+from ._io import tree_save as tree_save
 from ._kinds import BatchStat as BatchStat
 from ._kinds import Cache as Cache
 from ._kinds import Kind as Kind
@@ -20,12 +23,18 @@ from ._kinds import Parameter as Parameter
 from ._kinds import Rng as Rng
 from ._kinds import State as State
 from ._kinds import tree_kinds as tree_kinds
+from ._lens import Lens as Lens
+from ._lens import at as at
 from ._merge import tree_filter as tree_filter
 from ._merge import tree_labels as tree_labels
 from ._merge import tree_mask as tree_mask
 from ._merge import tree_merge as tree_merge
 from ._merge import tree_partition as tree_partition
 from ._methods import tree_equal as tree_equal
+from ._optim import Optimizer as Optimizer
+from ._shard import tree_shardings as tree_shardings
+from ._show import tree_diagram as tree_diagram
+from ._show import tree_summary as tree_summary
 from ._treeclass import is_treeclass as is_treeclass
 from ._treeclass import treeclass as treeclass
 
@@ -40,24 +49,33 @@ __all__ = [
     "Filter",
     "FrozenInstanceError",
     "Kind",
+    "Lens",
     "Not",
     "OfKind",
     "OfType",
+    "Optimizer",
     "OptState",
     "Parameter",
     "PathContains",
     "Predicate",
     "Rng",
     "State",
+    "at",
     "field",
     "fields",
     "is_treeclass",
+    "tree_diagram",
     "tree_equal",
     "tree_filter",
     "tree_kinds",
     "tree_labels",
+    "tree_load",
     "tree_mask",
     "tree_merge",
     "tree_partition",
+    "tree_save",
+    "tree_shardings",
+    "tree_summary",
     "treeclass",
+    "value_and_tree",
 ]

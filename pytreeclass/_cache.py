@@ -9,39 +9,63 @@ __all__ = ["BoundedCache"]
 
 
 class BoundedCache:
-    """A dict with a size bound; the oldest entry goes first when it is full.
+    """A mapping with a size bound; the oldest entries go first when it is full.
 
-    Reads take no lock (a dict lookup is atomic in CPython); writes do, so eviction never
-    races with another writer. Values must be immutable, since readers share them.
+    Entries are grouped by hash, at most `per_hash` of them per hash. The reason: JAX's
+    `PyTreeDef.__hash__` ignores dict keys and pytree aux data (static fields), so trees
+    that differ only there, e.g. `Linear(features=i)` for many `i`, all share one hash. A
+    plain dict would compare a key against every such entry (thousands of `==` calls per
+    lookup once full); here a lookup compares against at most `per_hash` entries, and
+    colliding structures beyond that evict each other (a miss recomputes, never scans).
+
+    Reads take no lock (a dict lookup and a tuple read are atomic in CPython); writes do,
+    so eviction never races with another writer. Values must be immutable, since readers
+    share them. An unhashable or incomparable key is simply not cached.
     """
 
-    __slots__ = ("_data", "_lock", "maxsize")
+    __slots__ = ("_count", "_data", "_lock", "maxsize", "per_hash")
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, per_hash: int = 8) -> None:
         self.maxsize = maxsize
-        self._data: dict[Any, Any] = {}
+        self.per_hash = per_hash
+        self._data: dict[int, tuple[tuple[Any, Any], ...]] = {}
+        self._count = 0
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
         try:
-            return self._data.get(key)
-        except TypeError:  # an unhashable key (e.g. aux data holding a list): no caching
+            bucket = self._data.get(hash(key))
+            if bucket is not None:
+                for k, v in bucket:
+                    if k is key or k == key:
+                        return v
+        except Exception:  # unhashable, or aux data whose == fails: treat as a miss
             return None
+        return None
 
     def put(self, key: Any, value: Any) -> None:
         try:
-            hash(key)
+            h = hash(key)
         except TypeError:
             return
         with self._lock:
             data = self._data
-            data[key] = value
-            while len(data) > self.maxsize:
-                del data[next(iter(data))]
+            bucket = data.get(h, ())
+            try:
+                kept = tuple(kv for kv in bucket if not (kv[0] is key or kv[0] == key))
+            except Exception:
+                return
+            kept = kept[len(kept) - self.per_hash + 1 :] if len(kept) >= self.per_hash else kept
+            data[h] = (*kept, (key, value))
+            self._count += len(kept) + 1 - len(bucket)
+            while self._count > self.maxsize and data:
+                oldest = next(iter(data))
+                self._count -= len(data.pop(oldest))
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._count = 0
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._count

@@ -20,7 +20,7 @@ def compile_function(name: str, source: str, namespace: dict[str, Any], owner: s
     """Compile `source` (one `def name(...)`) in `namespace`; show it in tracebacks."""
     filename = f"<pytreeclass generated {name} of {owner} #{next(_counter)}>"
     code = compile(source, filename, "exec")
-    exec(code, namespace)  # noqa: S102 -- the whole point: source we generated ourselves
+    exec(code, namespace)  # the whole point: source we generated ourselves
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return namespace[name]
 

@@ -79,9 +79,9 @@ class depth_guard:  # lower case: used as `with depth_guard(...)`, like a functi
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> None:  # None: never swallows the exception
         if typ is None or isinstance(exc, TreeTooDeepError):
-            return False
+            return
         if isinstance(exc, RecursionError) or (
             isinstance(exc, SystemError) and isinstance(exc.__cause__, RecursionError)
         ):
@@ -90,4 +90,3 @@ class depth_guard:  # lower case: used as `with depth_guard(...)`, like a functi
             raise TreeTooDeepError(
                 TOO_DEEP.format(where=self.where, limit=sys.getrecursionlimit())
             ) from exc
-        return False

@@ -23,7 +23,7 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
         static: whether the value lives in the treedef (aux data) instead of the leaves.
         axes: logical sharding axis names of the array leaves under this field, or `None`.
         converter: called on the value during construction, never on unflatten.
-        doc: a short description, shown by `tree_summary` and the docs.
+        doc: a short description of the field, for readers and the docs.
     """
 
     __slots__ = ("axes", "converter", "kind", "static") + (() if _FIELD_TAKES_DOC else ("doc",))

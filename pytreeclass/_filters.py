@@ -14,6 +14,7 @@ from typing import Any as _Any
 
 import jax
 import numpy as np
+from jax.core import Tracer
 
 from ._cache import BoundedCache
 from ._kinds import Kind, leaf_kinds
@@ -164,6 +165,11 @@ class Mask(Filter):
     tree: _Any
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        if self.tree is None and ctx.leaves:  # it would select nothing, silently
+            raise TypeError(
+                f"None is not a filter (it is only the mask of a tree without leaves). "
+                f"A filter is {_FILTER_FORMS}."
+            )
         bools, mask_def = jax.tree_util.tree_flatten(self.tree, is_leaf=lambda x: x is None)
         if mask_def == ctx.treedef:
             subtrees: list[_Any] = [None] * len(bools)
@@ -184,13 +190,17 @@ class Mask(Filter):
         for b, n in zip(bools, counts):
             if b is None:
                 b = False
-            elif not (
-                isinstance(b, (bool, np.bool_))
-                or (getattr(b, "dtype", None) == np.bool_ and getattr(b, "shape", None) == ())
-            ):
+            elif not _is_bool_leaf(b):
                 raise TypeError(
                     f"mask filter holds {b!r}; every leaf of a mask must be a bool "
                     "(True selects the leaf or subtree there)."
+                )
+            elif isinstance(b, Tracer):
+                raise TypeError(
+                    "mask filter holds a traced bool: the mask was passed through a JAX "
+                    "transformation (e.g. as a jax.jit argument), but which leaves are "
+                    "selected decides the output's structure, so it must be known at trace "
+                    "time. Close over the mask (or mark it static) instead of passing it in."
                 )
             out.extend([bool(b)] * n)
         return tuple(out)
@@ -278,9 +288,16 @@ def _bool_tree_status(x: _Any) -> str | None:
     if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # x is itself a leaf
         return None
     for path, b in pairs:
-        if not isinstance(b, (bool, np.bool_)):
+        if not _is_bool_leaf(b):
             return f"{jax.tree_util.keystr(path)} is {b!r} ({type(b).__name__}), not a bool"
     return "mask"
+
+
+def _is_bool_leaf(b: _Any) -> bool:
+    # Scalar bool arrays count too (a mask that went through jit comes back as arrays).
+    return isinstance(b, (bool, np.bool_)) or (
+        getattr(b, "dtype", None) == np.bool_ and getattr(b, "shape", None) == ()
+    )
 
 
 def as_filter(f: _Any) -> Filter:
@@ -296,8 +313,8 @@ def as_filter(f: _Any) -> Filter:
         return out
     if isinstance(f, str):
         return PathContains(f)
-    if f is None:  # a None mask would select nothing, silently: almost surely a mistake
-        raise TypeError(f"None is not a filter. A filter is {_FILTER_FORMS}.")
+    if f is None:  # the mask of a leafless tree (tree_mask(None) is None); else an error
+        return _NONE_MASK
     status = _bool_tree_status(f)
     if status == "mask":
         return Mask(f)
@@ -313,6 +330,7 @@ def as_filter(f: _Any) -> Filter:
     )
 
 
+_NONE_MASK = Mask(None)
 _MASK_CACHE = BoundedCache(maxsize=8192)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from jax.core import Tracer
 
 from ._errors import depth_guard
+from ._lens import Lens as _Lens
 
 __all__ = ["install_methods", "tree_equal"]
 
@@ -109,9 +110,8 @@ def _repr_html_(self: Any) -> str:
 
 
 def _at(self: Any) -> Any:
-    from ._lens import Lens
-
-    return Lens(self)
+    # Imported at module level: an import statement here costs more than the lens itself.
+    return _Lens(self)
 
 
 def install_methods(cls: type) -> None:

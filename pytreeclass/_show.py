@@ -1,40 +1,64 @@
-"""Readable text for trees: short leaf forms (`f32[3,4]`), treeclass `repr`, HTML."""
+"""Readable text for trees: short leaf forms (`f32[3,4]`), `repr`, summaries, diagrams, HTML."""
 
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["html_repr", "leaf_repr", "treeclass_repr"]
+__all__ = [
+    "TreeSummary",
+    "html_repr",
+    "leaf_repr",
+    "tree_diagram",
+    "tree_summary",
+    "treeclass_repr",
+]
 
 _WIDTH = 88
-_MAX_ITEMS = 8
+_MAX_ITEMS = 8  # longer lists/tuples/dicts show their first 6 items, "...(n more)", the last
+
+
+# -- leaves -------------------------------------------------------------------------------------
 
 
 def _dtype_short(dtype: Any) -> str:
-    dtype = np.dtype(dtype)
-    kind = {"f": "f", "i": "i", "u": "u", "b": "bool", "c": "c", "V": "V"}.get(dtype.kind, dtype.kind)
-    if kind == "bool":
+    # The names jaxprs use: f32, bf16, i8, u4, c64, f8_e4m3fn, ... (so they read the same).
+    if dtype == np.bool_:
         return "bool"
-    if dtype.name == "bfloat16":
+    name = np.dtype(dtype).name
+    if name == "bfloat16":
         return "bf16"
-    return f"{kind}{dtype.itemsize * 8}"
+    return (
+        name.replace("float", "f").replace("uint", "u").replace("int", "i").replace("complex", "c")
+    )
+
+
+def _is_array(x: Any) -> bool:
+    # jax.Array (tracers included), np.ndarray, jax.ShapeDtypeStruct; numpy scalars keep repr.
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.generic, type))
 
 
 def leaf_repr(x: Any) -> str:
-    """Short form of a leaf: arrays as `f32[3,4]`, kinds by name, others by `repr`."""
-    if isinstance(x, (jax.Array, np.ndarray)) or (
-        hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, np.generic)
-    ):
-        try:
-            dt = _dtype_short(x.dtype)
-        except TypeError:
-            dt = str(x.dtype)
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    """Short form of a leaf: arrays as `f32[3,4]`, classes by name, others by a short `repr`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> ptc._show.leaf_repr(jnp.zeros((3, 4))), ptc._show.leaf_repr(jnp.ones(2, "bfloat16"))
+        ('f32[3,4]', 'bf16[2]')
+    """
+    if _is_array(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             dt = "key"
+        else:
+            try:
+                dt = _dtype_short(x.dtype)
+            except TypeError:
+                dt = str(x.dtype)
         return f"{dt}[{','.join(map(str, x.shape))}]"
     if isinstance(x, type):
         return x.__name__
@@ -42,25 +66,63 @@ def leaf_repr(x: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+# -- repr -------------------------------------------------------------------------------------
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _key_label(key: Any) -> tuple[str, str]:
+    """(label, separator) of a child in a generic pytree node, from its key."""
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name, "="
+    if isinstance(key, jax.tree_util.DictKey):
+        return repr(key.key), ": "
+    return "", ""
+
+
+def _children(obj: Any) -> list[tuple[Any, Any]] | None:
+    """One level of a pytree node as (key, child) pairs; None if `obj` is a leaf."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda y: y is not obj)
+    if len(flat) == 1 and flat[0][0] == () and flat[0][1] is obj:
+        return None
+    return [(path[0], child) for path, child in flat]
+
+
 def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     """(open, close, separator, [(label, value)]) for containers we lay out; else None."""
     meta = getattr(type(obj), "__ptc_meta__", None)
     if meta is not None:
         d = obj.__dict__
-        items = [(f.name, d.get(f.name, "<unset>")) for f in meta.fields if f.repr]
+        items = [(f.name, d.get(f.name, _UNSET)) for f in meta.fields if f.repr]
         return f"{type(obj).__name__}(", ")", "=", items
     if isinstance(obj, dict):
         return "{", "}", ": ", [(repr(k), v) for k, v in obj.items()]
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return f"{type(obj).__name__}(", ")", "=", list(zip(obj._fields, obj))
+    names = getattr(obj, "_fields", None)
+    if isinstance(obj, tuple) and names is not None:  # a namedtuple
+        return f"{type(obj).__name__}(", ")", "=", list(zip(names, obj))
     if isinstance(obj, list):
         return "[", "]", "", [("", v) for v in obj]
     if isinstance(obj, tuple):
         return "(", ",)" if len(obj) == 1 else ")", "", [("", v) for v in obj]
-    return None
+    if obj is None or _is_array(obj) or isinstance(obj, (str, int, float, complex, type)):
+        return None
+    # Any other pytree node (an Equinox module, an nnx Variable, ...): its keyed children.
+    children = _children(obj)
+    if children is None:
+        return None
+    labels = [_key_label(k) for k, _ in children]
+    sep = next((s for _, s in labels if s), "")
+    items = [(label, child) for (label, _), (_, child) in zip(labels, children)]
+    return f"{type(obj).__name__}(", ")", sep, items
 
 
-def _render(obj: Any, indent: int, seen: set[int]) -> str:
+def _render(obj: Any, indent: int, seen: frozenset[int]) -> str:
     parts = _items(obj)
     if parts is None:
         return leaf_repr(obj)
@@ -68,16 +130,7 @@ def _render(obj: Any, indent: int, seen: set[int]) -> str:
         return "<cycle>"
     seen = seen | {id(obj)}
     open_, close, sep, items = parts
-    elided = 0
-    if len(items) > _MAX_ITEMS and not hasattr(type(obj), "__ptc_meta__"):
-        elided = len(items) - _MAX_ITEMS + 2
-        items = [*items[: _MAX_ITEMS - 2], ("", ...), items[-1]]
-    rendered = [
-        ("..." if v is ... and not k else f"{k}{sep}" + _render(v, indent + 2, seen))
-        for k, v in items
-    ]
-    if elided:
-        rendered[_MAX_ITEMS - 2] = f"...({elided} more)"
+    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in _elide(items)]
     flat = open_ + ", ".join(rendered) + close
     if len(flat) + indent <= _WIDTH and "\n" not in flat:
         return flat
@@ -85,15 +138,286 @@ def _render(obj: Any, indent: int, seen: set[int]) -> str:
     return open_ + "\n" + ",\n".join(pad + r for r in rendered) + "\n" + " " * indent + close
 
 
+class _Elided:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"...({self.n} more)"
+
+
+def _elide(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    if len(items) <= _MAX_ITEMS:
+        return items
+    head = _MAX_ITEMS - 2
+    return [*items[:head], ("", _Elided(len(items) - head - 1)), items[-1]]
+
+
 def treeclass_repr(obj: Any) -> str:
-    """The `repr` of a treeclass: one line when short, else one field per line, indented."""
-    return _render(obj, 0, set())
+    """The `repr` of a treeclass: one line when short, else one field per line, indented.
+
+    Arrays show as `f32[3,4]`; lists, tuples and dicts longer than 8 items show their first
+    6 items, `...(n more)` and the last one.
+    """
+    return _render(obj, 0, frozenset())
+
+
+# -- display objects ----------------------------------------------------------------------------
+
+
+class _Text(str):
+    """A `str` that shows itself unquoted at the prompt (`repr` is the text itself)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class SummaryRow(NamedTuple):
+    """One leaf of a `tree_summary` table."""
+
+    path: str
+    kind: str
+    type: str
+    shape_dtype: str
+    count: int  # pyright: ignore[reportIncompatibleMethodOverride]
+    bytes: int
+
+
+class TreeSummary(_Text):
+    """The table `tree_summary` returns: a `str` (print it, compare it) with the data too.
+
+    Attributes:
+        rows: one `SummaryRow(path, kind, type, shape_dtype, count, bytes)` per leaf.
+        totals: `{kind name: (count, bytes)}` in order of first appearance, then `"all"`.
+    """
+
+    rows: tuple[SummaryRow, ...]
+    totals: dict[str, tuple[int, int]]
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in _HEADER)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
+            for r in self.rows
+        )
+        foot = "".join(
+            f"<tr><th>total</th><th>{html.escape(k)}</th><th></th><th></th>"
+            f"<th>{c:,}</th><th>{b:,}</th></tr>"
+            for k, (c, b) in self.totals.items()
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>"
+
+
+_HEADER = ("path", "kind", "type", "shape/dtype", "count", "bytes")
+
+
+def _cells(r: SummaryRow) -> tuple[str, ...]:
+    return (r.path, r.kind, r.type, r.shape_dtype, f"{r.count:,}", f"{r.bytes:,}")
+
+
+def _kind_name(kind: Any) -> str:
+    return "-" if kind is None else kind.__name__
+
+
+def _type_name(x: Any) -> str:
+    if isinstance(x, jax.Array):
+        return "Array"  # not ArrayImpl / DynamicJaxprTracer: the type users write
+    return type(x).__name__
+
+
+def _count_bytes(x: Any) -> tuple[int, int]:
+    if _is_array(x) or isinstance(x, np.generic):
+        n = int(np.prod(x.shape))
+        return n, n * x.dtype.itemsize  # PRNG key dtypes know their itemsize too
+    if isinstance(x, (bool, int, float, complex)):
+        return 1, 0  # a Python number: one value, in no device buffer
+    return 0, 0
+
+
+def tree_summary(tree: Any) -> TreeSummary:
+    """A table of the leaves of `tree`: path, kind, type, shape/dtype, count, bytes.
+
+    One row per leaf, then totals per kind (kinds as in `ptc.tree_kinds`, `-` for none)
+    and overall. `count` is the number of array elements (1 for a Python number, 0 for
+    other objects); `bytes` is what the arrays hold (`count * itemsize`; 0 for non-arrays).
+    Non-array leaves show their short `repr` in the shape/dtype column. The result is a
+    `str` with `rows` and `totals` attributes, and an HTML table in notebooks. It works on
+    abstract trees (`jax.eval_shape`) and inside `jax.jit`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Linear:
+        ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
+        ...     n: jnp.ndarray
+        >>> print(ptc.tree_summary(Linear(jnp.ones((3, 4)), jnp.zeros((), "int32"))))
+        path   kind       type   shape/dtype  count  bytes
+        -----  ---------  -----  -----------  -----  -----
+        .w     Parameter  Array  f32[3,4]        12     48
+        .n     -          Array  i32[]            1      4
+        -----  ---------  -----  -----------  -----  -----
+        total  Parameter                         12     48
+        total  -                                  1      4
+        total  all                               13     52
+    """
+    from ._filters import Leaves
+
+    ctx = Leaves(tree)
+    rows, totals = [], {}
+    for leaf, kind, path in zip(ctx.leaves, ctx.kinds, ctx.paths):
+        count, nbytes = _count_bytes(leaf)
+        k = _kind_name(kind)
+        rows.append(
+            SummaryRow(
+                jax.tree_util.keystr(path) or "<root>",
+                k,
+                _type_name(leaf),
+                leaf_repr(leaf),
+                count,
+                nbytes,
+            )
+        )
+        c, b = totals.get(k, (0, 0))
+        totals[k] = (c + count, b + nbytes)
+    totals["all"] = (sum(r.count for r in rows), sum(r.bytes for r in rows))
+    table = [_HEADER, *map(_cells, rows)]
+    foot = [("total", k, "", "", f"{c:,}", f"{b:,}") for k, (c, b) in totals.items()]
+    widths = [max(len(r[i]) for r in table + foot) for i in range(len(_HEADER))]
+    rule = "  ".join("-" * w for w in widths)
+
+    def line(cells: tuple[str, ...]) -> str:
+        out = [c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(out).rstrip()
+
+    text = "\n".join([line(_HEADER), rule, *map(line, table[1:]), rule, *map(line, foot)])
+    out = TreeSummary(text)
+    out.rows = tuple(rows)  # type: ignore[misc]
+    out.totals = totals  # type: ignore[misc]
+    return out
+
+
+# -- diagram ----------------------------------------------------------------------------------
+
+
+def _label(key: Any) -> str:
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    return jax.tree_util.keystr((key,))
+
+
+def tree_diagram(tree: Any, *, max_items: int | None = _MAX_ITEMS) -> str:
+    """A text tree (box-drawing characters) of `tree`'s structure, one line per node.
+
+    Leaves show as `name: f32[3,4] (Parameter)`, with the field's `axes` when it sets
+    them; static fields as `name: value (static)`. Lists, tuples and dicts longer than
+    `max_items` show their first `max_items - 2` children, `...`, and the last one
+    (`max_items=None` shows all). The result is a `str` that prints unquoted at the prompt.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Linear:
+        ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
+        ...     size: int = ptc.field(static=True, default=3)
+        >>> print(ptc.tree_diagram({"fc": Linear(jnp.ones((3, 4)))}))
+        dict
+        └── ['fc']: Linear
+            ├── w: f32[3,4] (Parameter)
+            └── size: 3 (static)
+    """
+    from ._kinds import leaf_kinds
+    from ._shard import leaf_axes
+
+    treedef = jax.tree_util.tree_structure(tree)
+    kinds = leaf_kinds(tree, treedef)
+    axes = leaf_axes(tree, treedef)
+    counter = [0]  # index of the next leaf, in tree_leaves order
+    lines: list[str] = []
+
+    def leaf_line(x: Any) -> str:
+        i = counter[0]
+        counter[0] += 1
+        kind = kinds[i]
+        notes = [] if kind is None else [kind.__name__]
+        if axes[i] is not None and _is_array(x):
+            notes.append(f"axes={axes[i]!r}")
+        return leaf_repr(x) + (f" ({', '.join(notes)})" if notes else "")
+
+    def walk(node: Any, prefix: str) -> None:
+        children = _children(node) or []
+        entries: list[tuple[str, Any, bool]] = []  # (label, value, is_static)
+        meta = getattr(type(node), "__ptc_meta__", None)
+        if meta is not None:
+            it = iter(children)
+            for f in meta.fields:
+                if f.static:
+                    entries.append((f.name, node.__dict__[f.name], True))
+                else:
+                    entries.append((f.name, next(it)[1], False))
+        else:
+            entries = [(_label(k), c, False) for k, c in children]
+        skipped = 0
+        if max_items is not None and meta is None and len(entries) > max(max_items, 2):
+            head = max(max_items, 2) - 2
+            hidden = entries[head:-1]
+            skipped = sum(jax.tree_util.tree_structure(v).num_leaves for _, v, _ in hidden)
+            entries = [*entries[:head], ("...", _Elided(len(hidden)), True), entries[-1]]
+        for j, (label, value, static) in enumerate(entries):
+            last = j == len(entries) - 1
+            branch, cont = ("└── ", "    ") if last else ("├── ", "│   ")
+            if isinstance(value, _Elided):
+                lines.append(f"{prefix}{branch}{value!r}")
+                counter[0] += skipped
+            elif static:
+                lines.append(f"{prefix}{branch}{label}: {leaf_repr(value)} (static)")
+            elif value is None:  # an empty subtree (a hole): no leaf to count
+                lines.append(f"{prefix}{branch}{label}: None")
+            elif _children(value) is None:
+                lines.append(f"{prefix}{branch}{label}: {leaf_line(value)}")
+            else:
+                lines.append(f"{prefix}{branch}{label}: {type(value).__name__}")
+                walk(value, prefix + cont)
+
+    if _children(tree) is None:
+        lines.append(leaf_line(tree))
+    else:
+        lines.append(type(tree).__name__)
+        walk(tree, "")
+    return _Text("\n".join(lines))
+
+
+# -- notebooks --------------------------------------------------------------------------------
+
+
+def _treescope_html(obj: Any) -> str:
+    import treescope
+
+    # treescope shows any node with `_repr_html_` by calling it, and ours calls treescope:
+    # skip that hook for treeclass instances so treescope renders them as dataclasses.
+    hook = treescope.handlers.append_repr_html_when_present
+
+    def skip_treeclasses(node: Any, path: Any, node_renderer: Any) -> Any:
+        if hasattr(type(node), "__ptc_meta__"):
+            return NotImplemented
+        return hook(node, path, node_renderer)
+
+    base = treescope.active_renderer.get()
+    renderer = type(base)(
+        handlers=base.handlers,
+        wrapper_hooks=[skip_treeclasses if h is hook else h for h in base.wrapper_hooks],
+        context_builders=base.context_builders,
+    )
+    with treescope.active_renderer.set_scoped(renderer):
+        return treescope.render_to_html(obj, roundtrip_mode=False)
 
 
 def html_repr(obj: Any) -> str:
-    """Notebook display: treescope's rendering where installed, else escaped `repr`."""
+    """Notebook display: treescope's rendering where installed, else the escaped `repr`."""
     try:
-        import treescope
+        return _treescope_html(obj)
     except ImportError:
         return f"<pre>{html.escape(treeclass_repr(obj))}</pre>"
-    return treescope.render_to_html(obj, roundtrip_mode=False)

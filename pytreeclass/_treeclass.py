@@ -401,6 +401,7 @@ def _register_subclass(cls: type) -> None:
         if "__ptc_meta__" in cls.__dict__:
             return
         parent: _Meta = cls.__ptc_meta__  # type: ignore[attr-defined]
+        _check_no_new_fields(cls, parent)
         own_init = cls.__dict__.get("__init__")
         meta = _Meta(cls, parent.fields, parent.options)
         if own_init is not None:
@@ -409,6 +410,25 @@ def _register_subclass(cls: type) -> None:
         _register(cls, meta)
         if cls.__dict__.get("__new__") is _lazy_new:
             del cls.__new__  # type: ignore[misc]
+
+
+def _check_no_new_fields(cls: type, parent: _Meta) -> None:
+    """An undecorated subclass cannot add fields: say so instead of dropping them silently."""
+    import inspect
+
+    new = []
+    for name, ann in inspect.get_annotations(cls).items():
+        text = ann if isinstance(ann, str) else repr(ann)
+        if name in parent.fields_by_name or "ClassVar" in text or "InitVar" in text:
+            continue
+        new.append(name)
+    if new:
+        raise TypeError(
+            f"{cls.__name__} annotates {', '.join(map(repr, new))} but is not decorated, so "
+            f"{'they are' if len(new) > 1 else 'it is'} not a field (flatten would drop "
+            f"{'them' if len(new) > 1 else 'it'}). Decorate the subclass with @ptc.treeclass "
+            "to add fields, or annotate with typing.ClassVar for class-level constants."
+        )
 
 
 def _lazy_new(cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -448,7 +468,9 @@ def treeclass(cls: type[_T], /) -> type[_T]: ...
 def treeclass(
     *, kw_only: bool = False, order: bool = False, match_args: bool = True
 ) -> Callable[[type[_T]], type[_T]]: ...
-@dataclass_transform(frozen_default=True, field_specifiers=(field, Field, dataclasses.field))
+# No `frozen_default`: type checkers would then reject `self.x = ...` inside a user-written
+# `__init__` and inside `value_and_tree` functions, the two places assignment is allowed.
+@dataclass_transform(field_specifiers=(field, Field, dataclasses.field))
 def treeclass(
     cls: type[_T] | None = None,
     /,

@@ -124,8 +124,11 @@ def test_filter_reprs_and_hashability():
 def test_unknown_filter_type_lists_the_forms():
     with pytest.raises(TypeError, match=r"3.5 \(of type float\) is not a filter. A filter is a Kind"):
         ptc.tree_mask({"a": 1}, 3.5)
-    with pytest.raises(TypeError, match="is not a filter"):
-        ptc.Not(None)
+    with pytest.raises(TypeError, match="None is not a filter"):
+        ptc.tree_mask({"a": 1}, ptc.Not(None))
+    with pytest.raises(TypeError, match="None is not a filter"):
+        ptc.tree_mask({"a": 1}, None)
+    assert ptc.tree_mask(None, None) is None  # the mask of a leafless tree
 
 
 def test_predicate_returning_non_bool_is_a_clear_error():

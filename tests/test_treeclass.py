@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import equinox as eqx
 import jax
@@ -167,7 +167,7 @@ def test_user_init_missing_fields_and_extra_attributes():
             self.a = 1
             self.oops = 2
 
-    with pytest.raises(AttributeError, match="'oops'.*not a field"):
+    with pytest.raises(AttributeError, match=r"'oops'.*not a field"):
         B()
 
 
@@ -373,7 +373,7 @@ def test_equality_of_traced_instances_is_a_clear_error():
     def f(x):
         return a == Linear(x, jnp.zeros(3))
 
-    with pytest.raises(TypeError, match="jnp.array_equal"):
+    with pytest.raises(TypeError, match=r"jnp\.array_equal"):
         jax.jit(f)(jnp.ones(3))
 
 
@@ -417,6 +417,15 @@ def test_undecorated_subclass_with_its_own_init():
     obj = FromSize(3)
     assert obj.w.shape == (3, 3) and obj.features == 4
     assert jax.jit(lambda o: o)(obj) == obj
+
+
+def test_undecorated_subclass_with_new_annotations_is_an_error():
+    class Extra(Linear):
+        scale: float = 2.0
+        unit: ClassVar[str] = "m"
+
+    with pytest.raises(TypeError, match=r"Extra annotates 'scale' but is not decorated"):
+        Extra(jnp.ones(2), jnp.ones(2))
 
 
 def test_decorated_subclass_adds_fields():

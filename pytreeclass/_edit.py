@@ -1,0 +1,192 @@
+"""`value_and_tree(fn)`: run `fn` on a mutable copy of a tree, get `(result, new tree)`.
+
+The copy is shallow per node: every treeclass instance, list and dict is a fresh object
+(tuples, namedtuples and other pytree nodes holding one are rebuilt around the copies),
+while leaves (arrays) are shared. So any in-place assignment `fn` makes, however deep,
+lands in the copy; the original is never touched, even if `fn` raises halfway.
+
+Copied treeclass instances accept assignment while `fn` runs because their ids are in
+`_treeclass._MUTABLE` in `_EDIT` mode (no converters, static values still checked); the ids
+are removed in a `finally`, which freezes the copy again. A node that appears several times
+in the tree is copied once, so the copy aliases exactly as the original does.
+
+The walk is iterative, so deep trees cost no Python recursion of ours.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._nodes import (
+    CODES,
+    DICT,
+    LEAF,
+    LIST,
+    NAMEDTUPLE,
+    NONE,
+    TREECLASS,
+    TUPLE,
+    node_code,
+    one_level,
+)
+from ._treeclass import _EDIT, _MUTABLE, check_static
+
+__all__ = ["value_and_tree"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+_new = object.__new__
+# Deeper than this is almost surely a reference cycle (JAX itself stops near 1000 levels).
+_MAX_DEPTH = 100_000
+
+
+class _Frame:
+    """One node being copied: its children, the copies made so far, how to rebuild it."""
+
+    __slots__ = ("aux", "children", "code", "i", "node", "out")
+
+    def __init__(self, node: Any, code: int) -> None:
+        self.node, self.code, self.i, self.out = node, code, 0, []
+        self.aux: Any = None
+        if code == TREECLASS:
+            self.aux = names = type(node).__ptc_meta__.child_names
+            d = node.__dict__
+            self.children = [d[n] for n in names]
+        elif code == DICT:
+            self.aux = list(node)
+            self.children = list(node.values())
+        elif code in (LIST, TUPLE, NAMEDTUPLE):
+            self.children = node
+        else:  # DATACLASS (Equinox, flax.struct) or GENERIC: one level, unflattened afterwards
+            self.children, self.aux = one_level(node)
+
+
+def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
+    node, code, out = fr.node, fr.code, fr.out
+    if code == TREECLASS:
+        new = _new(type(node))
+        d = new.__dict__
+        d.update(node.__dict__)
+        for name, value in zip(fr.aux, out):
+            d[name] = value
+        made.append((node, new))
+        return new
+    if code == LIST:
+        return out
+    if code == DICT:
+        new = node.copy()  # same dict type (OrderedDict, defaultdict and its factory)
+        for key, value in zip(fr.aux, out):
+            new[key] = value
+        return new
+    if all(a is b for a, b in zip(out, fr.children)):
+        return node  # immutable and nothing mutable inside: share it
+    if code == TUPLE:
+        return tuple(out)
+    if code == NAMEDTUPLE:
+        return tuple.__new__(type(node), out)
+    return fr.aux.unflatten(out)
+
+
+def _thaw(tree: Any, made: list[tuple[Any, Any]]) -> Any:
+    """The mutable copy of `tree` described in the module docs (iterative, post-order)."""
+    code = node_code(tree)
+    if code in (LEAF, NONE):
+        return tree
+    memo: dict[int, Any] = {}  # id(original node) -> its copy; originals stay alive in `tree`
+    stack = [_Frame(tree, code)]
+    codes = CODES
+    while True:
+        fr = stack[-1]
+        children, i, n = fr.children, fr.i, len(fr.children)
+        while i < n:
+            child = children[i]
+            i += 1
+            c = codes.get(type(child))
+            if c is None:
+                c = node_code(child)
+            if c in (LEAF, NONE):
+                fr.out.append(child)
+                continue
+            copy = memo.get(id(child))
+            if copy is not None:
+                fr.out.append(copy)
+                continue
+            break
+        else:
+            stack.pop()
+            new = _build(fr, made)
+            memo[id(fr.node)] = new
+            if not stack:
+                return new
+            stack[-1].out.append(new)
+            continue
+        fr.i = i
+        if len(stack) >= _MAX_DEPTH:
+            raise ValueError(
+                f"value_and_tree: the tree is nested more than {_MAX_DEPTH} levels deep, "
+                "which means it contains a reference cycle (a node inside itself). "
+                "Pytrees must be trees: break the cycle."
+            )
+        stack.append(_Frame(child, c))
+
+
+def _freeze(made: list[tuple[Any, Any]]) -> None:
+    """Check what `fn` left in the copies: every field set, static values hashable."""
+    for original, copy in made:
+        cls = type(copy)
+        meta = cls.__ptc_meta__
+        d = copy.__dict__
+        if len(d) != len(meta.fields):
+            missing = [f.name for f in meta.fields if f.name not in d]
+            raise TypeError(
+                f"value_and_tree: fn deleted field(s) {', '.join(map(repr, missing))} of a "
+                f"{cls.__qualname__}; a treeclass instance must keep every field. Assign a "
+                "new value instead of deleting it."
+            )
+        od = original.__dict__
+        for name in meta.static_names:
+            if d[name] is not od[name]:
+                check_static(cls, name, d[name])
+
+
+def value_and_tree(fn: Callable[..., R]) -> Callable[..., tuple[R, Any]]:
+    """Make `fn`, which updates its first argument in place, pure.
+
+    `value_and_tree(fn)(tree, *args, **kwargs)` calls `fn` on a mutable copy of `tree`
+    and returns `(fn's result, the copy frozen again)`; `tree` itself is never changed.
+    Works under `jax.jit`, `jax.grad(..., has_aux=True)` and as a `jax.lax.scan` body.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Counter:
+        ...     count: int = 0
+        ...     def tick(self):
+        ...         self.count += 1
+        ...         return self.count * 10
+        >>> c = Counter()
+        >>> ptc.value_and_tree(Counter.tick)(c)
+        (10, Counter(count=1))
+        >>> c.count
+        0
+    """
+
+    @functools.wraps(fn)
+    def run(tree: Any, /, *args: Any, **kwargs: Any) -> tuple[R, Any]:
+        made: list[tuple[Any, Any]] = []
+        copy = _thaw(tree, made)
+        mutable = _MUTABLE
+        try:
+            for _, obj in made:
+                mutable[id(obj)] = _EDIT
+            out = fn(copy, *args, **kwargs)
+        finally:
+            for _, obj in made:
+                mutable.pop(id(obj), None)
+        _freeze(made)
+        return out, copy
+
+    return run

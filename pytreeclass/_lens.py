@@ -1,0 +1,337 @@
+"""Lenses: `model.at.layers[0].w.set(v)` returns an updated copy; the original never changes.
+
+A `Lens` is a root plus a tuple of steps. It is immutable: every step returns a new one.
+
+* Single steps (`.name`, `["key"]`, `[i]`) walk to one subtree. A path made only of them
+  is updated by rebuilding the nodes along it and nothing else: no flatten of the whole
+  tree, no `__init__`, no converters, and every untouched subtree is shared by identity.
+* The first multi step (`[...]` or a filter) ends the walk: the subtree reached so far is
+  the *focus*, and it and every later step say which of the focus's leaves are selected.
+  Updating a selection costs one flatten and one unflatten of the focus; the selection
+  itself is cached per treedef when every step depends on structure alone.
+
+Errors name the path from the root, which is called `model` when it is a treeclass or
+another dataclass-like module (Equinox, flax.struct) and `tree` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import jax
+import numpy as np
+
+from ._cache import BoundedCache
+from ._errors import depth_guard
+from ._filters import Leaves, as_filter
+from ._kinds import foreign_kind
+from ._nodes import (
+    ALL,
+    ATTR_STEPS,
+    KEY_STEPS,
+    LEAF,
+    TREECLASS,
+    FilterStep,
+    PathStep,
+    listing,
+    match,
+    node_code,
+    one_level_keyed,
+    put,
+    rebuild,
+    walk,
+    where,
+)
+
+__all__ = ["Lens", "at"]
+
+T = TypeVar("T")
+
+# -- multi-leaf selections ----------------------------------------------------------------------
+
+_SELECTIONS = BoundedCache(maxsize=4096)
+_DEEP = depth_guard("lens")
+
+
+def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
+    """The kind every leaf of the focus has because of a field (or marker) above it."""
+    for parent, code, token in trail:
+        if code == TREECLASS:
+            kind = type(parent).__ptc_meta__.fields_by_name[token].kind
+        else:
+            kind = foreign_kind(parent)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _selection(
+    focus: Any, steps: tuple[Any, ...], outer: Any, state: tuple[Any, Any, int], at: int
+) -> tuple[Leaves, tuple[bool, ...]]:
+    """Flatten the focus and say which of its leaves `steps` (all after the walk) select."""
+    ctx = Leaves(focus)
+    if outer is not None:
+        ctx._kinds = (outer,) * len(ctx.leaves)
+    cacheable = all(type(s) is not FilterStep or s.filter.structural for s in steps)
+    key = (ctx.treedef, outer, steps) if cacheable else None
+    if key is not None:
+        sel = _SELECTIONS.get(key)
+        if sel is not None:
+            return ctx, sel
+    sel = [True] * len(ctx.leaves)
+    cursors = [(focus, ctx.treedef, 0)]  # selected nodes: (node, treedef, first leaf)
+    for j, step in enumerate(steps):
+        if type(step) is FilterStep:
+            sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
+            continue
+        found, seen = [], []
+        for node, treedef, lo in cursors:
+            keys, children, _ = one_level_keyed(node)
+            if not children:  # a leaf or an empty node: nothing below it to select
+                continue
+            subdefs = treedef.children()
+            starts = []
+            for sub in subdefs:
+                starts.append(lo)
+                lo += sub.num_leaves
+            if step is ALL:
+                found.extend(zip(children, subdefs, starts))
+                continue
+            seen.extend(keys)
+            c = match(step, node, keys)
+            if c is not None:
+                found.append((children[c], subdefs[c], starts[c]))
+        if not found and cursors and step is not ALL:
+            names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
+            raise step.error(
+                f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "
+                f"children there: {listing(names)}"
+            )
+        cursors = found
+    inside = [False] * len(sel)
+    for _, treedef, lo in cursors:
+        inside[lo : lo + treedef.num_leaves] = [True] * treedef.num_leaves
+    out = tuple(a and b for a, b in zip(sel, inside))
+    if key is not None:
+        _SELECTIONS.put(key, out)
+    return ctx, out
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+_LEAF_TYPES = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, str)
+
+
+def _is_single_leaf(v: Any) -> bool:
+    if isinstance(v, _LEAF_TYPES):
+        return True
+    return node_code(v) == LEAF
+
+
+def _aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
+    """`value`'s leaves lined up with the focus's leaves (None where it has a hole)."""
+    vleaves, vdef = jax.tree_util.tree_flatten(value, is_leaf=_is_none)
+    fix = (
+        "Pass a single leaf (given to every selected leaf) or a tree shaped like .get(), "
+        "where None keeps the leaf or subtree there."
+    )
+    try:
+        subtrees = vdef.flatten_up_to(ctx.tree)
+    except (ValueError, TypeError):
+        from ._merge import first_difference
+
+        shape = ctx.treedef.unflatten([None] * ctx.treedef.num_leaves)
+        diff = first_difference(shape, value).replace("tree 0", "the selection")
+        raise ValueError(
+            f"{where(state, len(state[1]))}.set(): the value does not match the "
+            f"selection's structure: {diff.replace('tree 1', 'the value')}. {fix}"
+        ) from None
+    leaves, n = ctx.leaves, len(ctx.leaves)
+    out: list[Any] = []
+    for j, (v, sub) in enumerate(zip(vleaves, subtrees)):
+        k = len(out)
+        if k < n and sub is leaves[k]:
+            out.append(v)
+            continue
+        count = jax.tree_util.tree_structure(sub).num_leaves
+        if v is None:
+            out.extend([None] * count)
+            continue
+        from ._show import leaf_repr
+
+        pairs = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_none)[0]
+        at_path = jax.tree_util.keystr(pairs[j][0]) or "its root"
+        there = (
+            "an empty node (None or an empty container)"
+            if count == 0
+            else f"a subtree with {count} leaves"
+        )
+        raise ValueError(
+            f"{where(state, len(state[1]))}.set(): the value has the leaf "
+            f"{leaf_repr(v)} at {at_path}, where the selection has {there}. {fix}"
+        )
+    return out
+
+
+# -- the lens itself ---------------------------------------------------------------------------
+
+# A lens keeps (root, steps, index of the first multi step or -1) in its one slot.
+_OWN = frozenset({"get", "set", "apply", "_ptc"})
+_getattribute = object.__getattribute__
+_new = object.__new__
+
+
+class Lens(Generic[T]):
+    """An immutable path into a pytree; `.get()`, `.set(v)` and `.apply(fn)` end it.
+
+    Build one with `obj.at` (treeclasses) or `ptc.at(tree)` (any pytree), then chain steps:
+    `.name`, `["key"]`, `[i]` (negative too), `[...]` (every child) or a filter in
+    brackets (a kind, a type, a callable, a mask, `ptc.Any/All/Not`, `ptc.PathContains`;
+    a bare `str` or `int` is always a key/index step). A field called `get`, `set` or
+    `apply` is reached with `["get"]`, `["set"]`, `["apply"]`; names of the form
+    `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> ptc.at({"a": [1, 2], "b": 3})["a"][-1].set(5)
+        {'a': [1, 5], 'b': 3}
+    """
+
+    __slots__ = ("_ptc",)
+
+    def __init__(self, tree: T, /) -> None:
+        _SET(self, (tree, (), -1))
+
+    # -- steps --
+
+    # __getattribute__ rather than __getattr__: on Python < 3.12 the failed normal lookup
+    # that precedes __getattr__ builds an AttributeError, which costs more than the step.
+    def __getattribute__(self, name: str) -> Any:
+        step = ATTR_STEPS.get(name)  # a name seen before as a step: skip the checks below
+        if step is None:
+            if name in _OWN or (name[:2] == "__" and name[-2:] == "__"):
+                return _getattribute(self, name)  # protocols (copy, pickle) probe dunders
+            if name.startswith(("_repr_", "_ipython_")):
+                raise AttributeError(name)  # IPython probes these; they are not steps
+            step = PathStep(name, True)
+            if len(ATTR_STEPS) < 8192:
+                ATTR_STEPS[name] = step
+        root, steps, split = _GET(self)
+        new = _new(Lens)
+        _SET(new, (root, steps + (step,), split))  # noqa: RUF005 -- faster than (*steps, step)
+        return new
+
+    def __getitem__(self, key: Any) -> Lens[T]:
+        t = type(key)
+        if t is str or t is int:
+            step = KEY_STEPS.get(key)
+            if step is None:
+                step = PathStep(key, False)
+                if len(KEY_STEPS) < 8192:
+                    KEY_STEPS[key] = step
+        elif key is Ellipsis:
+            step = ALL
+        elif isinstance(key, str):
+            step = PathStep(str(key), False)
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            step = PathStep(int(key), False)
+        else:
+            step = FilterStep(as_filter(key))
+        root, steps, split = _GET(self)
+        if split < 0 and step.multi:
+            split = len(steps)
+        new = _new(Lens)
+        _SET(new, (root, steps + (step,), split))  # noqa: RUF005 -- faster than (*steps, step)
+        return new
+
+    # -- terminals --
+
+    def get(self) -> Any:
+        """The value at the path; with `[...]` or a filter, the focus with holes (`None`)."""
+        state = _GET(self)
+        root, steps, split = state
+        if split < 0:
+            return walk(root, steps, state, [])
+        _, ctx, sel = _select(state)
+        return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
+
+    def set(self, value: Any) -> T:
+        """A copy of the root with `value` at the path (or at every selected leaf)."""
+        state = _GET(self)
+        root, steps, split = state
+        if split < 0:
+            return put(root, steps, state, value, None)
+        trail, ctx, sel = _select(state)
+        if value is None or _is_single_leaf(value):
+            new = [value if s else x for x, s in zip(ctx.leaves, sel)]
+        else:
+            vals = _aligned(value, ctx, state)
+            new = [v if s and v is not None else x for x, v, s in zip(ctx.leaves, vals, sel)]
+        return _put_focus(trail, ctx, new)
+
+    def apply(self, fn: Callable[[Any], Any]) -> T:
+        """A copy of the root with `fn` applied at the path (or to every selected leaf)."""
+        state = _GET(self)
+        root, steps, split = state
+        if split < 0:
+            return put(root, steps, state, None, fn)
+        trail, ctx, sel = _select(state)
+        return _put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])
+
+    # -- misuse --
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"cannot assign to a lens ({where(_GET(self), len(_GET(self)[1]))}.{name} = ...). "
+            f"Write `.at.{name}.set(value)`, which returns an updated copy."
+        )
+
+    def __iter__(self) -> Any:
+        # Without this, Python would iterate a lens by calling __getitem__(0), (1), ... forever.
+        raise TypeError("a Lens is not iterable; end the path with .get(), .set(v) or .apply(fn)")
+
+    def __repr__(self) -> str:
+        return f"Lens({where(_GET(self), len(_GET(self)[1]))})"
+
+
+_GET = Lens._ptc.__get__  # type: ignore[attr-defined]
+_SET = Lens._ptc.__set__  # type: ignore[attr-defined]
+
+
+def _select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, ...]]:
+    """Walk to the focus, then select its leaves: `(trail to the focus, leaves, selection)`."""
+    root, steps, split = state
+    trail: list[Any] = []
+    node = walk(root, steps[:split], state, trail)
+    try:
+        ctx, sel = _selection(node, steps[split:], _outer_kind(trail), state, split)
+    except (RecursionError, SystemError) as e:
+        _DEEP.__exit__(type(e), e, e.__traceback__)  # raises TreeTooDeepError if it is one
+        raise
+    return trail, ctx, sel
+
+
+def _put_focus(trail: list[Any], ctx: Leaves, leaves: list[Any]) -> Any:
+    value = ctx.treedef.unflatten(leaves)
+    for parent, code, token in reversed(trail):
+        value = rebuild(parent, code, token, value)
+    return value
+
+
+def at(tree: T, /) -> Lens[T]:
+    """A lens on any pytree (dict, list, tuple, Equinox module, treeclass, ...).
+
+    `obj.at` is the same thing for a treeclass instance.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> params = {"dense": {"bias": 0.0, "kernel": 1.0}}
+        >>> ptc.at(params)["dense"]["bias"].set(0.5)
+        {'dense': {'bias': 0.5, 'kernel': 1.0}}
+        >>> ptc.at(params)["dense"]["kernel"].apply(lambda x: x * 2)
+        {'dense': {'bias': 0.0, 'kernel': 2.0}}
+    """
+    return Lens(tree)

@@ -1,0 +1,353 @@
+"""How lenses take pytree nodes apart and put them back together, one node at a time.
+
+Every node type gets a small code, decided once per type: treeclasses, dicts, lists,
+tuples and namedtuples have fast paths; Equinox modules, flax.struct and other dataclass
+pytrees are copied with `object.__new__` and a `__dict__` update (no `__init__`); any
+other pytree node is taken apart one level with `tree_flatten_with_path` and unflattened.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import jax
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
+from ._filters import Filter
+from ._treeclass import check_static
+
+# -- what kind of node is this? (decided once per type) -----------------------------------------
+
+LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = range(9)
+
+# Exact types only: a dict or list subclass is a leaf to JAX unless registered.
+CODES: dict[type, int] = {
+    dict: DICT,
+    collections.OrderedDict: DICT,
+    collections.defaultdict: DICT,
+    list: LIST,
+    tuple: TUPLE,
+    type(None): NONE,
+}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_new = object.__new__
+
+
+def one_level(node: Any) -> tuple[list[Any], Any]:
+    """`(children, treedef)` of one level of `node`: its children are the treedef's leaves."""
+    return jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+
+
+def one_level_keyed(node: Any) -> tuple[list[Any], list[Any], Any]:
+    """`(keys, children, treedef)` of one level of `node`; no keys or children for a leaf."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        return [], [], treedef
+    return [p[0] for p, _ in pairs], [c for _, c in pairs], treedef
+
+
+def _classify(x: Any) -> int:
+    cls = type(x)
+    if hasattr(cls, "__ptc_meta__"):
+        code = TREECLASS
+    elif isinstance(x, tuple) and hasattr(cls, "_fields"):
+        code = NAMEDTUPLE
+    else:
+        keys, _, treedef = one_level_keyed(x)
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+            code = LEAF
+        elif (
+            dataclasses.is_dataclass(cls)
+            and hasattr(x, "__dict__")
+            and all(type(k) is GetAttrKey for k in keys)
+            and {k.name for k in keys} <= (names := {f.name for f in dataclasses.fields(cls)})
+        ):
+            # Equinox modules, flax.struct and other dataclass pytrees: children are
+            # fields kept in __dict__, so a copy is `object.__new__` + a dict update.
+            code = DATACLASS
+            _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name in names)
+        else:
+            code = GENERIC
+    if len(CODES) < 8192:  # registration is per type, so the answer is too
+        CODES[cls] = code
+    return code
+
+
+def node_code(x: Any) -> int:
+    """How a lens or `value_and_tree` takes `x` apart (a small int, cached per type)."""
+    code = CODES.get(type(x))
+    return _classify(x) if code is None else code
+
+
+def _field_names(node: Any, code: int) -> tuple[str, ...]:
+    cls = type(node)
+    if code == TREECLASS:
+        return tuple(cls.__ptc_meta__.fields_by_name)
+    if code == NAMEDTUPLE:
+        return cls._fields
+    return _FIELD_NAMES[cls]
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+class _Step:
+    __slots__ = ()
+    multi = False
+
+
+class PathStep(_Step):
+    """`.name` (attr=True) or `["key"]` / `[i]` (attr=False)."""
+
+    __slots__ = ("attr", "key")
+
+    def __init__(self, key: Any, attr: bool) -> None:
+        self.key, self.attr = key, attr
+
+    def __repr__(self) -> str:
+        return f".{self.key}" if self.attr else f"[{self.key!r}]"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is PathStep and other.key == self.key and other.attr == self.attr
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.attr))
+
+    def error(self, message: str) -> Exception:
+        if self.attr:
+            return AttributeError(message)
+        return LensKeyError(message) if type(self.key) is str else IndexError(message)
+
+
+class _Everything(_Step):
+    __slots__ = ()
+    multi = True
+
+    def __repr__(self) -> str:
+        return "[...]"
+
+
+class FilterStep(_Step):
+    __slots__ = ("filter",)
+    multi = True
+
+    def __init__(self, f: Filter) -> None:
+        self.filter = f
+
+    def __repr__(self) -> str:
+        return f"[{self.filter!r}]"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is FilterStep and other.filter == self.filter
+
+    def __hash__(self) -> int:
+        return hash(self.filter)
+
+
+ALL = _Everything()
+ATTR_STEPS: dict[str, PathStep] = {}
+KEY_STEPS: dict[Any, PathStep] = {}
+
+
+class LensKeyError(KeyError):
+    """A `KeyError` whose message reads as a sentence (`KeyError` quotes its argument)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# -- the single-path walk -----------------------------------------------------------------------
+
+
+def _root_name(root: Any) -> str:
+    return "model" if node_code(root) in (TREECLASS, DATACLASS) else "tree"
+
+
+def where(state: tuple[Any, Any, int], upto: int) -> str:
+    """The path of a lens state `(root, steps, split)` up to step `upto`, e.g. `model.layers[7]`."""
+    return _root_name(state[0]) + "".join(map(repr, state[1][:upto]))
+
+
+def listing(items: Any, limit: int = 20) -> str:
+    items = list(items)
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more if items else "(none)"
+
+
+def _missing(
+    node: Any, code: int, step: PathStep, state: tuple[Any, Any, int], i: int
+) -> Exception:
+    """The error for a step that does not exist in `node`, naming the path and what is there."""
+    from ._show import leaf_repr
+
+    path = where(state, i + 1)
+    key = step.key
+    typ = type(node).__name__
+    if code in (TREECLASS, DATACLASS, NAMEDTUPLE) and (type(key) is str or code != NAMEDTUPLE):
+        names = _field_names(node, code)
+        if type(key) is not str:
+            return step.error(f"{path}: {typ} has fields, not indices; fields: {listing(names)}")
+        return step.error(f"{path}: no field {key!r}; fields: {listing(names)}")
+    if code == DICT:
+        keys = listing(map(repr, node))
+        if step.attr:
+            return step.error(
+                f"{path}: {typ} has keys, not attributes; write [{key!r}] (keys: {keys})"
+            )
+        return step.error(f"{path}: no key {key!r}; keys: {keys}")
+    if code in (LIST, TUPLE, NAMEDTUPLE):
+        if step.attr or type(key) is not int:
+            return step.error(f"{path}: {typ} is indexed by int (len {len(node)}), not by name")
+        return step.error(f"{path}: index out of range (len {len(node)})")
+    if code == GENERIC:
+        keys = one_level_keyed(node)[0]
+        children = listing(jax.tree_util.keystr((k,)) for k in keys)
+        return step.error(f"{path}: {typ} has no child {step!r}; children: {children}")
+    if code == NONE:
+        return step.error(f"{path}: the value at {where(state, i)} is None, which has no children")
+    hint = (
+        " To change array elements use .apply(lambda a: a.at[...].set(v))."
+        if hasattr(node, "shape")
+        else ""
+    )
+    return step.error(
+        f"{path}: cannot step into the leaf {leaf_repr(node)} at {where(state, i)}.{hint}"
+    )
+
+
+def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[Any, int, Any]:
+    """`(child, code, token)`: the child `step` names in `node`, and how to put one back."""
+    code = CODES.get(type(node))
+    if code is None:
+        code = _classify(node)
+    key = step.key
+    if code == TREECLASS:
+        if type(key) is str and key in type(node).__ptc_meta__.fields_by_name:
+            return node.__dict__[key], code, key
+    elif code in (LIST, TUPLE):
+        if type(key) is int and not step.attr:
+            n = len(node)
+            k = key + n if key < 0 else key
+            if 0 <= k < n:
+                return node[k], code, k
+    elif code == DICT:
+        if not step.attr and key in node:  # `in` first: a defaultdict would grow on node[key]
+            return node[key], code, key
+    elif code == DATACLASS:
+        if type(key) is str and key in _FIELD_NAMES[type(node)]:
+            d = node.__dict__
+            return (d[key] if key in d else getattr(node, key)), code, key
+    elif code == NAMEDTUPLE:
+        fields = type(node)._fields
+        if type(key) is str:
+            if key in fields:
+                k = fields.index(key)
+                return node[k], code, k
+        elif not step.attr:
+            n = len(node)
+            k = key + n if key < 0 else key
+            if 0 <= k < n:
+                return node[k], code, k
+    elif code == GENERIC:
+        keys, children, treedef = one_level_keyed(node)
+        k = match(step, node, keys)
+        if k is not None:
+            return children[k], code, (treedef, children, k)
+    raise _missing(node, code, step, state, i)
+
+
+def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
+    """A copy of `node` with the child at `token` (from `descend`) replaced by `value`."""
+    if code == TREECLASS:
+        cls = type(node)
+        if token in cls.__ptc_meta__.static_names:
+            check_static(cls, token, value)
+        new = _new(cls)
+        d = new.__dict__
+        d.update(node.__dict__)
+        d[token] = value
+        return new
+    if code in (LIST, DICT):
+        new = node.copy()  # keeps OrderedDict / defaultdict (and its factory)
+        new[token] = value
+        return new
+    if code == TUPLE:
+        return (*node[:token], value, *node[token + 1 :])
+    if code == DATACLASS:
+        new = _new(type(node))
+        d = new.__dict__
+        d.update(node.__dict__)
+        d[token] = value
+        return new
+    if code == NAMEDTUPLE:
+        items = list(node)
+        items[token] = value
+        return tuple.__new__(type(node), items)  # what `_replace` does, minus the kwargs
+    treedef, children, k = token
+    children = list(children)
+    children[k] = value
+    return treedef.unflatten(children)
+
+
+def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
+    """Index of the child whose JAX key `step` names, or None."""
+    key = step.key
+    if type(key) is str:
+        for j, k in enumerate(keys):
+            if (type(k) is GetAttrKey and k.name == key) or (
+                not step.attr and type(k) is DictKey and k.key == key
+            ):
+                return j
+        return None
+    if step.attr:
+        return None
+    positional = isinstance(node, tuple) or (
+        bool(keys) and type(keys[0]) in (SequenceKey, FlattenedIndexKey)
+    )
+    if positional:
+        k = key + len(keys) if key < 0 else key
+        return k if 0 <= k < len(keys) else None
+    for j, dk in enumerate(keys):
+        if type(dk) is DictKey and dk.key == key:
+            return j
+    return None
+
+
+def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]) -> Any:
+    """Follow path steps from `root`; record `(node, code, token)` per step in `trail`."""
+    node = root
+    codes = CODES
+    for i, step in enumerate(steps):
+        # The two commonest hops, inline: a treeclass field and a list index.
+        cls = type(node)
+        code = codes.get(cls)
+        key = step.key
+        if code == TREECLASS:
+            if key in cls.__ptc_meta__.fields_by_name:
+                trail.append((node, TREECLASS, key))
+                node = node.__dict__[key]
+                continue
+        elif code == LIST and type(key) is int and not step.attr:
+            n = len(node)
+            k = key + n if key < 0 else key
+            if 0 <= k < n:
+                trail.append((node, LIST, k))
+                node = node[k]
+                continue
+        child, code, token = descend(node, step, state, i)
+        trail.append((node, code, token))
+        node = child
+    return node
+
+
+def put(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], value: Any, fn: Any) -> Any:
+    """Set (fn is None) or apply `fn` at the end of a path of single steps."""
+    trail: list[Any] = []
+    node = walk(root, steps, state, trail)
+    if fn is not None:
+        value = fn(node)
+    for parent, code, token in reversed(trail):
+        value = rebuild(parent, code, token, value)
+    return value

@@ -1,0 +1,191 @@
+"""`tree_shardings`: logical axis names on fields -> `NamedSharding`s for a device mesh.
+
+A field says what its array dimensions mean (`field(axes=("embed", "mlp"))`); rules say
+how those logical names map onto a particular mesh (`{"embed": None, "mlp": "model"}`).
+The model code never names mesh axes, so the same model runs on any mesh.
+
+Which axes a leaf gets: those of the NEAREST enclosing treeclass field that sets `axes`
+(the innermost one). Unlike kinds, where the outermost field wins so that one declaration
+can re-kind a whole submodule, axes describe the dimensions of particular arrays, which
+the field closest to them knows best; an outer field's `axes` act as a default for leaves
+whose own fields set none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ._cache import BoundedCache
+
+__all__ = ["leaf_axes", "tree_shardings"]
+
+_AXES_CACHE = BoundedCache(maxsize=4096)
+
+
+def _walk(node: Any, axes: tuple[str | None, ...] | None, out: list[Any]) -> None:
+    meta = getattr(type(node), "__ptc_meta__", None)
+    if meta is not None:
+        d = node.__dict__
+        by_name = meta.fields_by_name
+        for name in meta.child_names:
+            own = by_name[name].axes
+            _walk(d[name], axes if own is None else own, out)
+        return
+    # Any other pytree: its leaves inherit `axes`, except under treeclasses found below.
+    parts = jax.tree_util.tree_leaves(
+        node, is_leaf=lambda x: x is not node and hasattr(type(x), "__ptc_meta__")
+    )
+    if len(parts) == 1 and parts[0] is node:
+        out.append(axes)
+        return
+    for part in parts:
+        _walk(part, axes, out)
+
+
+def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[str | None, ...] | None, ...]:
+    """The logical axes of each leaf of `tree` (None where no field sets them); per treedef."""
+    if treedef is None:
+        treedef = jax.tree_util.tree_structure(tree)
+    axes = _AXES_CACHE.get(treedef)
+    if axes is None:
+        out: list[Any] = []
+        _walk(tree, None, out)
+        axes = tuple(out)
+        _AXES_CACHE.put(treedef, axes)
+    return axes
+
+
+_RuleValue = str | tuple[str, ...] | None
+
+
+def _normalize_rules(rules: Any, mesh: Any) -> dict[str, _RuleValue]:
+    if isinstance(rules, Mapping):
+        pairs = list(rules.items())
+    elif isinstance(rules, Sequence) and not isinstance(rules, str):
+        pairs = []
+        for item in rules:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(
+                    f"tree_shardings: rule {item!r} is not a (logical name, mesh axes) pair. "
+                    "Pass a mapping {'mlp': 'model'} or a sequence of pairs [('mlp', 'model')]."
+                )
+            pairs.append(tuple(item))
+    else:
+        raise TypeError(
+            f"tree_shardings: rules must be a mapping or a sequence of pairs, not "
+            f"{type(rules).__name__}. Example: {{'embed': None, 'mlp': 'model'}}."
+        )
+    mesh_axes = tuple(mesh.axis_names)
+    out: dict[str, _RuleValue] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(
+                f"tree_shardings: logical axis {name!r} has two rules ({out[name]!r} and "
+                f"{value!r}); give each logical name one rule."
+            )
+        targets = (value,) if isinstance(value, str) else value
+        if targets is None:
+            out[name] = None
+            continue
+        if not isinstance(targets, tuple) or not all(isinstance(t, str) for t in targets):
+            raise TypeError(
+                f"tree_shardings: the rule for {name!r} is {value!r}; it must be a mesh axis "
+                "name, a tuple of mesh axis names, or None (replicated)."
+            )
+        for t in targets:
+            if t not in mesh_axes:
+                raise ValueError(
+                    f"tree_shardings: the rule {name!r} -> {value!r} names mesh axis {t!r}, "
+                    f"which the mesh does not have (mesh axes: {mesh_axes}). Fix the rule or "
+                    "the mesh."
+                )
+        out[name] = value if isinstance(value, str) or len(targets) != 1 else targets[0]
+    return out
+
+
+def _spec(
+    path: str, leaf: Any, axes: tuple[str | None, ...], rules: dict[str, _RuleValue]
+) -> PartitionSpec:
+    from ._show import leaf_repr
+
+    ndim = len(leaf.shape)
+    if ndim != len(axes):
+        raise ValueError(
+            f"tree_shardings: the leaf at {path} is {leaf_repr(leaf)} ({ndim} dims) but its "
+            f"field declares axes={axes!r} ({len(axes)} names). Give one logical name (or "
+            "None) per dimension."
+        )
+    entries: list[_RuleValue] = []
+    used: dict[str, str] = {}
+    for name in axes:
+        if name is None:
+            entries.append(None)
+            continue
+        if name not in rules:
+            raise ValueError(
+                f"tree_shardings: logical axis {name!r} of the leaf at {path} has no rule. "
+                f"Add one, e.g. ({name!r}, 'model') or ({name!r}, None) to replicate; rules "
+                f"given for: {sorted(rules)}."
+            )
+        target = rules[name]
+        for t in (target,) if isinstance(target, str) else target or ():
+            if t in used:
+                raise ValueError(
+                    f"tree_shardings: the leaf at {path} maps both {used[t]!r} and {name!r} "
+                    f"to mesh axis {t!r} (axes={axes!r}); a mesh axis can shard one "
+                    "dimension of an array. Change one of the rules."
+                )
+            used[t] = name
+        entries.append(target)
+    return PartitionSpec(*entries)
+
+
+def tree_shardings(
+    tree: Any,
+    mesh: Any,
+    rules: Mapping[str, _RuleValue] | Sequence[tuple[str, _RuleValue]],
+) -> Any:
+    """A `jax.sharding.NamedSharding` for every leaf of `tree`, from the fields' `axes`.
+
+    `rules` maps each logical axis name to a mesh axis name, a tuple of mesh axis names
+    (one dimension split over several mesh axes), or `None` (replicated along it). A
+    leaf's axes come from the nearest enclosing treeclass field that sets `axes`; leaves
+    with none, non-array leaves and 0-d arrays get `PartitionSpec()` (replicated). The result has
+    `tree`'s structure, for `jax.device_put` and `jax.jit(in_shardings=...,
+    out_shardings=...)`. `tree` may be abstract (`jax.eval_shape`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Dense:
+        ...     w: jax.Array = ptc.field(axes=("embed", "mlp"))
+        ...     b: jax.Array
+        >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
+        >>> s = ptc.tree_shardings(Dense(jnp.ones((4, 8)), jnp.zeros(8)), mesh, {"embed": None, "mlp": "model"})
+        >>> s.w.spec == jax.P(None, "model"), s.b.spec == jax.P()
+        (True, True)
+    """
+    table = _normalize_rules(rules, mesh)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    axes = leaf_axes(tree, treedef)
+    paths = None
+    out = []
+    replicated = NamedSharding(mesh, PartitionSpec())
+    for i, (leaf, ax) in enumerate(zip(leaves, axes)):
+        if ax is None or not hasattr(leaf, "shape") or len(leaf.shape) == 0:
+            # Nothing to shard: Python numbers, and 0-d arrays (which `jax.eval_shape` and
+            # `jax.jit` make of them) under an inherited `axes`, are replicated.
+            out.append(replicated)
+            continue
+        if paths is None:
+            from ._filters import leaf_paths
+
+            paths = leaf_paths(tree, treedef)
+        path = jax.tree_util.keystr(paths[i]) or "<root>"
+        out.append(NamedSharding(mesh, _spec(path, leaf, ax, table)))
+    return treedef.unflatten(out)

@@ -1,0 +1,607 @@
+"""tree_save / tree_load: round trips (ml_dtypes, keys, Python numbers), checks, atomicity, orbax."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pytreeclass as ptc
+from pytreeclass import BatchStat, Parameter, field, treeclass
+
+HERE = Path(__file__).resolve().parent
+
+
+@treeclass
+class Linear:
+    w: jax.Array = field(kind=Parameter)
+    b: jax.Array = field(kind=Parameter)
+    features: int = field(static=True, default=4)
+
+
+@treeclass
+class MLP:
+    layers: list
+    mean: jax.Array = field(kind=BatchStat, default_factory=lambda: jnp.zeros(()))
+    lr: float = 0.1
+
+
+def make_mlp(seed: int = 0) -> MLP:
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return MLP(
+        [
+            Linear(jax.random.normal(k1, (3, 4)), jnp.zeros(4)),
+            Linear(jax.random.normal(k2, (4, 2)), jnp.ones(2), features=2),
+        ]
+    )
+
+
+def _bits(x: object) -> object:
+    """Leaves compared bit for bit (NaNs, float8, keys included)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return ("key", str(x.dtype), np.asarray(jax.random.key_data(x)).tobytes())
+    if hasattr(x, "dtype"):
+        a = np.asarray(x)
+        return (type(x).__name__, a.dtype.name, a.shape, a.tobytes())
+    return (type(x).__name__, x)
+
+
+def assert_same(a: object, b: object) -> None:
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert jax.tree.leaves(jax.tree.map(_bits, a)) == jax.tree.leaves(jax.tree.map(_bits, b))
+
+
+# -- round trips --------------------------------------------------------------------------------
+
+
+def test_round_trip_treeclass_model(tmp_path: Path) -> None:
+    model = make_mlp()
+    path = tmp_path / "model.npz"
+    ptc.tree_save(path, model)
+    loaded = ptc.tree_load(path, like=make_mlp(seed=1))
+    assert loaded == model
+    assert isinstance(loaded.layers[0].w, jax.Array)
+    assert type(loaded.lr) is float and loaded.lr == 0.1
+    assert loaded.layers[1].features == 2  # static fields come from the template
+
+
+def test_round_trip_every_special_dtype(tmp_path: Path) -> None:
+    tree = {
+        "bf16": jnp.array([1.5, -2.0, jnp.nan, jnp.inf], jnp.bfloat16),
+        "f8e4m3fn": jnp.array([0.5, -448.0], ml_dtypes.float8_e4m3fn),
+        "f8e5m2": jnp.array([0.5, 3.0], ml_dtypes.float8_e5m2),
+        "f16": jnp.array([1.0, 2.0], jnp.float16),
+        "i4": jnp.array([-8, 7], jnp.int4),
+        "u4": jnp.array([0, 15], jnp.uint4),
+        "bool": jnp.array([True, False]),
+        "c64": jnp.array([1 + 2j], jnp.complex64),
+        "key": jax.random.key(3),
+        "keys": jax.random.split(jax.random.key(4), 3),
+        "np": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "np_scalar": np.float32(2.5),
+        "py": (True, 3, 1.25, 1 + 1j),
+        "empty": jnp.zeros((0, 3)),
+    }
+    path = tmp_path / "dtypes.npz"
+    ptc.tree_save(path, tree)
+    loaded = ptc.tree_load(path, like=tree)
+    assert_same(loaded, tree)
+    assert isinstance(loaded["np"], np.ndarray) and isinstance(loaded["np_scalar"], np.float32)
+    assert [type(v) for v in loaded["py"]] == [bool, int, float, complex]
+
+
+_DTYPES = ["float32", "bfloat16", "float16", "int8", "uint8", "int32", "bool", "float8_e4m3fn"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 4), max_size=3), min_size=1, max_size=4),
+    dtypes=st.lists(st.sampled_from(_DTYPES), min_size=4, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_round_trip_property(
+    tmp_path_factory: pytest.TempPathFactory, shapes, dtypes, seed
+) -> None:
+    rng = np.random.default_rng(seed)
+    tree = {
+        f"x{i}": jnp.asarray(rng.normal(size=tuple(s)) * 10).astype(jnp.dtype(dtypes[i % 4]))
+        for i, s in enumerate(shapes)
+    }
+    path = tmp_path_factory.mktemp("prop") / "t.npz"
+    ptc.tree_save(path, tree)
+    assert_same(ptc.tree_load(path, like=tree), tree)
+
+
+def test_file_is_a_plain_npz_keyed_by_keystr(tmp_path: Path) -> None:
+    model = make_mlp()
+    path = tmp_path / "model.npz"
+    ptc.tree_save(path, model)
+    with np.load(path, allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted(
+            [
+                "__manifest__.json",
+                ".layers[0].w",
+                ".layers[0].b",
+                ".layers[1].w",
+                ".layers[1].b",
+                ".mean",
+                ".lr",
+            ]
+        )
+        np.testing.assert_array_equal(npz[".layers[0].w"], np.asarray(model.layers[0].w))
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("__manifest__.json"))
+    assert manifest["format"] == "pytreeclass.tree" and manifest["version"] == 1
+    assert manifest["leaves"][0] == {"path": ".layers[0].w", "shape": [3, 4], "dtype": "float32"}
+    assert manifest["leaves"][-1] == {
+        "path": ".lr",
+        "shape": [],
+        "dtype": "float64",
+        "python": "float",
+    }
+
+
+def test_templates_decide_the_leaf_types(tmp_path: Path) -> None:
+    model = make_mlp()
+    path = tmp_path / "model.npz"
+    ptc.tree_save(path, model)
+    # Abstract template (what jax.eval_shape gives): lr is f32[] there, 0.1 in the file.
+    abstract = jax.eval_shape(make_mlp)
+    loaded = ptc.tree_load(path, like=abstract)
+    assert isinstance(loaded.layers[0].w, jax.Array) and loaded.lr.dtype == jnp.float32
+    np.testing.assert_allclose(loaded.lr, 0.1)
+    # NumPy template leaves give NumPy arrays.
+    as_numpy = jax.tree.map(np.asarray, model)
+    assert isinstance(ptc.tree_load(path, like=as_numpy).mean, np.ndarray)
+    # A Python number in the template accepts a 0-d array of the same kind.
+    ptc.tree_save(path, {"n": jnp.array(3, jnp.int32)})
+    assert ptc.tree_load(path, like={"n": 0}) == {"n": 3}
+
+
+def test_load_puts_arrays_on_the_template_sharding(tmp_path: Path) -> None:
+    device = jax.devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    like = {"w": jax.ShapeDtypeStruct((2, 2), jnp.float32, sharding=sharding)}
+    path = tmp_path / "w.npz"
+    ptc.tree_save(path, {"w": jnp.eye(2)})
+    out = ptc.tree_load(path, like=like)
+    assert out["w"].sharding == sharding
+
+
+def test_partitioned_trees_with_holes(tmp_path: Path) -> None:
+    model = make_mlp()
+    params, rest = ptc.tree_partition(model, Parameter)
+    path = tmp_path / "params.npz"
+    ptc.tree_save(path, params)
+    loaded = ptc.tree_load(path, like=params)
+    assert ptc.tree_merge(loaded, rest) == model
+    assert loaded.mean is None
+
+
+def test_saved_model_is_usable_under_jit_grad_and_vmap(tmp_path: Path) -> None:
+    model = make_mlp()
+    path = tmp_path / "m.npz"
+    ptc.tree_save(path, model)
+    loaded = ptc.tree_load(path, like=model)
+
+    def loss(m: MLP, x: jax.Array) -> jax.Array:
+        for layer in m.layers:
+            x = x @ layer.w + layer.b
+        return jnp.sum(x**2)
+
+    x = jnp.ones((5, 3))
+    g1 = jax.jit(jax.grad(loss))(model, x)
+    g2 = jax.jit(jax.grad(loss))(loaded, x)
+    assert ptc.tree_equal(g1, g2)
+    v = jax.vmap(loss, in_axes=(None, 0))(loaded, x[:, None, :])
+    assert v.shape == (5,)
+
+
+# -- mismatches ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    path = tmp_path / "model.npz"
+    ptc.tree_save(path, make_mlp())
+    return path
+
+
+def test_shape_mismatch_names_the_path(saved: Path) -> None:
+    like = make_mlp().at.layers[1].w.set(jnp.zeros((4, 3)))
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch at \.layers\[1\]\.w: the file has float32\[4,2\], the template float32\[4,3\]",
+    ):
+        ptc.tree_load(saved, like=like)
+
+
+def test_dtype_mismatch_names_the_first_path(saved: Path) -> None:
+    like = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if hasattr(x, "dtype") else x, make_mlp())
+    with pytest.raises(
+        ValueError,
+        match=r"dtype mismatch at \.layers\[0\]\.w: the file has float32\[3,4\], the template bfloat16\[3,4\]",
+    ):
+        ptc.tree_load(saved, like=like)
+
+
+def test_other_model_version_lists_missing_and_unexpected_paths(saved: Path) -> None:
+    @treeclass
+    class MLP2:
+        layers: list
+        mean: jax.Array = field(kind=BatchStat, default_factory=lambda: jnp.zeros(()))
+        scale: jax.Array = field(default_factory=lambda: jnp.ones(()))
+
+    like = MLP2(make_mlp().layers[:1])
+    with pytest.raises(ValueError) as info:
+        ptc.tree_load(saved, like=like)
+    msg = str(info.value)
+    assert "missing from the file: .scale" in msg
+    assert "in the file but not the template: .layers[1].w, .layers[1].b, .lr" in msg
+    assert "different version of the model" in msg
+
+
+def test_python_number_type_mismatches(saved: Path, tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"type mismatch at \.lr: the file has a Python float, the template a Python int",
+    ):
+        ptc.tree_load(saved, like=make_mlp().at.lr.set(1))
+    with pytest.raises(
+        ValueError,
+        match=r"type mismatch at \.lr: the file has a Python float, the template int32\[\]",
+    ):
+        ptc.tree_load(saved, like=make_mlp().at.lr.set(jnp.int32(1)))
+    path = tmp_path / "v.npz"
+    ptc.tree_save(path, {"v": jnp.ones(2)})
+    with pytest.raises(
+        ValueError,
+        match=r"type mismatch at \['v'\]: the file has float32\[2\], the template a Python float",
+    ):
+        ptc.tree_load(path, like={"v": 1.0})
+
+
+def test_template_with_non_array_leaf_is_an_error(saved: Path) -> None:
+    with pytest.raises(TypeError, match="the template holds a str leaf"):
+        ptc.tree_load(saved, like=make_mlp().at.lr.set("fast"))
+
+
+# -- what cannot be saved ------------------------------------------------------------------------
+
+
+def test_saving_a_non_array_leaf_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(
+        TypeError, match=r"the leaf at \['name'\] is a str; only arrays and Python numbers"
+    ):
+        ptc.tree_save(tmp_path / "x.npz", {"name": "mlp", "w": jnp.ones(2)})
+    with pytest.raises(TypeError, match=r"the leaf at \['o'\] is an object array"):
+        ptc.tree_save(tmp_path / "x.npz", {"o": np.array([object()])})
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_saving_inside_jit_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"the leaf at <root> is abstract .*outside jax.jit"):
+        jax.jit(lambda x: ptc.tree_save(tmp_path / "x.npz", x))(jnp.ones(2))
+
+
+def test_duplicate_key_paths_are_an_error(tmp_path: Path) -> None:
+    class Twice:
+        def __init__(self, a: object, b: object) -> None:
+            self.a, self.b = a, b
+
+    jax.tree_util.register_pytree_with_keys(
+        Twice,
+        lambda t: (
+            ((jax.tree_util.GetAttrKey("x"), t.a), (jax.tree_util.GetAttrKey("x"), t.b)),
+            None,
+        ),
+        lambda _, c: Twice(*c),
+    )
+    with pytest.raises(ValueError, match=r"two leaves have the key path \.x"):
+        ptc.tree_save(tmp_path / "x.npz", Twice(jnp.ones(1), jnp.ones(1)))
+
+
+# -- corrupt files and pickles -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.9, 0.99])
+def test_truncated_file_is_a_clear_error(saved: Path, fraction: float) -> None:
+    size = saved.stat().st_size
+    with open(saved, "r+b") as f:
+        f.truncate(int(size * fraction))
+    with pytest.raises(ValueError, match=r"tree_load: cannot read .*truncated, corrupt"):
+        ptc.tree_load(saved, like=make_mlp())
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_damaged_files_fail_with_value_error_or_load_intact(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Truncations and byte flips anywhere: a clear ValueError, or (a flip in a field that
+    does not matter, like a timestamp) exactly the saved values; never another exception."""
+    tree = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4, jnp.bfloat16), "n": 1.5}
+    path = tmp_path_factory.mktemp("fuzz") / "t.npz"
+    ptc.tree_save(path, tree)
+    raw = bytearray(path.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="length")]
+    else:
+        for _ in range(data.draw(st.integers(1, 3), label="flips")):
+            raw[data.draw(st.integers(0, len(raw) - 1), label="at")] = data.draw(
+                st.integers(0, 255)
+            )
+    path.write_bytes(bytes(raw))
+    try:
+        loaded = ptc.tree_load(path, like=tree)
+    except ValueError as e:
+        assert str(e).startswith("tree_load:")
+    else:
+        assert_same(loaded, tree)
+
+
+def test_flipped_data_byte_is_caught_by_the_checksum(saved: Path) -> None:
+    data = bytearray(saved.read_bytes())
+    w = np.asarray(make_mlp().layers[0].w).tobytes()
+    at = bytes(data).index(w)
+    data[at + 5] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"the data for \.layers\[0\]\.w is damaged .*CRC"):
+        ptc.tree_load(saved, like=make_mlp())
+
+
+def _rewrite(path: Path, replace: dict[str, bytes | None]) -> None:
+    """Rewrite the zip at `path` with some entries replaced (or dropped when None)."""
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    for name, data in replace.items():
+        if data is None:
+            entries.pop(name)
+        else:
+            entries[name] = data
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+
+
+def _manifest(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("__manifest__.json"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"__manifest__.json": None}, "it has no __manifest__.json"),
+        ({"__manifest__.json": b"{not json"}, "its manifest is not valid JSON"),
+        ({"__manifest__.json": b'{"format": "other"}'}, "not a pytreeclass manifest"),
+        (
+            {"__manifest__.json": b'{"format": "pytreeclass.tree", "version": 1}'},
+            "no valid leaf list",
+        ),
+        (
+            {
+                "__manifest__.json": b'{"format": "pytreeclass.tree", "version": 1, "leaves": [{"path": ".w", "dtype": "float32", "shape": 3}]}'
+            },
+            "no valid leaf list",
+        ),
+        ({".mean.npy": None}, r"the data for \.mean is missing"),
+        ({".mean.npy": b"garbage"}, r"the data for \.mean is damaged"),
+    ],
+    ids=[
+        "no-manifest",
+        "bad-json",
+        "foreign-manifest",
+        "no-leaves",
+        "bad-shape",
+        "missing-entry",
+        "garbage-entry",
+    ],
+)
+def test_corrupt_archives_are_clear_errors(saved: Path, change: dict, message: str) -> None:
+    _rewrite(saved, change)
+    with pytest.raises(ValueError, match=message):
+        ptc.tree_load(saved, like=make_mlp())
+
+
+def test_entry_disagreeing_with_its_manifest_is_corrupt(saved: Path) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(4, np.int32))
+    _rewrite(saved, {".layers[0].b.npy": buf.getvalue()})
+    with pytest.raises(
+        ValueError,
+        match=r"the data for \.layers\[0\]\.b is int32\[4\] but the manifest says float32\[4\]",
+    ):
+        ptc.tree_load(saved, like=make_mlp())
+
+
+def test_newer_format_version_says_to_upgrade(saved: Path) -> None:
+    manifest = _manifest(saved)
+    manifest["version"] = 99
+    _rewrite(saved, {"__manifest__.json": json.dumps(manifest).encode()})
+    with pytest.raises(ValueError, match=r"has format version 99; .* Upgrade pytreeclass"):
+        ptc.tree_load(saved, like=make_mlp())
+
+
+def test_not_a_zip_and_plain_npz_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="not a complete zip archive"):
+        ptc.tree_load(junk, like={"w": jnp.ones(2)})
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, w=np.ones(2))
+    with pytest.raises(ValueError, match=r"it has no __manifest__\.json"):
+        ptc.tree_load(plain, like={"w": jnp.ones(2)})
+    with pytest.raises(FileNotFoundError):
+        ptc.tree_load(tmp_path / "nope.npz", like={"w": jnp.ones(2)})
+
+
+class _Boom:
+    """Unpickling this object would create the marker file."""
+
+    marker = ""
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickled_object_arrays_are_refused_never_unpickled(saved: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "UNPICKLED"
+    boom = _Boom()
+    boom.marker = str(marker)
+    evil = np.array([boom, 1], dtype=object)
+    buf = io.BytesIO()
+    np.save(buf, evil, allow_pickle=True)
+    _rewrite(saved, {".mean.npy": buf.getvalue()})
+    # (sanity: numpy itself would run the payload if asked to unpickle)
+    with zipfile.ZipFile(saved) as zf, zf.open(".mean.npy") as f, pytest.raises(ValueError):
+        np.load(f, allow_pickle=False)
+    with pytest.raises(
+        ValueError,
+        match=r"the entry for \.mean .* holds Python objects \(a pickle\); tree_load never unpickles",
+    ):
+        ptc.tree_load(saved, like=make_mlp())
+    assert not marker.exists()
+
+
+def test_manifest_claiming_object_dtype_is_refused(saved: Path) -> None:
+    manifest = _manifest(saved)
+    manifest["leaves"][4]["dtype"] = "object"
+    _rewrite(saved, {"__manifest__.json": json.dumps(manifest).encode()})
+    with pytest.raises(ValueError, match=r"dtype mismatch at \.mean: the file has object\[\]"):
+        ptc.tree_load(saved, like=make_mlp())
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.npz"
+    old = {f"layer{i}": np.full((256, 256), float(i), np.float32) for i in range(8)}
+    ptc.tree_save(path, old)
+    before = path.read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "io_crash_writer.py"), str(path), "stall"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+        assert lines == ["START", "MIDWRITE"], proc.stderr.read() if proc.stderr else ""
+        temps = list(tmp_path.glob(".ckpt.npz.*.tmp"))
+        assert len(temps) == 1 and temps[0].stat().st_size > 256 * 256 * 4  # half written
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    assert_same(ptc.tree_load(path, like=old), old)
+    # The orphaned temporary file is not a valid checkpoint; the next save still works.
+    with pytest.raises(ValueError, match="cannot read"):
+        ptc.tree_load(temps[0], like=old)
+    ptc.tree_save(path, {k: v + 1 for k, v in old.items()})
+    assert float(ptc.tree_load(path, like=old)["layer3"][0, 0]) == 4.0
+
+
+def test_sigkill_of_a_big_write_leaves_a_whole_file(tmp_path: Path) -> None:
+    """Kill a real, unpatched 256 MiB write as soon as its temporary file appears.
+
+    Wherever the write had got to, the target must be either the old file or the complete
+    new one (if the write won the race), never a mix, and it must load.
+    """
+    path = tmp_path / "big.npz"
+    old = {f"layer{i}": np.zeros((1024, 1024), np.float32) for i in range(64)}
+    ptc.tree_save(path, old)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "io_crash_writer.py"), str(path), "big"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "START"
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".big.npz.*.tmp")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the writer never created its temporary file"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    loaded = ptc.tree_load(path, like=old)
+    values = {float(v[0, 0]) for v in loaded.values()} | {float(v[-1, -1]) for v in loaded.values()}
+    assert values in ({0.0}, {7.0})  # all old or all new
+
+
+def test_error_mid_write_keeps_old_file_and_removes_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ckpt.npz"
+    ptc.tree_save(path, {"w": np.ones(3)})
+    before = path.read_bytes()
+    calls = []
+    real = np.lib.format.write_array
+
+    def failing(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(np.lib.format, "write_array", failing)
+    with pytest.raises(OSError, match="disk full"):
+        ptc.tree_save(path, {"w": np.zeros(3), "v": np.zeros(3)})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+
+
+def test_saved_file_gets_the_usual_permissions(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_bytes(b"")  # what open() makes under the current umask
+    ptc.tree_save(tmp_path / "ckpt", {"w": np.ones(1)})
+    assert (tmp_path / "ckpt").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_save_accepts_str_paths_and_overwrites(tmp_path: Path) -> None:
+    path = str(tmp_path / "plain-name")  # no extension added
+    ptc.tree_save(path, [jnp.ones(2)])
+    ptc.tree_save(path, [jnp.zeros(2)])
+    assert os.listdir(tmp_path) == ["plain-name"]
+    np.testing.assert_array_equal(ptc.tree_load(path, like=[jnp.ones(2)])[0], [0.0, 0.0])
+
+
+# -- orbax ----------------------------------------------------------------------------------------
+
+
+def test_orbax_standard_checkpointer_round_trip(tmp_path: Path) -> None:
+    ocp = pytest.importorskip("orbax.checkpoint")
+    model = make_mlp()
+    model = model.at.lr.set(jnp.asarray(0.1))  # orbax stores arrays
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        ckptr.save(tmp_path / "ckpt", model)
+        ckptr.wait_until_finished()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, model)
+        restored = ckptr.restore(tmp_path / "ckpt", abstract)
+    finally:
+        ckptr.close()
+    assert type(restored) is MLP
+    assert restored == model
+    assert restored.layers[1].features == 2

@@ -1,0 +1,296 @@
+"""Printing: repr, tree_summary, tree_diagram, notebook HTML; outputs pinned exactly."""
+
+from __future__ import annotations
+
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+import pytreeclass as ptc
+from pytreeclass import BatchStat, Parameter, field, treeclass
+from pytreeclass._show import TreeSummary, html_repr, leaf_repr, treeclass_repr
+
+
+@treeclass
+class Linear:
+    w: jax.Array = field(kind=Parameter, axes=("embed", "mlp"))
+    b: jax.Array = field(kind=Parameter, axes=("mlp",))
+    features: int = field(static=True, default=4)
+
+
+@treeclass
+class MLP:
+    layers: list
+    mean: jax.Array = field(kind=BatchStat, default_factory=lambda: jnp.zeros(()))
+    lr: float = 0.1
+    name: str = field(static=True, default="mlp")
+
+
+def make_mlp() -> MLP:
+    return MLP([Linear(jnp.ones((3, 4)), jnp.zeros(4)), Linear(jnp.ones((4, 2)), jnp.zeros(2), 2)])
+
+
+# -- leaves -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("leaf", "text"),
+    [
+        (jnp.zeros((3, 4)), "f32[3,4]"),
+        (jnp.zeros((), jnp.int32), "i32[]"),
+        (np.zeros(2, np.uint8), "u8[2]"),
+        (np.zeros(2, np.complex64), "c64[2]"),
+        (jnp.zeros(2, bool), "bool[2]"),
+        (jnp.zeros(2, jnp.bfloat16), "bf16[2]"),
+        (jnp.zeros(2, jnp.float16), "f16[2]"),
+        (jnp.zeros(2, ml_dtypes.float8_e4m3fn), "f8_e4m3fn[2]"),
+        (jnp.zeros(2, ml_dtypes.float8_e5m2), "f8_e5m2[2]"),
+        (jnp.zeros(2, jnp.int4), "i4[2]"),
+        (jax.random.split(jax.random.key(0), 3), "key[3]"),
+        (jax.ShapeDtypeStruct((5, 1), jnp.float32), "f32[5,1]"),
+        (1.5, "1.5"),
+        (Parameter, "Parameter"),
+        ("x" * 100, "'" + "x" * 56 + "..."),
+    ],
+    ids=repr,
+)
+def test_leaf_repr(leaf: object, text: str) -> None:
+    assert leaf_repr(leaf) == text
+
+
+def test_leaf_repr_of_tracers() -> None:
+    seen = []
+    jax.jit(lambda x: seen.append(leaf_repr(x)) or x)(jnp.ones((2, 3)))
+    jax.vmap(lambda x: seen.append(leaf_repr(x)) or x)(jnp.ones((2, 3)))
+    assert seen == ["f32[2,3]", "f32[3]"]
+
+
+# -- repr ---------------------------------------------------------------------------------------
+
+
+def test_repr_short_fits_one_line() -> None:
+    assert (
+        repr(Linear(jnp.ones((3, 4)), jnp.zeros(4))) == "Linear(w=f32[3,4], b=f32[4], features=4)"
+    )
+
+
+def test_repr_nested_is_indented() -> None:
+    assert repr(make_mlp()) == (
+        "MLP(\n"
+        "  layers=[Linear(w=f32[3,4], b=f32[4], features=4), Linear(w=f32[4,2], b=f32[2], features=2)],\n"
+        "  mean=f32[],\n"
+        "  lr=0.1,\n"
+        "  name='mlp'\n"
+        ")"
+    )
+
+
+def test_repr_long_list_is_elided_with_a_true_count() -> None:
+    assert repr(MLP(list(range(20)))) == (
+        "MLP(layers=[0, 1, 2, 3, 4, 5, ...(13 more), 19], mean=f32[], lr=0.1, name='mlp')"
+    )
+    layer = Linear(jnp.ones((3, 4)), jnp.zeros(4))
+    text = repr(MLP([layer] * 9))
+    assert text.count("Linear(") == 7
+    assert "    ...(2 more),\n" in text
+
+
+def test_repr_dicts_tuples_none_and_foreign_modules() -> None:
+    lin = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+    tree = MLP([{"a": (1, None), "k": jax.random.key(0)}, lin, (jnp.ones(1),)])
+    assert repr(tree) == (
+        "MLP(\n"
+        "  layers=[{'a': (1, None), 'k': key[]}, Linear(weight=f32[3,2], bias=f32[3]), (f32[1],)],\n"
+        "  mean=f32[],\n"
+        "  lr=0.1,\n"
+        "  name='mlp'\n"
+        ")"
+    )
+
+
+def test_repr_hides_repr_false_fields_and_marks_cycles() -> None:
+    @treeclass
+    class Hidden:
+        x: int
+        secret: int = field(repr=False, default=0)
+
+    assert repr(Hidden(1, 2)) == "Hidden(x=1)"
+    loop: list = []
+    loop.append(loop)
+    assert repr(Hidden(loop)) == "Hidden(x=[<cycle>])"
+
+
+def test_repr_of_unset_field_during_init() -> None:
+    seen = []
+
+    @treeclass
+    class Late:
+        a: int
+        b: int
+
+        def __init__(self) -> None:
+            self.a = 1
+            seen.append(repr(self))
+            self.b = 2
+
+    Late()
+    assert seen == ["Late(a=1, b=<unset>)"]
+
+
+def test_repr_under_jit_shows_tracer_shapes() -> None:
+    seen = []
+
+    @jax.jit
+    def f(m: MLP) -> MLP:
+        seen.append(treeclass_repr(m.layers[0]))
+        return m
+
+    f(make_mlp())
+    assert seen == ["Linear(w=f32[3,4], b=f32[4], features=4)"]
+
+
+# -- tree_summary -------------------------------------------------------------------------------
+
+SUMMARY = """\
+path          kind       type   shape/dtype  count  bytes
+------------  ---------  -----  -----------  -----  -----
+.layers[0].w  Parameter  Array  f32[3,4]        12     48
+.layers[0].b  Parameter  Array  f32[4]           4     16
+.layers[1].w  Parameter  Array  f32[4,2]         8     32
+.layers[1].b  Parameter  Array  f32[2]           2      8
+.mean         BatchStat  Array  f32[]            1      4
+.lr           -          float  0.1              1      0
+------------  ---------  -----  -----------  -----  -----
+total         Parameter                         26    104
+total         BatchStat                          1      4
+total         -                                  1      0
+total         all                               28    108"""
+
+
+def test_tree_summary_text_pinned() -> None:
+    s = ptc.tree_summary(make_mlp())
+    assert isinstance(s, str) and isinstance(s, TreeSummary)
+    assert s == SUMMARY
+    assert repr(s) == SUMMARY  # shows as a table at the prompt, not a quoted string
+
+
+def test_tree_summary_data() -> None:
+    s = ptc.tree_summary(make_mlp())
+    assert s.rows[0] == (".layers[0].w", "Parameter", "Array", "f32[3,4]", 12, 48)
+    assert s.rows[0].bytes == 48 and s.rows[-1].type == "float"
+    assert s.totals == {"Parameter": (26, 104), "BatchStat": (1, 4), "-": (1, 0), "all": (28, 108)}
+
+
+def test_tree_summary_html() -> None:
+    h = ptc.tree_summary({"a<b": jnp.zeros((1000,), jnp.bfloat16)})._repr_html_()
+    assert h.startswith("<table><thead><tr><th>path</th><th>kind</th>")
+    assert "<td>[&#x27;a&lt;b&#x27;]</td>" in h  # escaped
+    assert "<th>1,000</th><th>2,000</th>" in h
+
+
+def test_tree_summary_thousands_keys_and_mixed_leaves() -> None:
+    tree = {"big": np.zeros((100, 100), np.float64), "key": jax.random.key(0), "s": "text", "n": 3}
+    s = ptc.tree_summary(tree)
+    assert [tuple(r) for r in s.rows] == [
+        ("['big']", "-", "ndarray", "f64[100,100]", 10000, 80000),
+        ("['key']", "-", "Array", "key[]", 1, 8),
+        ("['n']", "-", "int", "3", 1, 0),
+        ("['s']", "-", "str", "'text'", 0, 0),
+    ]
+    assert "10,000  80,000" in s
+    assert s.totals["all"] == (10002, 80008)
+
+
+def test_tree_summary_of_abstract_and_traced_trees_and_a_root_leaf() -> None:
+    abstract = jax.eval_shape(make_mlp)
+    assert ptc.tree_summary(abstract).totals["all"] == (28, 112)  # lr became f32[]
+    seen = []
+    jax.jit(lambda m: seen.append(ptc.tree_summary(m)) or 0)(make_mlp())
+    assert seen[0].rows[0] == (".layers[0].w", "Parameter", "Array", "f32[3,4]", 12, 48)
+    root = ptc.tree_summary(jnp.ones(3))
+    assert root.rows == (("<root>", "-", "Array", "f32[3]", 3, 12),)
+
+
+# -- tree_diagram -------------------------------------------------------------------------------
+
+DIAGRAM = """\
+MLP
+├── layers: list
+│   ├── [0]: Linear
+│   │   ├── w: f32[3,4] (Parameter, axes=('embed', 'mlp'))
+│   │   ├── b: f32[4] (Parameter, axes=('mlp',))
+│   │   └── features: 4 (static)
+│   └── [1]: Linear
+│       ├── w: f32[4,2] (Parameter, axes=('embed', 'mlp'))
+│       ├── b: f32[2] (Parameter, axes=('mlp',))
+│       └── features: 2 (static)
+├── mean: f32[] (BatchStat)
+├── lr: 0.1
+└── name: 'mlp' (static)"""
+
+
+def test_tree_diagram_pinned() -> None:
+    d = ptc.tree_diagram(make_mlp())
+    assert isinstance(d, str)
+    assert d == DIAGRAM
+    assert repr(d) == DIAGRAM
+
+
+def test_tree_diagram_elides_long_containers_and_keeps_kinds_aligned() -> None:
+    @treeclass
+    class Holder:
+        xs: list = field(kind=Parameter)
+        tail: jax.Array = field(kind=BatchStat)
+
+    d = ptc.tree_diagram(Holder([jnp.ones(i + 1) for i in range(10)], jnp.zeros(2)), max_items=4)
+    assert d == (
+        "Holder\n"
+        "├── xs: list\n"
+        "│   ├── [0]: f32[1] (Parameter)\n"
+        "│   ├── [1]: f32[2] (Parameter)\n"
+        "│   ├── ...(7 more)\n"
+        "│   └── [9]: f32[10] (Parameter)\n"
+        "└── tail: f32[2] (BatchStat)"
+    )
+    assert ptc.tree_diagram(Holder([1] * 10, 0), max_items=None).count("(Parameter)") == 10
+
+
+def test_tree_diagram_foreign_nodes_none_and_root_leaf() -> None:
+    lin = eqx.nn.Linear(2, 3, key=jax.random.key(0))
+    d = ptc.tree_diagram({"eqx": lin, "hole": None, "t": (1.0, "s")})
+    assert d == (
+        "dict\n"
+        "├── ['eqx']: Linear\n"
+        "│   ├── weight: f32[3,2]\n"
+        "│   └── bias: f32[3]\n"
+        "├── ['hole']: None\n"
+        "└── ['t']: tuple\n"
+        "    ├── [0]: 1.0\n"
+        "    └── [1]: 's'"
+    )
+    assert ptc.tree_diagram(jnp.ones((2, 2))) == "f32[2,2]"
+
+
+# -- notebooks ----------------------------------------------------------------------------------
+
+
+def test_repr_html_uses_treescope_without_recursing() -> None:
+    pytest.importorskip("treescope")
+    m = make_mlp()
+    out = m._repr_html_()
+    assert "treescope" in out
+    # A treeclass inside another structure: treescope must not call our _repr_html_ again.
+    assert "treescope" in html_repr([m, {"x": m}])
+
+
+def test_repr_html_falls_back_to_escaped_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "treescope", None)  # import treescope -> ImportError
+    m = MLP([], name="<b>")
+    assert m._repr_html_() == (
+        "<pre>MLP(layers=[], mean=f32[], lr=0.1, name=&#x27;&lt;b&gt;&#x27;)</pre>"
+    )
