@@ -61,5 +61,6 @@ def unflatten_source(
     elif static_names:
         lines.append("    " + "".join(f"_c_{n}, " for n in static_names) + "= aux")
     lines.extend(f"    d[{n!r}] = _c_{n}" for n in field_order)
+    lines.append("    d['__ptc_flat__'] = (children, aux)")
     lines.append("    return self")
     return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from ._nodes import (
     node_code,
     one_level,
 )
-from ._treeclass import _EDIT, _MUTABLE, check_static
+from ._treeclass import _EDIT, _MUTABLE, FLAT, check_static
 
 __all__ = ["value_and_tree"]
 
@@ -70,6 +70,7 @@ def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
         new = _new(type(node))
         d = new.__dict__
         d.update(node.__dict__)
+        d.pop(FLAT, None)  # stale once fn assigns a field; `_freeze` stores it again
         for name, value in zip(fr.aux, out):
             d[name] = value
         made.append((node, new))
@@ -139,7 +140,7 @@ def _freeze(made: list[tuple[Any, Any]]) -> None:
         cls = type(copy)
         meta = cls.__ptc_meta__
         d = copy.__dict__
-        if len(d) != len(meta.fields):
+        if len(d) - (FLAT in d) != len(meta.fields):
             missing = [f.name for f in meta.fields if f.name not in d]
             raise TypeError(
                 f"value_and_tree: fn deleted field(s) {', '.join(map(repr, missing))} of a "
@@ -150,6 +151,8 @@ def _freeze(made: list[tuple[Any, Any]]) -> None:
         for name in meta.static_names:
             if d[name] is not od[name]:
                 check_static(cls, name, d[name])
+        d.pop(FLAT, None)
+        d[FLAT] = meta.flatten(copy)
 
 
 def value_and_tree(fn: Callable[..., R]) -> Callable[..., tuple[R, Any]]:

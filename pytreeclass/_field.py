@@ -177,7 +177,9 @@ def field(
             if a is not None and not isinstance(a, str):
                 raise TypeError(f"field(axes={axes!r}): every axis name must be a str or None.")
         if static:
-            raise ValueError("field(static=True, axes=...): a static field holds no arrays to shard.")
+            raise ValueError(
+                "field(static=True, axes=...): a static field holds no arrays to shard."
+            )
     if converter is not None and not callable(converter):
         raise TypeError(f"field(converter={converter!r}): the converter must be callable.")
     return Field(

@@ -9,8 +9,9 @@ list pass and two unflattens.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any as _Any
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -39,9 +40,9 @@ class Leaves:
 
     __slots__ = ("_kinds", "_paths", "leaves", "tree", "treedef")
 
-    def __init__(self, tree: _Any) -> None:
+    def __init__(self, tree: _Any, flat: tuple[list[_Any], _Any] | None = None) -> None:
         self.tree = tree
-        self.leaves, self.treedef = jax.tree_util.tree_flatten(tree)
+        self.leaves, self.treedef = jax.tree_util.tree_flatten(tree) if flat is None else flat
         self._kinds: tuple[_Any, ...] | None = None
         self._paths: tuple[tuple[_Any, ...], ...] | None = None
 
@@ -210,45 +211,39 @@ class Mask(Filter):
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False)
-class Any(Filter):
+class _Combination(Filter):
+    """Several filters, their masks reduced leaf by leaf with `_reduce` (any or all)."""
+
+    filters: tuple[Filter, ...]
+    _reduce: ClassVar[Callable[[Iterable[bool]], bool]]
+
+    def __init__(self, *filters: _Any) -> None:
+        object.__setattr__(self, "filters", tuple(as_filter(f) for f in filters))
+
+    @property
+    def structural(self) -> bool:  # type: ignore[override]
+        return all(f.structural for f in self.filters)
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        masks = [f.mask(ctx) for f in self.filters]
+        if not masks:  # any() of nothing is False, all() of nothing is True
+            return (type(self)._reduce(()),) * len(ctx.leaves)
+        return tuple(map(type(self)._reduce, zip(*masks)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.filters))})"
+
+
+class Any(_Combination):
     """Leaves selected by at least one of `filters`."""
 
-    filters: tuple[Filter, ...]
-
-    def __init__(self, *filters: _Any) -> None:
-        object.__setattr__(self, "filters", tuple(as_filter(f) for f in filters))
-
-    @property
-    def structural(self) -> bool:  # type: ignore[override]
-        return all(f.structural for f in self.filters)
-
-    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
-        masks = [f.mask(ctx) for f in self.filters]
-        return tuple(map(any, zip(*masks))) if masks else (False,) * len(ctx.leaves)
-
-    def __repr__(self) -> str:
-        return f"Any({', '.join(map(repr, self.filters))})"
+    _reduce = any
 
 
-@dataclasses.dataclass(frozen=True, init=False, repr=False)
-class All(Filter):
+class All(_Combination):
     """Leaves selected by every one of `filters` (several filters in one call mean this)."""
 
-    filters: tuple[Filter, ...]
-
-    def __init__(self, *filters: _Any) -> None:
-        object.__setattr__(self, "filters", tuple(as_filter(f) for f in filters))
-
-    @property
-    def structural(self) -> bool:  # type: ignore[override]
-        return all(f.structural for f in self.filters)
-
-    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
-        masks = [f.mask(ctx) for f in self.filters]
-        return tuple(map(all, zip(*masks))) if masks else (True,) * len(ctx.leaves)
-
-    def __repr__(self) -> str:
-        return f"All({', '.join(map(repr, self.filters))})"
+    _reduce = all
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False)
@@ -281,7 +276,7 @@ _TYPE_FILTERS: dict[type, Filter] = {}
 
 
 def _bool_tree_status(x: _Any) -> str | None:
-    """"mask" for a pytree of bools; the first offending leaf for other containers; else None."""
+    """ "mask" for a pytree of bools; the first offending leaf for other containers; else None."""
     if isinstance(x, (bool, np.bool_)):
         return "mask"
     pairs, treedef = jax.tree_util.tree_flatten_with_path(x)
@@ -344,9 +339,12 @@ def _cacheable(f: Filter) -> bool:
     return True
 
 
-def select(tree: _Any, filters: tuple[_Any, ...]) -> tuple[Leaves, tuple[bool, ...]]:
-    """Flatten `tree` and say which leaves all of `filters` select."""
-    ctx = Leaves(tree)
+def select(
+    tree: _Any, filters: tuple[_Any, ...], flat: tuple[list[_Any], _Any] | None = None
+) -> tuple[Leaves, tuple[bool, ...]]:
+    """Flatten `tree` (unless `flat` is its flatten already) and say which leaves all of
+    `filters` select."""
+    ctx = Leaves(tree, flat)
     if not filters:
         return ctx, (True,) * len(ctx.leaves)
     f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)

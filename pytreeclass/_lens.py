@@ -28,11 +28,11 @@ from ._filters import Leaves, as_filter
 from ._kinds import foreign_kind
 from ._nodes import (
     ALL,
-    ATTR_STEPS,
-    KEY_STEPS,
     LEAF,
+    MISS,
     TREECLASS,
     FilterStep,
+    compile_put,
     PathStep,
     listing,
     match,
@@ -178,7 +178,54 @@ def _aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
 
 # -- the lens itself ---------------------------------------------------------------------------
 
-# A lens keeps (root, steps, index of the first multi step or -1) in its one slot.
+
+class _Path:
+    """The steps of a lens, without its root. Paths are interned: the child of a path for a
+    given `.name` or `[key]` is made once and reused, so a step costs one dict lookup and
+    no tuple copy, and `model.at.layers[3].w` built twice shares one `_Path`."""
+
+    __slots__ = ("attrs", "items", "plans", "split", "steps", "tries")
+
+    def __init__(self, steps: tuple[Any, ...], split: int) -> None:
+        self.steps, self.split = steps, split  # split: index of the first multi step, or -1
+        self.attrs: dict[str, _Path] = {}  # `.name` -> child path
+        self.items: dict[Any, _Path] = {}  # `[str]`, `[int]`, `[...]` -> child path
+        self.plans: dict[type, Any] = {}  # type of root -> compiled update (`compile_put`)
+        self.tries = 0  # compiled updates made for this path; bounded, trees may vary
+
+    def put(self, root: Any, value: Any, fn: Any) -> Any:
+        """`.set(value)` (fn None) or `.apply(fn)` through this path of single steps."""
+        plan = self.plans.get(type(root))
+        if plan is not None:
+            out = plan(root, value, fn)
+            if out is not MISS:
+                return out
+        trail: list[Any] = []
+        out = put(root, self.steps, (root, self.steps, -1), value, fn, trail)
+        if self.tries < 8:
+            self.tries += 1
+            plan = compile_put(self.steps, trail)
+            if plan is not None:
+                self.plans[type(root)] = plan
+        return out
+
+    def extend(self, step: Any, table: dict[Any, _Path] | None, key: Any) -> _Path:
+        """The child path for `step`, remembered in `table[key]` (None: not interned)."""
+        split = self.split
+        if split < 0 and step.multi:
+            split = len(self.steps)
+        child = _Path((*self.steps, step), split)
+        if table is not None and _INTERNED[0] < _MAX_INTERNED:  # bound memory on odd keys
+            _INTERNED[0] += 1
+            table[key] = child
+        return child
+
+
+_ROOT = _Path((), -1)
+_INTERNED = [0]
+_MAX_INTERNED = 1 << 16
+
+# A lens keeps `(root, path)` in its one slot.
 _OWN = frozenset({"get", "set", "apply", "_ptc"})
 _getattribute = object.__getattribute__
 _new = object.__new__
@@ -203,67 +250,64 @@ class Lens(Generic[T]):
     __slots__ = ("_ptc",)
 
     def __init__(self, tree: T, /) -> None:
-        _SET(self, (tree, (), -1))
+        _SET(self, (tree, _ROOT))
 
     # -- steps --
 
     # __getattribute__ rather than __getattr__: on Python < 3.12 the failed normal lookup
     # that precedes __getattr__ builds an AttributeError, which costs more than the step.
     def __getattribute__(self, name: str) -> Any:
-        step = ATTR_STEPS.get(name)  # a name seen before as a step: skip the checks below
-        if step is None:
-            if name in _OWN or (name[:2] == "__" and name[-2:] == "__"):
+        if name in _OWN:
+            return _getattribute(self, name)
+        root, path = _GET(self)
+        child = path.attrs.get(name)  # a step taken before from this path: no checks
+        if child is None:
+            if name[:2] == "__" and name[-2:] == "__":
                 return _getattribute(self, name)  # protocols (copy, pickle) probe dunders
             if name.startswith(("_repr_", "_ipython_")):
                 raise AttributeError(name)  # IPython probes these; they are not steps
-            step = PathStep(name, True)
-            if len(ATTR_STEPS) < 8192:
-                ATTR_STEPS[name] = step
-        root, steps, split = _GET(self)
+            child = path.extend(PathStep(name, True), path.attrs, name)
         new = _new(Lens)
-        _SET(new, (root, steps + (step,), split))  # noqa: RUF005 -- faster than (*steps, step)
+        _SET(new, (root, child))
         return new
 
     def __getitem__(self, key: Any) -> Lens[T]:
+        root, path = _GET(self)
         t = type(key)
-        if t is str or t is int:
-            step = KEY_STEPS.get(key)
-            if step is None:
-                step = PathStep(key, False)
-                if len(KEY_STEPS) < 8192:
-                    KEY_STEPS[key] = step
-        elif key is Ellipsis:
-            step = ALL
-        elif isinstance(key, str):
-            step = PathStep(str(key), False)
-        elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-            step = PathStep(int(key), False)
+        if t is str or t is int or key is Ellipsis:
+            child = path.items.get(key)
+            if child is None:
+                step = ALL if key is Ellipsis else PathStep(key, False)
+                child = path.extend(step, path.items, key)
         else:
-            step = FilterStep(as_filter(key))
-        root, steps, split = _GET(self)
-        if split < 0 and step.multi:
-            split = len(steps)
+            if isinstance(key, str):
+                step = PathStep(str(key), False)
+            elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+                step = PathStep(int(key), False)
+            else:
+                step = FilterStep(as_filter(key))
+            child = path.extend(step, None, None)
         new = _new(Lens)
-        _SET(new, (root, steps + (step,), split))  # noqa: RUF005 -- faster than (*steps, step)
+        _SET(new, (root, child))
         return new
 
     # -- terminals --
 
     def get(self) -> Any:
         """The value at the path; with `[...]` or a filter, the focus with holes (`None`)."""
-        state = _GET(self)
-        root, steps, split = state
-        if split < 0:
-            return walk(root, steps, state, [])
+        root, path = _GET(self)
+        state = (root, path.steps, path.split)
+        if path.split < 0:
+            return walk(root, path.steps, state, [])
         _, ctx, sel = _select(state)
         return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 
     def set(self, value: Any) -> T:
         """A copy of the root with `value` at the path (or at every selected leaf)."""
-        state = _GET(self)
-        root, steps, split = state
-        if split < 0:
-            return put(root, steps, state, value, None)
+        root, path = _GET(self)
+        if path.split < 0:
+            return path.put(root, value, None)
+        state = (root, path.steps, path.split)
         trail, ctx, sel = _select(state)
         if value is None or _is_single_leaf(value):
             new = [value if s else x for x, s in zip(ctx.leaves, sel)]
@@ -274,18 +318,17 @@ class Lens(Generic[T]):
 
     def apply(self, fn: Callable[[Any], Any]) -> T:
         """A copy of the root with `fn` applied at the path (or to every selected leaf)."""
-        state = _GET(self)
-        root, steps, split = state
-        if split < 0:
-            return put(root, steps, state, None, fn)
-        trail, ctx, sel = _select(state)
+        root, path = _GET(self)
+        if path.split < 0:
+            return path.put(root, None, fn)
+        trail, ctx, sel = _select((root, path.steps, path.split))
         return _put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])
 
     # -- misuse --
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(
-            f"cannot assign to a lens ({where(_GET(self), len(_GET(self)[1]))}.{name} = ...). "
+            f"cannot assign to a lens ({_where_all(self)}.{name} = ...). "
             f"Write `.at.{name}.set(value)`, which returns an updated copy."
         )
 
@@ -294,11 +337,23 @@ class Lens(Generic[T]):
         raise TypeError("a Lens is not iterable; end the path with .get(), .set(v) or .apply(fn)")
 
     def __repr__(self) -> str:
-        return f"Lens({where(_GET(self), len(_GET(self)[1]))})"
+        return f"Lens({_where_all(self)})"
 
 
 _GET = Lens._ptc.__get__  # type: ignore[attr-defined]
 _SET = Lens._ptc.__set__  # type: ignore[attr-defined]
+
+
+def _where_all(lens: Lens[Any]) -> str:
+    root, path = _GET(lens)
+    return where((root, path.steps, path.split), len(path.steps))
+
+
+def lens_on(tree: T) -> Lens[T]:
+    """`obj.at`: `Lens(tree)` without the `__init__` call (it runs on every update)."""
+    new = _new(Lens)
+    _SET(new, (tree, _ROOT))
+    return new
 
 
 def _select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, ...]]:

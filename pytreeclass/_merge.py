@@ -5,14 +5,15 @@ Holes are `None`, as in `equinox.partition`/`equinox.combine`, so outputs feed e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 
 from ._cache import BoundedCache
 from ._errors import depth_guard
-from ._filters import select
+from ._filters import All, _cacheable, as_filter, select
 from ._kinds import leaf_kinds
 
 __all__ = [
@@ -32,6 +33,67 @@ _GUARD_MERGE = depth_guard("tree_merge")
 _GUARD_LABELS = depth_guard("tree_labels")
 
 
+# Per (treedef, filters): everything a call needs besides one flatten and the unflattens.
+# Only filters that depend on structure alone are cached (`_cacheable`); others (e.g.
+# eqx.is_array) are evaluated on every call. Each side of a partition is rebuilt from a
+# C-level itemgetter over the leaves and the treedef of that side (holes are None nodes),
+# so a call runs no Python loop over the leaves.
+_SELECTIONS = BoundedCache(maxsize=4096)
+
+
+def _getter(indices: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """A C-level `leaves -> (leaves[i] for i in indices)` (an itemgetter)."""
+    if len(indices) >= 2:
+        return operator.itemgetter(*indices)
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda leaves: (leaves[i],)
+    return lambda leaves: ()
+
+
+def _is_cacheable(filters: tuple[Any, ...]) -> bool:
+    try:
+        f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)
+    except TypeError:
+        return False
+    return _cacheable(f)
+
+
+def _side(treedef: Any, leaves: list[Any], picked: list[int]) -> tuple[Any, Any] | None:
+    """(getter, treedef with None holes) of the tree keeping only the `picked` leaves."""
+    wanted = set(picked)
+    holed = treedef.unflatten([x if i in wanted else None for i, x in enumerate(leaves)])
+    holed_def = jax.tree_util.tree_structure(holed)
+    if holed_def.num_leaves != len(picked):  # a node type that drops None children
+        return None
+    return _getter(picked), holed_def
+
+
+def _selection(tree: Any, filters: tuple[Any, ...]) -> tuple[Any, Any, Any, Any, Any]:
+    """(leaves, treedef, bools, selected side, unselected side) for `filters` on `tree`."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    plan = _SELECTIONS.get((treedef, filters))  # None for unhashable filters (masks)
+    if plan is not None:
+        return (leaves, treedef, *plan)
+    _, sel = select(tree, filters, (leaves, treedef))
+    if _is_cacheable(filters):
+        yes = [i for i, s in enumerate(sel) if s]
+        no = [i for i, s in enumerate(sel) if not s]
+        plan = (sel, _side(treedef, leaves, yes), _side(treedef, leaves, no))
+        _SELECTIONS.put((treedef, filters), plan)
+        return (leaves, treedef, *plan)
+    return leaves, treedef, sel, None, None
+
+
+def _pick(leaves: list[Any], treedef: Any, sel: Any, side: Any, keep: bool) -> Any:
+    if side is not None:
+        take, holed_def = side
+        return holed_def.unflatten(take(leaves))
+    if keep:
+        return treedef.unflatten([x if s else None for x, s in zip(leaves, sel)])
+    return treedef.unflatten([None if s else x for x, s in zip(leaves, sel)])
+
+
 def tree_mask(tree: Any, /, *filters: Any) -> Any:
     """A tree of bools shaped like `tree`: True where every filter selects the leaf.
 
@@ -41,8 +103,8 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         {'a': False, 'b': True}
     """
     with _GUARD_MASK:
-        ctx, sel = select(tree, filters)
-        return ctx.treedef.unflatten(sel)
+        _, treedef, sel, _, _ = _selection(tree, filters)
+        return treedef.unflatten(sel)
 
 
 def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
@@ -54,10 +116,10 @@ def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
         {'a': None, 'b': 2.0}
     """
     with _GUARD_FILTER:
-        ctx, sel = select(tree, filters)
+        leaves, treedef, sel, yes, no = _selection(tree, filters)
         if inverse:
-            return ctx.treedef.unflatten([None if s else x for x, s in zip(ctx.leaves, sel)])
-        return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
+            return _pick(leaves, treedef, sel, no, keep=False)
+        return _pick(leaves, treedef, sel, yes, keep=True)
 
 
 def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
@@ -69,11 +131,10 @@ def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
         ({'a': None, 'b': 2.0}, {'a': 1, 'b': None})
     """
     with _GUARD_PARTITION:
-        ctx, sel = select(tree, filters)
-        leaves, treedef = ctx.leaves, ctx.treedef
+        leaves, treedef, sel, yes, no = _selection(tree, filters)
         return (
-            treedef.unflatten([x if s else None for x, s in zip(leaves, sel)]),
-            treedef.unflatten([None if s else x for x, s in zip(leaves, sel)]),
+            _pick(leaves, treedef, sel, yes, keep=True),
+            _pick(leaves, treedef, sel, no, keep=False),
         )
 
 
@@ -166,16 +227,18 @@ class _Marker:
 _PLANS = BoundedCache(maxsize=4096)
 
 
-def _plan(
-    trees: tuple[Any, ...], treedefs: tuple[Any, ...]
-) -> tuple[Any, tuple[tuple[int, int], ...]]:
-    """Output treedef and, for each output leaf, (tree index, leaf index) it comes from."""
+def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Output treedef, and a getter that picks every output leaf from the trees' leaves
+    joined in order (one C-level call instead of a Python loop)."""
     markers = [
         td.unflatten([_Marker(i, j) for j in range(td.num_leaves)]) for i, td in enumerate(treedefs)
     ]
     merged = _merge_nodes(list(enumerate(markers)), ())
     out, out_def = jax.tree_util.tree_flatten(merged)
-    return out_def, tuple((m.tree, m.leaf) for m in out)
+    offsets = [0]
+    for td in treedefs:
+        offsets.append(offsets[-1] + td.num_leaves)
+    return out_def, _getter([offsets[m.tree] + m.leaf for m in out])
 
 
 def tree_merge(tree: Any, /, *updates: Any) -> Any:
@@ -209,8 +272,11 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
                 except _Mismatch as e:
                     raise ValueError(str(e)) from None
             _PLANS.put(treedefs, plan)
-        out_def, sources = plan
-        return out_def.unflatten([flats[i][0][j] for i, j in sources])
+        out_def, take = plan
+        leaves = flats[0][0]
+        for more, _ in flats[1:]:
+            leaves = leaves + more
+        return out_def.unflatten(take(leaves))
 
 
 def first_difference(a: Any, b: Any) -> str:

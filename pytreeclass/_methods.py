@@ -21,7 +21,7 @@ import numpy as np
 from jax.core import Tracer
 
 from ._errors import depth_guard
-from ._lens import Lens as _Lens
+from ._lens import lens_on as _lens_on
 
 __all__ = ["install_methods", "tree_equal"]
 
@@ -111,7 +111,7 @@ def _repr_html_(self: Any) -> str:
 
 def _at(self: Any) -> Any:
     # Imported at module level: an import statement here costs more than the lens itself.
-    return _Lens(self)
+    return _lens_on(self)
 
 
 def install_methods(cls: type) -> None:

@@ -16,7 +16,7 @@ import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._filters import Filter
-from ._treeclass import check_static
+from ._treeclass import FLAT, check_static
 
 # -- what kind of node is this? (decided once per type) -----------------------------------------
 
@@ -147,8 +147,6 @@ class FilterStep(_Step):
 
 
 ALL = _Everything()
-ATTR_STEPS: dict[str, PathStep] = {}
-KEY_STEPS: dict[Any, PathStep] = {}
 
 
 class LensKeyError(KeyError):
@@ -268,6 +266,7 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
         d = new.__dict__
         d.update(node.__dict__)
         d[token] = value
+        d[FLAT] = cls.__ptc_meta__.flatten(new)
         return new
     if code in (LIST, DICT):
         new = node.copy()  # keeps OrderedDict / defaultdict (and its factory)
@@ -315,21 +314,39 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
     return None
 
 
+# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten)`. One dict
+# lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + three attribute reads.
+_TC: dict[type, tuple[Any, Any, Any]] = {}
+
+
+def _tc_info(cls: type) -> tuple[Any, Any, Any] | None:
+    """`_TC[cls]`, filled in on first sight of a treeclass; None for any other type."""
+    meta = getattr(cls, "__ptc_meta__", None)
+    if meta is None:
+        return None
+    info = (meta.fields_by_name, frozenset(meta.static_names), meta.flatten)
+    if len(_TC) < 8192:
+        _TC[cls] = info
+    return info
+
+
 def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]) -> Any:
     """Follow path steps from `root`; record `(node, code, token)` per step in `trail`."""
     node = root
-    codes = CODES
+    tcs, codes = _TC, CODES
     for i, step in enumerate(steps):
         # The two commonest hops, inline: a treeclass field and a list index.
         cls = type(node)
-        code = codes.get(cls)
         key = step.key
-        if code == TREECLASS:
-            if key in cls.__ptc_meta__.fields_by_name:
+        info = tcs.get(cls)
+        if info is None and codes.get(cls, TREECLASS) == TREECLASS:
+            info = _tc_info(cls)
+        if info is not None:
+            if key in info[0]:
                 trail.append((node, TREECLASS, key))
                 node = node.__dict__[key]
                 continue
-        elif code == LIST and type(key) is int and not step.attr:
+        elif type(key) is int and codes.get(cls) == LIST and not step.attr:
             n = len(node)
             k = key + n if key < 0 else key
             if 0 <= k < n:
@@ -342,12 +359,99 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
     return node
 
 
-def put(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], value: Any, fn: Any) -> Any:
-    """Set (fn is None) or apply `fn` at the end of a path of single steps."""
-    trail: list[Any] = []
+def put(
+    root: Any,
+    steps: tuple[Any, ...],
+    state: tuple[Any, Any, int],
+    value: Any,
+    fn: Any,
+    trail: list[Any] | None = None,
+) -> Any:
+    """Set (fn is None) or apply `fn` at the end of a path of single steps.
+
+    `trail`, when given, receives the `(node, code, token)` hops (for `compile_put`)."""
+    if trail is None:
+        trail = []
     node = walk(root, steps, state, trail)
     if fn is not None:
         value = fn(node)
+    tcs = _TC
     for parent, code, token in reversed(trail):
-        value = rebuild(parent, code, token, value)
+        # Inline the commonest rebuilds (a treeclass field, a list item); same as `rebuild`.
+        if code == TREECLASS:
+            cls = type(parent)
+            _, static, flatten = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
+            if token in static:
+                check_static(cls, token, value)
+            new = _new(cls)
+            d = new.__dict__
+            d.update(parent.__dict__)
+            d[token] = value
+            d[FLAT] = flatten(new)  # the cached flatten must match the new fields
+            value = new
+        elif code == LIST:
+            new = parent.copy()
+            new[token] = value
+            value = new
+        else:
+            value = rebuild(parent, code, token, value)
     return value
+
+
+# -- compiled updates ---------------------------------------------------------------------------
+
+MISS = object()  # what a compiled update returns when the tree is not shaped as it expects
+_PLAN_CODES = (TREECLASS, LIST, DICT)
+
+
+def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
+    """A function `(root, value, fn) -> new root` for the node types along `trail`, or None.
+
+    A lens path is interned, so an update through it usually meets the same node types
+    every time. This writes the walk and the rebuild out as straight-line code with one
+    `type(n) is T` guard per hop (no loop, no dispatch, no trail list); it returns `MISS`
+    as soon as a node's type, a list's length or a dict's keys differ from what it was
+    written for, and the caller then takes the general path (which raises the errors).
+    """
+    if not trail or any(code not in _PLAN_CODES for _, code, _ in trail):
+        return None
+    ns: dict[str, Any] = {"_MISS": MISS, "_new": _new, "_FLAT": FLAT, "_check": check_static}
+    walk_lines, back = [], []
+    for j, ((node, code, _), step) in enumerate(zip(trail, steps)):
+        cls = type(node)
+        ns[f"_t{j}"], ns[f"_k{j}"] = cls, step.key
+        walk_lines.append(f"    if type(n{j}) is not _t{j}: return _MISS")
+        if code == TREECLASS:
+            info = _TC.get(cls) or _tc_info(cls)
+            if info is None:
+                return None
+            ns[f"_f{j}"] = info[2]
+            walk_lines.append(f"    n{j + 1} = n{j}.__dict__[_k{j}]")
+            check = f"_check(_t{j}, _k{j}, value); " if step.key in info[1] else ""
+            back.append(
+                f"    {check}new = _new(_t{j}); d = new.__dict__; d.update(n{j}.__dict__); "
+                f"d[_k{j}] = value; d[_FLAT] = _f{j}(new); value = new"
+            )
+        elif code == LIST:
+            fix = f" + len(n{j})" if step.key < 0 else ""
+            walk_lines.append(f"    k{j} = _k{j}{fix}")
+            walk_lines.append(f"    if not 0 <= k{j} < len(n{j}): return _MISS")
+            walk_lines.append(f"    n{j + 1} = n{j}[k{j}]")
+            back.append(f"    new = n{j}.copy(); new[k{j}] = value; value = new")
+        else:  # DICT; `in` first: a defaultdict would grow on n[key]
+            walk_lines.append(f"    if _k{j} not in n{j}: return _MISS")
+            walk_lines.append(f"    n{j + 1} = n{j}[_k{j}]")
+            back.append(f"    new = n{j}.copy(); new[_k{j}] = value; value = new")
+    n = len(trail)
+    source = "\n".join(
+        [
+            "def update(n0, value, fn):",
+            *walk_lines,
+            f"    if fn is not None: value = fn(n{n})",
+            *reversed(back),
+            "    return value",
+        ]
+    )
+    from ._codegen import compile_function
+
+    return compile_function("update", source + "\n", ns, "a lens path")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -25,6 +26,29 @@ _T = TypeVar("_T")
 _MUTABLE: dict[int, int] = {}
 _INIT, _EDIT = 1, 2
 
+# Every instance keeps its flatten result, `(children, aux)`, under this key: JAX's C++
+# flatten then reads it with a C-level `operator.attrgetter`, no Python frame per node.
+# Whatever writes fields must refresh it (`seal`); while an instance is being built or
+# edited the key is absent and `seal` adds it when the instance is frozen again.
+FLAT = "__ptc_flat__"
+
+
+class _FlatFallback:
+    """Class attribute `__ptc_flat__` for instances that have none stored (being built or
+    edited): a non-data descriptor, so a stored value in `__dict__` wins when present."""
+
+    def __get__(self, obj: Any, cls: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return type(obj).__ptc_meta__.flatten(obj)
+
+
+def seal(obj: Any) -> None:
+    """Store `obj`'s flatten result in its `__dict__` (after its fields changed)."""
+    if id(obj) not in _MUTABLE:
+        obj.__dict__[FLAT] = type(obj).__ptc_meta__.flatten(obj)
+
+
 # Values that are always fine in a static field; anything else is checked.
 _PLAIN_STATIC = frozenset({int, float, bool, str, type(None), complex, bytes})
 
@@ -41,6 +65,7 @@ class _Meta:
         "cls",
         "fields",
         "fields_by_name",
+        "flatten",
         "has_post_init",
         "keys",
         "options",
@@ -102,9 +127,7 @@ def _setattr(self: Any, name: str, value: Any) -> None:
                     name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
                 )
             )
-        raise _errors.FrozenInstanceError(
-            _errors.FROZEN_SET.format(name=name, cls=cls.__name__)
-        )
+        raise _errors.FrozenInstanceError(_errors.FROZEN_SET.format(name=name, cls=cls.__name__))
     if f is None:
         raise AttributeError(
             _errors.NOT_A_FIELD.format(
@@ -115,16 +138,17 @@ def _setattr(self: Any, name: str, value: Any) -> None:
         value = f.converter(value)
     if f.static:
         check_static(cls, name, value)
-    self.__dict__[name] = value
+    d = self.__dict__
+    d[name] = value
+    d.pop(FLAT, None)
 
 
 def _delattr(self: Any, name: str) -> None:
     if id(self) in _MUTABLE and name in type(self).__ptc_meta__.fields_by_name:
         del self.__dict__[name]
+        self.__dict__.pop(FLAT, None)
         return
-    raise _errors.FrozenInstanceError(
-        _errors.FROZEN_DEL.format(name=name, cls=type(self).__name__)
-    )
+    raise _errors.FrozenInstanceError(_errors.FROZEN_DEL.format(name=name, cls=type(self).__name__))
 
 
 def _finish_init(self: Any) -> None:
@@ -171,6 +195,7 @@ def _wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
             _finish_init(self)
         finally:
             del _MUTABLE[key]
+        seal(self)
 
     __init__.__ptc_user_init__ = user_init  # type: ignore[attr-defined]
     __init__.__wrapped__ = user_init  # type: ignore[attr-defined]
@@ -251,16 +276,18 @@ def _init_source(
             value = f"__ptc_conv_{name}({value})"
         if f.static:
             body.append(f"    __ptc_v = {value}")
-            body.append(f"    if type(__ptc_v) not in __ptc_PLAIN: __ptc_check_static(__ptc_cls, {name!r}, __ptc_v)")
+            body.append(
+                f"    if type(__ptc_v) not in __ptc_PLAIN: __ptc_check_static(__ptc_cls, {name!r}, __ptc_v)"
+            )
             value = "__ptc_v"
         body.append(f"    __ptc_d[{name!r}] = {value}")
     if has_post_init:
-        body.append(
-            "    __ptc_run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")"
-        )
+        body.append("    __ptc_run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")")
     elif any(not f.init and f.default is f.default_factory is dataclasses.MISSING for f in fields):
         ns["__ptc_finish_init"] = _finish_init
         body.append("    __ptc_finish_init(self)")  # reports the field that nothing sets
+    ns["__ptc_seal"] = seal
+    body.append("    __ptc_seal(self)")
     params = ["self", *positional, *(["*", *keyword] if keyword else [])]
     source = (
         f"def __init__({', '.join(params)}):\n    __ptc_d = self.__dict__\n"
@@ -304,6 +331,7 @@ def replace_fields(obj: Any, changes: dict[str, Any]) -> Any:
     d = new.__dict__
     d.update(obj.__dict__)
     d.update(changes)
+    d[FLAT] = meta.flatten(new)
     return new
 
 
@@ -360,8 +388,11 @@ def _register(cls: type, meta: _Meta) -> None:
     field_order = tuple(f.name for f in meta.fields)
     unflat_src = unflatten_source(field_order, meta.child_names, meta.static_names)
     unflatten = compile_function("unflatten", unflat_src, {"_new": _new, "_cls": cls}, owner)
+    meta.flatten = flatten
     cls.__ptc_meta__ = meta  # type: ignore[attr-defined]
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    jax.tree_util.register_pytree_with_keys(
+        cls, flatten_with_keys, unflatten, operator.attrgetter(FLAT)
+    )
 
 
 def _process(cls: type, options: dict[str, Any]) -> type:
@@ -373,9 +404,7 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     own_init = cls.__dict__.get("__init__")
     user_init = getattr(own_init, "__ptc_user_init__", own_init)
     dc_options = {k: v for k, v in options.items() if not k.startswith("_")}
-    cls = dataclasses.dataclass(
-        cls, init=False, repr=False, eq=False, frozen=False, **dc_options
-    )
+    cls = dataclasses.dataclass(cls, init=False, repr=False, eq=False, frozen=False, **dc_options)
     fields, initvars = _own_fields(cls)
     for f in fields:
         if f.name in _RESERVED:
@@ -387,6 +416,7 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     meta = _Meta(cls, fields, {**options, "_initvars": initvars})
     _install_init(cls, meta, user_init)
     _register(cls, meta)
+    cls.__ptc_flat__ = _FlatFallback()  # type: ignore[attr-defined]
     cls.__setattr__ = _setattr  # type: ignore[assignment]
     cls.__delattr__ = _delattr  # type: ignore[assignment]
     from ._methods import install_methods

@@ -56,7 +56,9 @@ def test_assign_to_frozen_field_names_field_and_fix():
 
 
 def test_delete_frozen_field():
-    with pytest.raises(dataclasses.FrozenInstanceError, match=r"(?s)cannot delete field 'b'.*obj\.at"):
+    with pytest.raises(
+        dataclasses.FrozenInstanceError, match=r"(?s)cannot delete field 'b'.*obj\.at"
+    ):
         del make_mlp().layers[0].b
 
 
@@ -117,7 +119,10 @@ def test_missing_init_false_field_without_default():
 @pytest.mark.parametrize(
     "value, pattern",
     [
-        (jnp.ones(3), r"static field 'features' of Linear holds an array \(f32\[3\]\).*drop static=True"),
+        (
+            jnp.ones(3),
+            r"static field 'features' of Linear holds an array \(f32\[3\]\).*drop static=True",
+        ),
         (np.ones((2, 2)), r"holds an array \(f64\[2,2\]\).*hashable Python value"),
         ([1, 2], r"holds an unhashable list \(\[1, 2\]\).*a tuple instead of a list"),
         ({"a": 1}, r"unhashable dict.*make it a normal field"),
@@ -164,14 +169,18 @@ def test_merge_mismatch_names_first_differing_path():
 
 
 def test_merge_mismatch_leaf_versus_subtree_reads_well():
-    with pytest.raises(ValueError, match=r"differ at \['a'\]: tree 1 has dict .* tree 0 has leaf 1\."):
+    with pytest.raises(
+        ValueError, match=r"differ at \['a'\]: tree 1 has dict .* tree 0 has leaf 1\."
+    ):
         ptc.tree_merge({"a": 1}, {"a": {"b": 2}})
 
 
 def test_merge_mismatch_in_static_fields_names_them():
     a = Linear(jnp.ones(2), jnp.ones(2), features=2)
     b = Linear(None, jnp.ones(2), features=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"Linear nodes whose static parts differ \(features: 2 vs 3\)"):
+    with pytest.raises(
+        ValueError, match=r"Linear nodes whose static parts differ \(features: 2 vs 3\)"
+    ):
         ptc.tree_merge(a, b)
     m1, m2 = make_mlp(), make_mlp()
     m2 = m2.at.layers[1].features.set(5)
@@ -186,18 +195,36 @@ def test_merge_mismatch_in_static_fields_names_them():
     "build, exc, pattern",
     [
         (lambda m: m.at.layer, AttributeError, r"model\.layer: no field 'layer'; fields: layers"),
-        (lambda m: m.at.layers[0].q, AttributeError, r"model\.layers\[0\]\.q: no field 'q'; fields: w, b"),
+        (
+            lambda m: m.at.layers[0].q,
+            AttributeError,
+            r"model\.layers\[0\]\.q: no field 'q'; fields: w, b",
+        ),
         (lambda m: m.at.layers[7], IndexError, r"model\.layers\[7\]: index out of range \(len 2\)"),
         (lambda m: m.at.layers[-3], IndexError, r"model\.layers\[-3\]: index out of range"),
         (lambda m: m.at.layers["a"], KeyError, r"model\.layers\['a'\]: list is indexed by int"),
         (lambda m: m.at.layers[0].w.foo, AttributeError, r"cannot step into the leaf f32\[2,2\]"),
         (lambda m: m.at.layers[...].q, AttributeError, r"model\.layers\[\.\.\.\]\.q: no child \.q"),
         (lambda m: ptc.at({"a": 1})["b"], KeyError, r"tree\['b'\]: no key 'b'; keys: 'a'"),
-        (lambda m: ptc.at({"a": 1}).a, AttributeError, r"dict has keys, not attributes; write \['a'\]"),
+        (
+            lambda m: ptc.at({"a": 1}).a,
+            AttributeError,
+            r"dict has keys, not attributes; write \['a'\]",
+        ),
         (lambda m: ptc.at(None).a, AttributeError, r"tree\.a: the value at tree is None"),
     ],
-    ids=["attr", "deep-attr", "index", "neg-index", "key-on-list", "into-leaf", "after-all",
-         "dict-key", "attr-on-dict", "none"],
+    ids=[
+        "attr",
+        "deep-attr",
+        "index",
+        "neg-index",
+        "key-on-list",
+        "into-leaf",
+        "after-all",
+        "dict-key",
+        "attr-on-dict",
+        "none",
+    ],
 )
 def test_lens_missing_step_names_full_path(build, exc, pattern):
     lens = build(make_mlp())
@@ -258,9 +285,14 @@ def test_none_is_only_the_mask_of_a_leafless_tree():
 
 def test_mask_filter_errors():
     tree = {"a": 1, "b": 2}
-    with pytest.raises(ValueError, match=r"mask filter does not match the tree: .*a bool may stand"):
+    with pytest.raises(
+        ValueError, match=r"mask filter does not match the tree: .*a bool may stand"
+    ):
         ptc.tree_mask(tree, {"a": True})
-    with pytest.raises(TypeError, match=r"a dict used as a filter must be a mask, a pytree of bools, but its leaf at \['b'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"a dict used as a filter must be a mask, a pytree of bools, but its leaf at \['b'\]",
+    ):
         ptc.tree_mask(tree, {"a": True, "b": np.ones(2, bool)})
 
 
@@ -278,7 +310,9 @@ def test_tree_labels_mapping_must_be_a_mapping():
 
 
 def test_kinds_are_classes_not_instances():
-    with pytest.raises(TypeError, match=r"write field\(kind=Parameter\), not field\(kind=Parameter\(\)\)"):
+    with pytest.raises(
+        TypeError, match=r"write field\(kind=Parameter\), not field\(kind=Parameter\(\)\)"
+    ):
         Parameter()
     with pytest.raises(TypeError, match=r"field\(kind=\.\.\.\): <class 'int'> is not a kind"):
         field(kind=int)
@@ -327,20 +361,24 @@ def saved(tmp_path):
 
 def test_load_shape_mismatch(saved):
     with pytest.raises(
-        ValueError, match=r"shape mismatch at \.layers\[0\]\.w: the file has float32\[2,2\], the template float32\[3,3\]"
+        ValueError,
+        match=r"shape mismatch at \.layers\[0\]\.w: the file has float32\[2,2\], the template float32\[3,3\]",
     ):
         ptc.tree_load(saved, like=make_mlp(width=3))
 
 
 def test_load_dtype_mismatch(saved):
     like = make_mlp().at[Parameter].apply(lambda x: x.astype(jnp.bfloat16))
-    with pytest.raises(ValueError, match=r"dtype mismatch at \.layers\[0\]\.w.*template bfloat16\[2,2\]"):
+    with pytest.raises(
+        ValueError, match=r"dtype mismatch at \.layers\[0\]\.w.*template bfloat16\[2,2\]"
+    ):
         ptc.tree_load(saved, like=like)
 
 
 def test_load_other_model_version_lists_missing_and_unexpected_paths(saved):
     with pytest.raises(
-        ValueError, match=r"missing from the file: \.layers\[2\]\.w, \.layers\[2\]\.b\).*different version"
+        ValueError,
+        match=r"missing from the file: \.layers\[2\]\.w, \.layers\[2\]\.b\).*different version",
     ):
         ptc.tree_load(saved, like=make_mlp(3))
     with pytest.raises(
@@ -353,7 +391,9 @@ def test_load_other_model_version_lists_missing_and_unexpected_paths(saved):
         layers: list
         avg: jax.Array = field(kind=BatchStat, default=0.0)
 
-    with pytest.raises(ValueError, match=r"missing from the file: \.avg; in the file but not the template: \.mean"):
+    with pytest.raises(
+        ValueError, match=r"missing from the file: \.avg; in the file but not the template: \.mean"
+    ):
         ptc.tree_load(saved, like=Renamed(make_mlp().layers))
 
 
@@ -376,12 +416,16 @@ def test_load_corrupt_files(saved, tmp_path):
     for name, data in cases.items():
         bad = tmp_path / name
         bad.write_bytes(data)
-        with pytest.raises(ValueError, match=r"cannot read .*not a complete zip archive.*save it again"):
+        with pytest.raises(
+            ValueError, match=r"cannot read .*not a complete zip archive.*save it again"
+        ):
             ptc.tree_load(bad, like=make_mlp())
 
     bad = tmp_path / "no-manifest"
     _rewrite(saved, bad, lambda n, d: None if n == "__manifest__.json" else d)
-    with pytest.raises(ValueError, match=r"it has no __manifest__\.json\. The file is truncated, corrupt"):
+    with pytest.raises(
+        ValueError, match=r"it has no __manifest__\.json\. The file is truncated, corrupt"
+    ):
         ptc.tree_load(bad, like=make_mlp())
 
     bad = tmp_path / "bad-json"
@@ -412,7 +456,9 @@ def test_load_corrupt_files(saved, tmp_path):
 
     _rewrite(saved, bad, grow)
     like = make_mlp().at.mean.set(jnp.zeros(4))
-    with pytest.raises(ValueError, match=r"the data for \.mean is float64\[\] but the manifest says float32\[4\]"):
+    with pytest.raises(
+        ValueError, match=r"the data for \.mean is float64\[\] but the manifest says float32\[4\]"
+    ):
         ptc.tree_load(bad, like=like)
 
 
@@ -439,7 +485,9 @@ def test_load_never_unpickles(tmp_path):
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("__manifest__.json", json.dumps(header))
         zf.writestr("['a'].npy", buf.getvalue())
-    with pytest.raises(ValueError, match=r"holds Python objects \(a pickle\); tree_load never unpickles"):
+    with pytest.raises(
+        ValueError, match=r"holds Python objects \(a pickle\); tree_load never unpickles"
+    ):
         ptc.tree_load(path, like={"a": jnp.zeros(1)})
     assert not os.path.exists(marker)
 
@@ -455,7 +503,9 @@ def test_load_never_unpickles(tmp_path):
 def test_load_numpy_npz_without_manifest_is_refused(tmp_path):
     path = tmp_path / "plain.npz"
     np.savez(path, a=np.ones(2))
-    with pytest.raises(ValueError, match=r"has no __manifest__\.json.*not written by ptc\.tree_save"):
+    with pytest.raises(
+        ValueError, match=r"has no __manifest__\.json.*not written by ptc\.tree_save"
+    ):
         ptc.tree_load(path, like={"a": jnp.zeros(2)})
 
 
@@ -470,7 +520,9 @@ def test_load_newer_format_version_says_upgrade(saved, tmp_path):
         return json.dumps(header).encode()
 
     _rewrite(saved, bad, bump)
-    with pytest.raises(ValueError, match=r"format version 2; this pytreeclass reads version 1\. Upgrade"):
+    with pytest.raises(
+        ValueError, match=r"format version 2; this pytreeclass reads version 1\. Upgrade"
+    ):
         ptc.tree_load(bad, like=make_mlp())
 
 

@@ -95,7 +95,9 @@ def test_mask_filter_and_prefix_mask():
     assert ptc.tree_filter(tree, True) == tree
     with pytest.raises(ValueError, match="mask filter does not match the tree"):
         ptc.tree_filter(tree, {"a": True, "c": False})
-    with pytest.raises(TypeError, match=r"must be a mask, a pytree of bools, but its leaf at \['b'\]\[1\] is 1"):
+    with pytest.raises(
+        TypeError, match=r"must be a mask, a pytree of bools, but its leaf at \['b'\]\[1\] is 1"
+    ):
         ptc.tree_filter(tree, {"a": True, "b": [True, 1]})
 
 
@@ -122,7 +124,9 @@ def test_filter_reprs_and_hashability():
 
 
 def test_unknown_filter_type_lists_the_forms():
-    with pytest.raises(TypeError, match=r"3.5 \(of type float\) is not a filter. A filter is a Kind"):
+    with pytest.raises(
+        TypeError, match=r"3.5 \(of type float\) is not a filter. A filter is a Kind"
+    ):
         ptc.tree_mask({"a": 1}, 3.5)
     with pytest.raises(TypeError, match="None is not a filter"):
         ptc.tree_mask({"a": 1}, ptc.Not(None))
@@ -132,7 +136,10 @@ def test_unknown_filter_type_lists_the_forms():
 
 
 def test_predicate_returning_non_bool_is_a_clear_error():
-    with pytest.raises(TypeError, match=r"returned \w+ for the leaf at \['a'\]; a filter function must return a Python bool"):
+    with pytest.raises(
+        TypeError,
+        match=r"returned \w+ for the leaf at \['a'\]; a filter function must return a Python bool",
+    ):
         ptc.tree_mask({"a": jnp.ones(3)}, lambda x: x > 0)
 
 
@@ -189,9 +196,17 @@ def test_merge_later_non_none_wins_and_none_stands_for_subtrees():
 @pytest.mark.parametrize(
     ("a", "b", "match"),
     [
-        ({"x": 1, "y": 2}, {"x": 1, "z": 2}, r"differ at the root: tree 0 has dict with children \['x'\], \['y'\]; tree 1 has dict with children \['x'\], \['z'\]"),
+        (
+            {"x": 1, "y": 2},
+            {"x": 1, "z": 2},
+            r"differ at the root: tree 0 has dict with children \['x'\], \['y'\]; tree 1 has dict with children \['x'\], \['z'\]",
+        ),
         ({"x": [1, 2]}, {"x": [1, 2, 3]}, r"differ at \['x'\]"),
-        ({"x": 1}, {"x": {"y": 2}}, r"differ at \['x'\]: tree 1 has dict with children \['y'\]; tree 0 has leaf 1"),
+        (
+            {"x": 1},
+            {"x": {"y": 2}},
+            r"differ at \['x'\]: tree 1 has dict with children \['y'\]; tree 0 has leaf 1",
+        ),
     ],
 )
 def test_merge_mismatch_names_the_key_path(a, b, match):
@@ -216,15 +231,15 @@ def test_tree_filter_inverse_is_complement():
 
 
 def test_structural_filters_are_cached():
-    from pytreeclass._filters import _MASK_CACHE
+    from pytreeclass._merge import _SELECTIONS
 
     net = _net()
-    _MASK_CACHE.clear()
+    _SELECTIONS.clear()
     ptc.tree_mask(net, Parameter)
     ptc.tree_mask(jax.tree_util.tree_map(lambda x: x * 2, net), Parameter)
-    assert len(_MASK_CACHE) == 1
+    assert len(_SELECTIONS) == 1
     ptc.tree_mask(net, eqx.is_array)  # leaf-value filters are not cached
-    assert len(_MASK_CACHE) == 1
+    assert len(_SELECTIONS) == 1
 
 
 # -- labels --------------------------------------------------------------------------------
@@ -233,7 +248,9 @@ def test_structural_filters_are_cached():
 def test_labels_default_and_mapping():
     net = _net()
     labels = ptc.tree_labels(net)
-    assert labels.layers[0].w == "Parameter" and labels.mean == "BatchStat" and labels.count == "none"
+    assert (
+        labels.layers[0].w == "Parameter" and labels.mean == "BatchStat" and labels.count == "none"
+    )
 
     @treeclass
     class M:
@@ -293,7 +310,9 @@ def test_optax_masked_with_function_form_trains_callable_model():
     @jax.jit
     def step(params, state):
         grads = jax.grad(_loss)(params, x, y)
-        grads = eqx.tree_at(lambda g: (g.layers[0].w, g.layers[0].b), grads, replace_fn=jnp.zeros_like)
+        grads = eqx.tree_at(
+            lambda g: (g.layers[0].w, g.layers[0].b), grads, replace_fn=jnp.zeros_like
+        )
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -312,7 +331,11 @@ def test_optax_multi_transform_with_tree_labels():
     net = _net()
     x, y = _data()
     tx = optax.multi_transform(
-        {"Parameter": optax.adam(0.05), "BatchStat": optax.set_to_zero(), "none": optax.set_to_zero()},
+        {
+            "Parameter": optax.adam(0.05),
+            "BatchStat": optax.set_to_zero(),
+            "none": optax.set_to_zero(),
+        },
         ptc.tree_labels,
     )
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), net)

@@ -101,7 +101,10 @@ def test_nnx_markers_are_kinds():
 
     w = Wrap(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
     params, rest = ptc.tree_partition(w, Parameter)
-    assert jax.tree_util.tree_leaves(params.lin.kernel)[0] is jax.tree_util.tree_leaves(w.lin.kernel)[0]
+    assert (
+        jax.tree_util.tree_leaves(params.lin.kernel)[0]
+        is jax.tree_util.tree_leaves(w.lin.kernel)[0]
+    )
     assert rest.extra == 0.0 and params.extra is None
 
 

@@ -70,7 +70,9 @@ def test_any_all_not_laws(tree, f):
     n = jax.tree_util.tree_leaves(ptc.tree_mask(tree, ptc.Not(f)))
     assert [not x for x in m] == n
     assert jax.tree_util.tree_leaves(ptc.tree_mask(tree, ptc.Any(f, ptc.Not(f)))) == [True] * len(m)
-    assert jax.tree_util.tree_leaves(ptc.tree_mask(tree, ptc.All(f, ptc.Not(f)))) == [False] * len(m)
+    assert jax.tree_util.tree_leaves(ptc.tree_mask(tree, ptc.All(f, ptc.Not(f)))) == [False] * len(
+        m
+    )
 
 
 @LAWS

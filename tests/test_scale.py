@@ -64,7 +64,9 @@ _DEEP_CALLS = {
 def test_too_deep_is_a_clear_error(name):
     # lists only: deep dicts and custom nodes hit a JAX bug, see the xfail test below
     tree = _nested(sys.getrecursionlimit() + 50, "list")
-    with pytest.raises(TreeTooDeepError, match=r"nested too deeply to walk.*sys\.setrecursionlimit"):
+    with pytest.raises(
+        TreeTooDeepError, match=r"nested too deeply to walk.*sys\.setrecursionlimit"
+    ):
         _DEEP_CALLS[name](tree)
     # and the interpreter is fine afterwards
     assert ptc.tree_mask(_nested(50, "dict"), float) is not None
@@ -225,7 +227,9 @@ def test_100k_leaves_filters_merge_labels(wide):
 def test_100k_leaves_lenses_and_value_and_tree(wide):
     assert len(wide.at.layers[...].w.get()) == N_LAYERS
     doubled = wide.at[Parameter].apply(lambda x: x * 2)
-    assert doubled.layers[-1].w == 2 * wide.layers[-1].w and doubled.layers[-1].b is wide.layers[-1].b
+    assert (
+        doubled.layers[-1].w == 2 * wide.layers[-1].w and doubled.layers[-1].b is wide.layers[-1].b
+    )
     same = wide.at[Parameter].set(wide.at[Parameter].get())
     assert same == wide
     one = wide.at.layers[N_LAYERS - 1].w.set(7.0)

@@ -488,4 +488,6 @@ def test_decorating_twice_is_an_error():
 
 
 def test_repr_is_short():
-    assert repr(Linear(jnp.ones((3, 4)), jnp.zeros(4))) == "Linear(w=f32[3,4], b=f32[4], features=4)"
+    assert (
+        repr(Linear(jnp.ones((3, 4)), jnp.zeros(4))) == "Linear(w=f32[3,4], b=f32[4], features=4)"
+    )
