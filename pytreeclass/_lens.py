@@ -1,6 +1,8 @@
 """Lenses: `model.at.layers[0].w.set(v)` returns an updated copy; the original never changes.
 
-A `Lens` is a root plus a tuple of steps. It is immutable: every step returns a new one.
+A `Lens` is a root plus an interned `_Path` of steps. It is immutable: every step returns
+a new one. An update through a path of single steps runs a function compiled for that path
+and the node types it met (`compile_put`), and falls back to the general walk otherwise.
 
 * Single steps (`.name`, `["key"]`, `[i]`) walk to one subtree. A path made only of them
   is updated by rebuilding the nodes along it and nothing else: no flatten of the whole
@@ -32,8 +34,8 @@ from ._nodes import (
     MISS,
     TREECLASS,
     FilterStep,
-    compile_put,
     PathStep,
+    compile_put,
     listing,
     match,
     node_code,
@@ -184,29 +186,34 @@ class _Path:
     given `.name` or `[key]` is made once and reused, so a step costs one dict lookup and
     no tuple copy, and `model.at.layers[3].w` built twice shares one `_Path`."""
 
-    __slots__ = ("attrs", "items", "plans", "split", "steps", "tries")
+    __slots__ = ("attrs", "items", "plan", "plans", "split", "steps", "tries")
 
     def __init__(self, steps: tuple[Any, ...], split: int) -> None:
         self.steps, self.split = steps, split  # split: index of the first multi step, or -1
         self.attrs: dict[str, _Path] = {}  # `.name` -> child path
         self.items: dict[Any, _Path] = {}  # `[str]`, `[int]`, `[...]` -> child path
         self.plans: dict[type, Any] = {}  # type of root -> compiled update (`compile_put`)
-        self.tries = 0  # compiled updates made for this path; bounded, trees may vary
+        self.plan: Any = None  # the one used last; it checks the root's type itself
+        self.tries = 0  # compiled updates made for this path
 
     def put(self, root: Any, value: Any, fn: Any) -> Any:
-        """`.set(value)` (fn None) or `.apply(fn)` through this path of single steps."""
+        """`.set(value)` (fn None) or `.apply(fn)` through this path of single steps.
+
+        `Lens.set` tries `self.plan` itself first; this tries the one for the root's type."""
         plan = self.plans.get(type(root))
-        if plan is not None:
+        if plan is not None and plan is not self.plan:
             out = plan(root, value, fn)
             if out is not MISS:
+                self.plan = plan
                 return out
         trail: list[Any] = []
         out = put(root, self.steps, (root, self.steps, -1), value, fn, trail)
-        if self.tries < 8:
+        if self.tries < 8 and _COMPILED[0] < _MAX_COMPILED:  # trees may vary; bound the code
             self.tries += 1
+            _COMPILED[0] += 1
             plan = compile_put(self.steps, trail)
             if plan is not None:
-                self.plans[type(root)] = plan
+                self.plans[type(root)] = self.plan = plan
         return out
 
     def extend(self, step: Any, table: dict[Any, _Path] | None, key: Any) -> _Path:
@@ -222,8 +229,8 @@ class _Path:
 
 
 _ROOT = _Path((), -1)
-_INTERNED = [0]
-_MAX_INTERNED = 1 << 16
+_INTERNED, _COMPILED = [0], [0]
+_MAX_INTERNED, _MAX_COMPILED = 1 << 16, 4096
 
 # A lens keeps `(root, path)` in its one slot.
 _OWN = frozenset({"get", "set", "apply", "_ptc"})
@@ -305,6 +312,11 @@ class Lens(Generic[T]):
     def set(self, value: Any) -> T:
         """A copy of the root with `value` at the path (or at every selected leaf)."""
         root, path = _GET(self)
+        plan = path.plan  # the hot case, inline: a compiled update (only single-step paths)
+        if plan is not None:
+            out = plan(root, value, None)
+            if out is not MISS:
+                return out
         if path.split < 0:
             return path.put(root, value, None)
         state = (root, path.steps, path.split)
@@ -320,6 +332,11 @@ class Lens(Generic[T]):
         """A copy of the root with `fn` applied at the path (or to every selected leaf)."""
         root, path = _GET(self)
         if path.split < 0:
+            plan = path.plan
+            if plan is not None:
+                out = plan(root, None, fn)
+                if out is not MISS:
+                    return out
             return path.put(root, None, fn)
         trail, ctx, sel = _select((root, path.steps, path.split))
         return _put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])

@@ -109,9 +109,8 @@ def _repr_html_(self: Any) -> str:
     return html_repr(self)
 
 
-def _at(self: Any) -> Any:
-    # Imported at module level: an import statement here costs more than the lens itself.
-    return _lens_on(self)
+# `obj.at` is the property getter itself: no wrapper frame, it runs on every update.
+_at = _lens_on
 
 
 def install_methods(cls: type) -> None:

@@ -404,6 +404,29 @@ MISS = object()  # what a compiled update returns when the tree is not shaped as
 _PLAN_CODES = (TREECLASS, LIST, DICT)
 
 
+def _treeclass_rebuild(j: int, cls: type, name: str, static: bool) -> str:
+    """The lines (of `compile_put`) that copy treeclass `n{j}` with field `name` set to `value`."""
+    lines = [f"    _check(_t{j}, _k{j}, value)"] if static else []
+    lines += [
+        f"    new = _new(_t{j}); o = n{j}.__dict__; d = new.__dict__; d.update(o)",
+        f"    d[_k{j}] = value",
+    ]
+    children = cls.__ptc_meta__.child_names  # type: ignore[attr-defined]
+    if static or len(children) > 16:
+        lines.append(f"    d[_FLAT] = _f{j}(new)")
+    else:
+        # The new flatten result is the old one with one child swapped: no flatten call.
+        # An instance being edited has none stored (`seal`); then flatten the copy.
+        i = children.index(name)
+        items = "".join("value, " if k == i else f"c[{k}], " for k in range(len(children)))
+        lines += [
+            "    f = o.get(_FLAT)",
+            f"    if f is None: d[_FLAT] = _f{j}(new)",
+            f"    else: c = f[0]; d[_FLAT] = (({items}), f[1])",
+        ]
+    return "\n".join([*lines, "    value = new"])
+
+
 def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
     """A function `(root, value, fn) -> new root` for the node types along `trail`, or None.
 
@@ -413,8 +436,8 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
     as soon as a node's type, a list's length or a dict's keys differ from what it was
     written for, and the caller then takes the general path (which raises the errors).
     """
-    if not trail or any(code not in _PLAN_CODES for _, code, _ in trail):
-        return None
+    if not 0 < len(trail) <= 32 or any(code not in _PLAN_CODES for _, code, _ in trail):
+        return None  # a long path is rare, and straight-line code for it is long too
     ns: dict[str, Any] = {"_MISS": MISS, "_new": _new, "_FLAT": FLAT, "_check": check_static}
     walk_lines, back = [], []
     for j, ((node, code, _), step) in enumerate(zip(trail, steps)):
@@ -427,11 +450,7 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
                 return None
             ns[f"_f{j}"] = info[2]
             walk_lines.append(f"    n{j + 1} = n{j}.__dict__[_k{j}]")
-            check = f"_check(_t{j}, _k{j}, value); " if step.key in info[1] else ""
-            back.append(
-                f"    {check}new = _new(_t{j}); d = new.__dict__; d.update(n{j}.__dict__); "
-                f"d[_k{j}] = value; d[_FLAT] = _f{j}(new); value = new"
-            )
+            back.append(_treeclass_rebuild(j, cls, step.key, step.key in info[1]))
         elif code == LIST:
             fix = f" + len(n{j})" if step.key < 0 else ""
             walk_lines.append(f"    k{j} = _k{j}{fix}")

@@ -760,3 +760,58 @@ def test_lens_under_vmap():
     assert batched.layers[0].w.shape == (5, 3, 4) and batched.mean.shape == (5,)
     assert float(batched.layers[0].w[3, 0, 0]) == 3.0 and float(batched.mean[2]) == 24.0
     assert batched.layers[1].w.shape == (5, 4, 2)  # vmap broadcasts unbatched outputs
+
+
+# -- the compiled fast path of single-path updates ---------------------------------------------
+
+
+@ptc.treeclass
+class _Cell:
+    w: Any
+    size: int = ptc.field(static=True, default=1)
+
+
+@ptc.treeclass
+class _Grid:
+    cells: list
+
+
+def _grid(n: int) -> _Grid:
+    return _Grid([_Cell(jnp.full(2, float(i))) for i in range(n)])
+
+
+def _fresh_flat(obj: Any) -> bool:
+    return obj.__dict__["__ptc_flat__"] == type(obj).__ptc_meta__.flatten(obj)
+
+
+def test_compiled_path_falls_back_with_the_usual_errors():
+    for _ in range(3):  # repeated: the compiled code runs after the first calls
+        g = _grid(4).at.cells[3].w.set(jnp.zeros(2))
+        assert float(g.cells[3].w[0]) == 0.0
+    with pytest.raises(IndexError, match=r"cells\[3\]: index out of range \(len 2\)"):
+        _grid(2).at.cells[3].w.set(jnp.zeros(2))
+    with pytest.raises(KeyError, match="no key 'k'"):
+        ptc.at({"cells": {"j": 1}})["cells"]["k"].set(1)
+    d = ptc.at({"cells": [_Cell(1.0)] * 4})["cells"][3].w.set(2.0)  # another node type
+    assert d["cells"][3].w == 2.0 and d["cells"][2].w == 1.0
+
+
+def test_compiled_path_checks_static_fields_every_time():
+    g = _grid(2)
+    for _ in range(3):
+        g = g.at.cells[0].size.set(8)
+    assert g.cells[0].size == 8
+    with pytest.raises(TypeError, match="static field 'size' of _Cell holds an unhashable list"):
+        g.at.cells[0].size.set([1, 2])
+    assert jax.tree_util.tree_structure(g) != jax.tree_util.tree_structure(_grid(2))
+
+
+def test_compiled_path_keeps_cached_flatten_fresh():
+    g = _grid(3)
+    for i in range(4):
+        g = g.at.cells[1].w.apply(lambda w: w + 1)
+        g = g.at.cells[2].size.set(i + 2)
+        assert _fresh_flat(g) and all(_fresh_flat(c) for c in g.cells)
+    leaves, treedef = jax.tree_util.tree_flatten(g)
+    assert float(leaves[1][0]) == 5.0
+    assert treedef.unflatten(leaves).cells[2].size == 5

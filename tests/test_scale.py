@@ -3,7 +3,7 @@
 * Deep: past Python's recursion limit a tree gives a `TreeTooDeepError` (a `ValueError`
   and a `RecursionError`) naming the function and the fix; with the limit raised, 1,200
   levels work for every function (checked in a subprocess, see below).
-* Wide: 100,000 leaves work for every function.
+* Wide: 100,000 leaves work for every function (saving: 20,000, for time).
 * Many structures: the per-treedef caches stay bounded in entries and in memory.
 """
 
@@ -250,22 +250,10 @@ def test_100k_leaves_printing(wide):
     assert len(repr(wide)) < 10_000
 
 
-def _io_lookup_is_quadratic() -> bool:
-    import inspect
-
-    from pytreeclass import _io
-
-    return "not in set(t_paths)" in inspect.getsource(_io.tree_load)
-
-
-@pytest.mark.skipif(
-    _io_lookup_is_quadratic(),
-    reason=(
-        "_io.tree_load rebuilds set(t_paths) once per file entry (O(n^2)): 100,000 leaves "
-        "take ~500 s. Hoist the set out of the comprehension and this runs."
-    ),
-)
-def test_100k_leaves_save_and_load(wide, tmp_path):
+def test_save_and_load_of_a_wide_tree(tmp_path):
+    # 20,000 leaves, not 100,000: one .npy entry per leaf makes 100,000 take ~25 s here
+    # (save ~5 s, load ~18 s), too slow for the suite; this checks it works at width.
+    wide = Big([Linear(np.float32(i), np.float32(-i)) for i in range(10_000)])
     path = tmp_path / "wide"
     ptc.tree_save(path, wide)
     loaded = ptc.tree_load(path, like=wide)
@@ -292,28 +280,43 @@ def _touch(i: int) -> None:
         ptc.at(tree)[f"key{i}"]
 
 
-def test_100k_structures_keep_memory_bounded():
-    from pytreeclass import _filters, _kinds, _lens, _merge, _nodes
+def _module_tables() -> list[tuple[str, Any]]:
+    """Every module-level dict or cache in pytreeclass (where unbounded growth would hide)."""
+    import pytreeclass
 
-    for i in range(70_000):  # fill every cache past its bound first (untraced: faster)
+    out = []
+    for mod_name, mod in sorted(sys.modules.items()):
+        if mod_name.startswith("pytreeclass.") and mod is not None:
+            for name, obj in vars(mod).items():
+                if isinstance(obj, (dict, BoundedCache)) and not name.startswith("__"):
+                    out.append((f"{mod_name}.{name}", obj))
+    assert out and pytreeclass
+    return out
+
+
+def test_100k_structures_keep_memory_bounded():
+    from pytreeclass import _filters, _kinds, _lens, _merge
+
+    for i in range(80_000):  # fill every cache past its bound first (untraced: faster)
         _touch(i)
     gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        for i in range(70_000, 100_000):
+        for i in range(80_000, 100_000):
             _touch(i)
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-    # 30,000 more structures (each cache entry is a few hundred bytes): bounded caches
+    # 20,000 more structures (each cache entry is a few hundred bytes): bounded caches
     # stay put; an unbounded one would grow by tens of megabytes
     assert grown < 2_000_000, grown
     for cache in (_kinds._KINDS_CACHE, _filters._PATHS_CACHE, _merge._PLANS, _lens._SELECTIONS):
         assert len(cache) <= cache.maxsize
     assert len(_filters._MASK_CACHE) <= _filters._MASK_CACHE.maxsize
-    assert len(_nodes.ATTR_STEPS) <= 8192 and len(_nodes.KEY_STEPS) <= 8192
+    for name, table in _module_tables():  # any other table a module keeps
+        assert len(table) <= 8192, name
 
 
 def test_type_filter_table_is_bounded():

@@ -48,24 +48,37 @@ def make_net(width: int = 3, n: int = 2, name: str = "net") -> Net:
     return Net(layers, name=name)
 
 
+@pytest.fixture(autouse=True)
+def _empty_caches():
+    """Start from empty caches: what the tests find in them was written by these tests."""
+    import sys
+
+    from pytreeclass._cache import BoundedCache
+
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name.startswith("pytreeclass.") and mod is not None:
+            for table in list(vars(mod).values()):
+                if isinstance(table, BoundedCache):
+                    table.clear()
+
+
 def _all_cached_objects() -> list[Any]:
     """Every key and value held by pytreeclass's caches and tables, flattened."""
-    from pytreeclass import _filters, _kinds, _lens, _merge, _nodes
+    import sys
+
+    from pytreeclass._cache import BoundedCache
 
     out: list[Any] = []
-    for cache in (
-        _kinds._KINDS_CACHE,
-        _filters._PATHS_CACHE,
-        _filters._MASK_CACHE,
-        _merge._PLANS,
-        _lens._SELECTIONS,
-    ):
-        for bucket in cache._data.values():
-            for key, value in bucket:
-                out.extend([key, value])
-    out.extend(_filters._TYPE_FILTERS.items())
-    out.extend(_nodes.ATTR_STEPS.items())
-    out.extend(_nodes.KEY_STEPS.items())
+    for mod_name, mod in sorted(sys.modules.items()):
+        if not mod_name.startswith("pytreeclass.") or mod is None:
+            continue
+        for name, table in vars(mod).items():
+            if isinstance(table, BoundedCache):
+                for bucket in table._data.values():
+                    for key, value in bucket:
+                        out.extend([key, value])
+            elif isinstance(table, dict) and not name.startswith("__"):
+                out.extend(table.items())
     return out
 
 
