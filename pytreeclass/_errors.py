@@ -80,13 +80,21 @@ class depth_guard:  # lower case: used as `with depth_guard(...)`, like a functi
         return None
 
     def __exit__(self, typ: Any, exc: Any, tb: Any) -> None:  # None: never swallows the exception
-        if typ is None or isinstance(exc, TreeTooDeepError):
-            return
-        if isinstance(exc, RecursionError) or (
-            isinstance(exc, SystemError) and isinstance(exc.__cause__, RecursionError)
-        ):
-            import sys
+        if typ is not None:
+            reraise_if_too_deep(self.where, exc)
 
-            raise TreeTooDeepError(
-                TOO_DEEP.format(where=self.where, limit=sys.getrecursionlimit())
-            ) from exc
+
+def reraise_if_too_deep(where: str, exc: BaseException) -> None:
+    """Raise `TreeTooDeepError` from `exc` if it comes from recursing too deep; else return.
+
+    For hot paths, where a `try`/`except` costs nothing until something fails (a `with`
+    block costs a call on entry and on exit).
+    """
+    if isinstance(exc, TreeTooDeepError):
+        return
+    if isinstance(exc, RecursionError) or (
+        isinstance(exc, SystemError) and isinstance(exc.__cause__, RecursionError)
+    ):
+        import sys
+
+        raise TreeTooDeepError(TOO_DEEP.format(where=where, limit=sys.getrecursionlimit())) from exc

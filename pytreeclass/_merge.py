@@ -12,7 +12,7 @@ from typing import Any
 import jax
 
 from ._cache import BoundedCache
-from ._errors import depth_guard
+from ._errors import depth_guard, reraise_if_too_deep
 from ._filters import All, _cacheable, as_filter, select
 from ._kinds import leaf_kinds
 
@@ -26,10 +26,6 @@ __all__ = [
 ]
 
 
-_GUARD_MASK = depth_guard("tree_mask")
-_GUARD_FILTER = depth_guard("tree_filter")
-_GUARD_PARTITION = depth_guard("tree_partition")
-_GUARD_MERGE = depth_guard("tree_merge")
 _GUARD_LABELS = depth_guard("tree_labels")
 
 
@@ -102,9 +98,12 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         >>> ptc.tree_mask({"a": 1, "b": 2.0}, float)
         {'a': False, 'b': True}
     """
-    with _GUARD_MASK:
+    try:
         _, treedef, sel, _, _ = _selection(tree, filters)
         return treedef.unflatten(sel)
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_mask", e)
+        raise
 
 
 def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
@@ -115,11 +114,14 @@ def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
         >>> ptc.tree_filter({"a": 1, "b": 2.0}, float)
         {'a': None, 'b': 2.0}
     """
-    with _GUARD_FILTER:
+    try:
         leaves, treedef, sel, yes, no = _selection(tree, filters)
         if inverse:
             return _pick(leaves, treedef, sel, no, keep=False)
         return _pick(leaves, treedef, sel, yes, keep=True)
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_filter", e)
+        raise
 
 
 def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
@@ -130,12 +132,15 @@ def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
         >>> ptc.tree_partition({"a": 1, "b": 2.0}, float)
         ({'a': None, 'b': 2.0}, {'a': 1, 'b': None})
     """
-    with _GUARD_PARTITION:
+    try:
         leaves, treedef, sel, yes, no = _selection(tree, filters)
         return (
             _pick(leaves, treedef, sel, yes, keep=True),
             _pick(leaves, treedef, sel, no, keep=False),
         )
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_partition", e)
+        raise
 
 
 # -- merging ----------------------------------------------------------------------------------
@@ -253,7 +258,7 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
         >>> ptc.tree_merge(params, rest)
         {'a': 1, 'b': 2.0}
     """
-    with _GUARD_MERGE:
+    try:
         trees = (tree, *updates)
         flats = [jax.tree_util.tree_flatten(t) for t in trees]
         treedefs = tuple(td for _, td in flats)
@@ -277,6 +282,9 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
         for more, _ in flats[1:]:
             leaves = leaves + more
         return out_def.unflatten(take(leaves))
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_merge", e)
+        raise
 
 
 def first_difference(a: Any, b: Any) -> str:
