@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 
+from .models import MLP, Linear
 from .strategies import Node, Pair, Stats, snapshot, trees
 
 LAWS = settings(max_examples=60, deadline=None)
@@ -26,27 +27,6 @@ LAWS = settings(max_examples=60, deadline=None)
 
 class Frozen(Parameter):
     pass
-
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=4)
-
-    def __call__(self, x):
-        return x @ self.w + self.b
-
-
-@treeclass
-class MLP:
-    layers: list[Linear]
-    mean: jax.Array = field(kind=BatchStat, default_factory=lambda: jnp.zeros(()))
-
-    def __call__(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 def make_mlp() -> MLP:

@@ -15,23 +15,9 @@ import pytest
 from jax.tree_util import GetAttrKey
 
 import pytreeclass as ptc
-from pytreeclass import BatchStat, Parameter, field, treeclass
+from pytreeclass import Parameter, field, treeclass
 
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=4)
-
-    def __call__(self, x):
-        return x @ self.w + self.b
-
-
-@treeclass
-class MLP:
-    layers: list[Linear]
-    mean: jax.Array = field(kind=BatchStat, default_factory=lambda: jnp.zeros(()))
+from .models import MLP, Linear
 
 
 def _model() -> MLP:
