@@ -8,7 +8,6 @@ from our own code, a RecursionError), or a changed input (checked by a deep snap
 from __future__ import annotations
 
 import re
-from collections import namedtuple
 from typing import Any
 
 import jax
@@ -21,6 +20,8 @@ from hypothesis import strategies as st
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Kind, Parameter, Rng, State, field, treeclass
 
+from .strategies import Node, Pair
+
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
@@ -28,13 +29,6 @@ FUZZ = settings(
 
 class Frozen(Parameter):
     pass
-
-
-@treeclass
-class Node:
-    a: Any = field(kind=Parameter)
-    b: Any = None
-    tag: str = field(static=True, default="n")
 
 
 @treeclass
@@ -49,8 +43,6 @@ class Outer:  # a kinded field holding treeclasses: the outer kind wins
     inner: Any = field(kind=State)
     key: Any = field(kind=Rng, default=None)
 
-
-Pair = namedtuple("Pair", ["x", "y"])
 
 _leaves = st.one_of(
     st.integers(-3, 3),
