@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BoundedCache"]
+import jax
+
+__all__ = ["BoundedCache", "constant_tree"]
+
+# Leaf types whose values cannot change: safe to share between calls.
+_IMMUTABLE_LEAVES = frozenset({bool, int, float, complex, str, bytes, type(None), type})
 
 
 class BoundedCache:
@@ -69,3 +75,39 @@ class BoundedCache:
 
     def __len__(self) -> int:
         return self._count
+
+
+def constant_tree(treedef: Any, leaves: list[Any]) -> Callable[[], Any]:
+    """A maker of fresh copies of `treedef.unflatten(leaves)`, for immutable `leaves`.
+
+    Masks, labels and kinds are the same tree on every call for one structure. Each call
+    of the maker gives new lists, dicts and other containers a caller may mutate, but
+    shares every subtree that nothing can mutate (treeclass instances, tuples and
+    namedtuples of immutable parts): those come out of one C-level unflatten of a coarser
+    treedef whose leaves are the shared subtrees. A tree made only of such parts is
+    returned as is.
+    """
+    from ._treeclass import FLAT, _setattr  # late: modules that _treeclass imports use this one
+
+    template = treedef.unflatten(leaves)
+    memo: dict[int, bool] = {}
+
+    def frozen(x: Any) -> bool:
+        known = memo.get(id(x))
+        if known is not None:
+            return known
+        t = type(x)
+        if t.__setattr__ is _setattr:  # a treeclass: its aux data is hashable, so frozen
+            out = all(frozen(c) for c in x.__dict__[FLAT][0])
+        elif isinstance(x, tuple) and (t is tuple or hasattr(t, "_fields")):
+            out = all(frozen(c) for c in x)
+        else:
+            out = t in _IMMUTABLE_LEAVES
+        memo[id(x)] = out
+        return out
+
+    if frozen(template):
+        return lambda: template
+    parts, coarse = jax.tree_util.tree_flatten(template, is_leaf=frozen)
+    parts = tuple(parts)
+    return lambda: coarse.unflatten(parts)

@@ -54,13 +54,19 @@ def unflatten_source(
     `object()` sentinels, which a user's `__init__` may reject.
     """
     lines = ["def unflatten(aux, children):", "    self = _new(_cls)", "    d = self.__dict__"]
+    # Keys go in in field order, as `__init__` puts them: instance dicts then share one key
+    # table (PEP 412). When the static fields come last, unpacking straight into `d[...]`
+    # targets keeps that order and saves a local store and load per field.
+    direct = field_order == child_names + static_names
+    target = (lambda n: f"d[{n!r}]") if direct else (lambda n: f"_c_{n}")
     if child_names:
-        lines.append("    " + "".join(f"_c_{n}, " for n in child_names) + "= children")
+        lines.append("    " + "".join(f"{target(n)}, " for n in child_names) + "= children")
     if len(static_names) == 1:
-        lines.append(f"    _c_{static_names[0]} = aux")
+        lines.append(f"    {target(static_names[0])} = aux")
     elif static_names:
-        lines.append("    " + "".join(f"_c_{n}, " for n in static_names) + "= aux")
-    lines.extend(f"    d[{n!r}] = _c_{n}" for n in field_order)
+        lines.append("    " + "".join(f"{target(n)}, " for n in static_names) + "= aux")
+    if not direct:
+        lines.extend(f"    d[{n!r}] = _c_{n}" for n in field_order)
     lines.append("    d['__ptc_flat__'] = (children, aux)")
     lines.append("    return self")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from ._cache import BoundedCache
+from ._cache import BoundedCache, constant_tree
 from ._errors import depth_guard, reraise_if_too_deep
 from ._filters import All, _cacheable, as_filter, select
 from ._kinds import leaf_kinds
@@ -35,6 +35,9 @@ _GUARD_LABELS = depth_guard("tree_labels")
 # C-level itemgetter over the leaves and the treedef of that side (holes are None nodes),
 # so a call runs no Python loop over the leaves.
 _SELECTIONS = BoundedCache(maxsize=4096)
+# Per (treedef, filters) for structure-only filters: a maker of the mask (`constant_tree`).
+_MASKS = BoundedCache(maxsize=4096)
+_LABELS = BoundedCache(maxsize=1024)  # the same for tree_labels, per (treedef, mapping)
 
 
 def _getter(indices: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
@@ -99,8 +102,16 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         {'a': False, 'b': True}
     """
     try:
-        _, treedef, sel, _, _ = _selection(tree, filters)
-        return treedef.unflatten(sel)
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        make = _MASKS.get((treedef, filters))
+        if make is not None:
+            return make()
+        _, sel = select(tree, filters, (leaves, treedef))
+        if not _is_cacheable(filters):
+            return treedef.unflatten(sel)
+        make = constant_tree(treedef, list(sel))
+        _MASKS.put((treedef, filters), make)
+        return make()
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("tree_mask", e)
         raise
@@ -338,6 +349,10 @@ def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
         )
     with _GUARD_LABELS:
         treedef = jax.tree_util.tree_structure(tree)
+        key = (treedef, None if mapping is None else tuple(mapping.items()))
+        make = _LABELS.get(key)  # None for unhashable labels: computed every call
+        if make is not None:
+            return make()
         kinds = leaf_kinds(tree, treedef)
         table: dict[Any, Any] = {}
         labels = []
@@ -346,4 +361,6 @@ def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
             if label is table:
                 label = table[k] = _label(k, mapping)
             labels.append(label)
-        return treedef.unflatten(labels)
+        make = constant_tree(treedef, labels)
+        _LABELS.put(key, make)
+        return make()

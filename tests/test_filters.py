@@ -231,15 +231,49 @@ def test_tree_filter_inverse_is_complement():
 
 
 def test_structural_filters_are_cached():
-    from pytreeclass._merge import _SELECTIONS
+    from pytreeclass._merge import _MASKS, _SELECTIONS
 
     net = _net()
     _SELECTIONS.clear()
+    _MASKS.clear()
+    ptc.tree_partition(net, Parameter)
+    ptc.tree_partition(jax.tree_util.tree_map(lambda x: x * 2, net), Parameter)
+    assert len(_SELECTIONS) == 1
+    ptc.tree_partition(net, eqx.is_array)  # leaf-value filters are not cached
+    assert len(_SELECTIONS) == 1
     ptc.tree_mask(net, Parameter)
     ptc.tree_mask(jax.tree_util.tree_map(lambda x: x * 2, net), Parameter)
-    assert len(_SELECTIONS) == 1
-    ptc.tree_mask(net, eqx.is_array)  # leaf-value filters are not cached
-    assert len(_SELECTIONS) == 1
+    assert len(_MASKS) == 1
+    ptc.tree_mask(net, eqx.is_array)
+    assert len(_MASKS) == 1
+
+
+def test_cached_masks_and_labels_are_fresh_where_mutable():
+    # A cached mask shares only what nobody can mutate; lists and dicts are new each call.
+    @treeclass
+    class Layer:
+        w: jax.Array = field(kind=Parameter)
+        n: int = field(static=True, default=1)
+
+    @treeclass
+    class Net:
+        layers: list
+        extra: dict
+        pair: tuple
+
+    net = Net([Layer(jnp.ones(2)), Layer(jnp.ones(2))], {"s": jnp.zeros(())}, (Layer(1.0), 2.0))
+    for make in (lambda t: ptc.tree_mask(t, Parameter), ptc.tree_labels):
+        a, b = make(net), make(net)
+        assert a == b and a is not b
+        assert a.layers is not b.layers and a.extra is not b.extra
+        assert a.layers[0] is b.layers[0] and a.pair is b.pair  # frozen parts shared
+        a.layers.append("mutated")
+        a.extra["s"] = "mutated"
+        c = make(net)
+        assert c == b and len(c.layers) == 2 and c.extra["s"] == b.extra["s"]
+    only_frozen = (Layer(jnp.ones(2)), Layer(3.0))
+    assert ptc.tree_mask(only_frozen, Parameter) is ptc.tree_mask(only_frozen, Parameter)
+    assert ptc.tree_mask(only_frozen, Parameter) == (Layer(True), Layer(True))  # type: ignore[arg-type]
 
 
 # -- labels --------------------------------------------------------------------------------
