@@ -263,7 +263,7 @@ class Lens(Generic[T]):
 
     # __getattribute__ rather than __getattr__: on Python < 3.12 the failed normal lookup
     # that precedes __getattr__ builds an AttributeError, which costs more than the step.
-    def __getattribute__(self, name: str) -> Any:
+    def __getattribute__(self, name: str) -> Lens[T]:
         if name in _OWN:
             return _getattribute(self, name)
         root, path = _GET(self)
