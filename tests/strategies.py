@@ -38,15 +38,24 @@ leaves = st.one_of(
 _names = st.sampled_from(["a", "b", "w", "layers", "x"])
 
 
-def _extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+def containers(
+    children: st.SearchStrategy[Any],
+    names: st.SearchStrategy[str],
+    *nodes: st.SearchStrategy[Any],
+) -> st.SearchStrategy[Any]:
+    """One level of nesting: a list, tuple, dict (keys from `names`), Node, `nodes`, Pair."""
     return st.one_of(
         st.lists(children, max_size=3),
         st.tuples(children, children),
-        st.dictionaries(_names, children, max_size=3),
+        st.dictionaries(names, children, max_size=3),
         st.builds(Node, children, children, st.sampled_from(["n", "m"])),
-        st.builds(Stats, children, children),
+        *nodes,
         st.builds(Pair, children, children),
     )
+
+
+def _extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return containers(children, _names, st.builds(Stats, children, children))
 
 
 trees = st.recursive(st.one_of(leaves, st.none()), _extend, max_leaves=12)

@@ -24,12 +24,7 @@ import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 from pytreeclass._errors import TreeTooDeepError
 
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=2)
+from .models import Linear
 
 
 @treeclass
@@ -39,7 +34,7 @@ class MLP:
 
 
 def make_mlp(n: int = 2, width: int = 2) -> MLP:
-    return MLP([Linear(jnp.ones((width, width)), jnp.zeros(width)) for _ in range(n)])
+    return MLP([Linear(jnp.ones((width, width)), jnp.zeros(width), features=2) for _ in range(n)])
 
 
 # -- assigning to a frozen instance -------------------------------------------------------------

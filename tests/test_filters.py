@@ -15,19 +15,11 @@ import pytest
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, State, field, treeclass
 
+from .models import Linear
+
 
 class Frozen(Parameter):
     pass
-
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=2)
-
-    def __call__(self, x):
-        return x @ self.w + self.b
 
 
 @treeclass
@@ -45,7 +37,9 @@ class Net:
 def _net(n: int = 2) -> Net:
     keys = jax.random.split(jax.random.key(0), n)
     return Net(
-        [Linear(jax.random.normal(k, (2, 2)), jnp.zeros(2)) for k in keys], jnp.zeros(()), 0.0
+        [Linear(jax.random.normal(k, (2, 2)), jnp.zeros(2), features=2) for k in keys],
+        jnp.zeros(()),
+        0.0,
     )
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Kind, Parameter, Rng, State, field, treeclass
 
-from .strategies import Node, Pair
+from .strategies import containers
 
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -57,15 +57,10 @@ _keys = st.sampled_from(["a", "b", "w", "x", "layers"])
 
 
 def _extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    return st.one_of(
-        st.lists(children, max_size=3),
-        st.tuples(children, children),
-        st.dictionaries(_keys, children, max_size=3),
-        st.builds(Node, children, children, st.sampled_from(["n", "m"])),
-        st.builds(Block, children, children, children),
-        st.builds(Outer, children, children),
-        st.builds(Pair, children, children),
-    )
+    # tests/strategies.py's nesting (lists, tuples, dicts, Node, Pair) plus Block and Outer
+    block = st.builds(Block, children, children, children)
+    outer = st.builds(Outer, children, children)
+    return containers(children, _keys, block, outer)
 
 
 trees = st.recursive(st.one_of(_leaves, st.none()), _extend, max_leaves=10)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -23,14 +25,9 @@ from hypothesis import strategies as st
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 
+from .models import Linear
+
 HERE = Path(__file__).resolve().parent
-
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=4)
 
 
 @treeclass
@@ -489,27 +486,34 @@ def test_manifest_claiming_object_dtype_is_refused(saved: Path) -> None:
 # -- atomic writes ------------------------------------------------------------------------------
 
 
-def test_sigkill_mid_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
-    path = tmp_path / "ckpt.npz"
-    old = {f"layer{i}": np.full((256, 256), float(i), np.float32) for i in range(8)}
-    ptc.tree_save(path, old)
-    before = path.read_bytes()
+@contextmanager
+def crash_writer(path: Path, mode: str) -> Iterator[subprocess.Popen[str]]:
+    """Run tests/io_crash_writer.py (`mode`: stall or big) saving to `path`; always reap it."""
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "io_crash_writer.py"), str(path), "stall"],
+        [sys.executable, str(HERE / "io_crash_writer.py"), str(path), mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_sigkill_mid_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.npz"
+    old = {f"layer{i}": np.full((256, 256), float(i), np.float32) for i in range(8)}
+    ptc.tree_save(path, old)
+    before = path.read_bytes()
+    with crash_writer(path, "stall") as proc:
         assert proc.stdout is not None
         lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
         assert lines == ["START", "MIDWRITE"], proc.stderr.read() if proc.stderr else ""
         temps = list(tmp_path.glob(".ckpt.npz.*.tmp"))
         assert len(temps) == 1 and temps[0].stat().st_size > 256 * 256 * 4  # half written
         os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert path.read_bytes() == before
     assert_same(ptc.tree_load(path, like=old), old)
@@ -529,13 +533,7 @@ def test_sigkill_of_a_big_write_leaves_a_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "big.npz"
     old = {f"layer{i}": np.zeros((1024, 1024), np.float32) for i in range(64)}
     ptc.tree_save(path, old)
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "io_crash_writer.py"), str(path), "big"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with crash_writer(path, "big") as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "START"
         deadline = time.monotonic() + 120
@@ -543,9 +541,6 @@ def test_sigkill_of_a_big_write_leaves_a_whole_file(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the writer never created its temporary file"
             time.sleep(0.001)
         os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
     loaded = ptc.tree_load(path, like=old)
     values = {float(v[0, 0]) for v in loaded.values()} | {float(v[-1, -1]) for v in loaded.values()}
     assert values in ({0.0}, {7.0})  # all old or all new

@@ -16,14 +16,9 @@ import pytest
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 
+from .models import Linear
+
 N_THREADS = 8
-
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=2)
 
 
 @treeclass
@@ -94,30 +89,40 @@ def _work(i: int) -> list[tuple[str, Callable[[], Any]]]:
 NETS = [Net(n, features=f) for n in (1, 2, 3) for f in (2, 3)]
 
 
-def test_threads_agree_with_a_single_thread():
-    expected = {(i, name): fn() for i in range(len(NETS)) for name, fn in _work(i)}
+def run_threads(hammer: Callable[[int], None]) -> list[BaseException]:
+    """Run `hammer(t)` for t in range(N_THREADS) at once, with tiny caches; return what raised."""
     errors: list[BaseException] = []
-    mismatches: list[tuple[int, str]] = []
-    start = threading.Barrier(N_THREADS)
 
-    def hammer(t: int) -> None:
+    def run(t: int) -> None:
         try:
-            start.wait()
-            for rep in range(12):
-                for i in range(len(NETS)):
-                    j = (i + t + rep) % len(NETS)
-                    for name, fn in _work(j):
-                        if not _same(fn(), expected[(j, name)]):
-                            mismatches.append((j, name))
+            hammer(t)
         except BaseException as e:
             errors.append(e)
 
     with tiny_caches():
-        threads = [threading.Thread(target=hammer, args=(t,)) for t in range(N_THREADS)]
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(N_THREADS)]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
+    return errors
+
+
+def test_threads_agree_with_a_single_thread():
+    expected = {(i, name): fn() for i in range(len(NETS)) for name, fn in _work(i)}
+    mismatches: list[tuple[int, str]] = []
+    start = threading.Barrier(N_THREADS)
+
+    def hammer(t: int) -> None:
+        start.wait()
+        for rep in range(12):
+            for i in range(len(NETS)):
+                j = (i + t + rep) % len(NETS)
+                for name, fn in _work(j):
+                    if not _same(fn(), expected[(j, name)]):
+                        mismatches.append((j, name))
+
+    errors = run_threads(hammer)
     assert not errors, errors[:3]
     assert not mismatches, sorted(set(mismatches))[:10]
     # nothing was left mutable, and the shared trees are untouched
@@ -133,33 +138,24 @@ def test_threads_agree_with_a_single_thread():
 def test_threads_with_distinct_structures_share_caches_safely():
     # Every thread makes its own structures (distinct static values) while the others
     # do the same: cache entries are written, evicted and read concurrently.
-    errors: list[BaseException] = []
     wrong: list[Any] = []
 
     def hammer(t: int) -> None:
-        try:
-            for k in range(150):
-                layer = Linear(jnp.ones(2), jnp.zeros(()), features=t * 1000 + k)
-                tree = {f"t{t}_{k % 7}": layer, "n": 1.0}
-                labels = ptc.tree_labels(tree)
-                if _leaves(labels) != ["none", "Parameter", "Parameter"]:  # keys sorted
-                    wrong.append(labels)
-                sel, rest = ptc.tree_partition(tree, Parameter)
-                merged = ptc.tree_merge(sel, rest)
-                if not all(x is y for x, y in zip(_leaves(merged), _leaves(tree))):
-                    wrong.append(merged)
-                if _leaves(ptc.at(tree)[Parameter].get()) != _leaves(sel):
-                    wrong.append(tree)
-                if merged[f"t{t}_{k % 7}"].features != layer.features:
-                    wrong.append(merged)
-        except BaseException as e:
-            errors.append(e)
+        for k in range(150):
+            layer = Linear(jnp.ones(2), jnp.zeros(()), features=t * 1000 + k)
+            tree = {f"t{t}_{k % 7}": layer, "n": 1.0}
+            labels = ptc.tree_labels(tree)
+            if _leaves(labels) != ["none", "Parameter", "Parameter"]:  # keys sorted
+                wrong.append(labels)
+            sel, rest = ptc.tree_partition(tree, Parameter)
+            merged = ptc.tree_merge(sel, rest)
+            if not all(x is y for x, y in zip(_leaves(merged), _leaves(tree))):
+                wrong.append(merged)
+            if _leaves(ptc.at(tree)[Parameter].get()) != _leaves(sel):
+                wrong.append(tree)
+            if merged[f"t{t}_{k % 7}"].features != layer.features:
+                wrong.append(merged)
 
-    with tiny_caches():
-        threads = [threading.Thread(target=hammer, args=(t,)) for t in range(N_THREADS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+    errors = run_threads(hammer)
     assert not errors, errors[:3]
     assert not wrong, wrong[:3]

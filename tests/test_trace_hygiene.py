@@ -13,15 +13,7 @@ import pytest
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 
-
-@treeclass
-class Linear:
-    w: jax.Array = field(kind=Parameter)
-    b: jax.Array = field(kind=Parameter)
-    features: int = field(static=True, default=2)
-
-    def __call__(self, x):
-        return x @ self.w + self.b
+from .models import Linear
 
 
 @treeclass
