@@ -267,12 +267,13 @@ class Lens(Generic[T]):
         if name in _OWN:
             return _getattribute(self, name)
         root, path = _GET(self)
-        child = path.attrs.get(name)  # a step taken before from this path: no checks
-        if child is None:
+        try:
+            child = path.attrs[name]  # a step taken before from this path: no checks
+        except KeyError:
             if name[:2] == "__" and name[-2:] == "__":
                 return _getattribute(self, name)  # protocols (copy, pickle) probe dunders
             if name.startswith(("_repr_", "_ipython_")):
-                raise AttributeError(name)  # IPython probes these; they are not steps
+                raise AttributeError(name) from None  # IPython probes; they are not steps
             child = path.extend(PathStep(name, True), path.attrs, name)
         new = _new(Lens)
         _SET(new, (root, child))
@@ -282,8 +283,9 @@ class Lens(Generic[T]):
         root, path = _GET(self)
         t = type(key)
         if t is str or t is int or key is Ellipsis:
-            child = path.items.get(key)
-            if child is None:
+            try:
+                child = path.items[key]
+            except KeyError:
                 step = ALL if key is Ellipsis else PathStep(key, False)
                 child = path.extend(step, path.items, key)
         else:
