@@ -35,6 +35,7 @@ from ._optim import Optimizer as Optimizer
 from ._shard import tree_shardings as tree_shardings
 from ._show import tree_diagram as tree_diagram
 from ._show import tree_summary as tree_summary
+from ._treeclass import TreeClass as TreeClass
 from ._treeclass import is_treeclass as is_treeclass
 from ._treeclass import treeclass as treeclass
 
@@ -60,6 +61,7 @@ __all__ = [
     "Predicate",
     "Rng",
     "State",
+    "TreeClass",
     "at",
     "field",
     "fields",

@@ -87,7 +87,7 @@ def constant_tree(treedef: Any, leaves: list[Any]) -> Callable[[], Any]:
     treedef whose leaves are the shared subtrees. A tree made only of such parts is
     returned as is.
     """
-    from ._treeclass import FLAT, _setattr  # late: modules that _treeclass imports use this one
+    from ._instance import FLAT, _setattr  # late: keeps this module free of package imports
 
     template = treedef.unflatten(leaves)
     memo: dict[int, bool] = {}

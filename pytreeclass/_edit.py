@@ -6,7 +6,7 @@ while leaves (arrays) are shared. So any in-place assignment `fn` makes, however
 lands in the copy; the original is never touched, even if `fn` raises halfway.
 
 Copied treeclass instances accept assignment while `fn` runs because their ids are in
-`_treeclass._MUTABLE` in `_EDIT` mode (no converters, static values still checked); the ids
+`_instance._MUTABLE` in `_EDIT` mode (no converters, static values still checked); the ids
 are removed in a `finally`, which freezes the copy again. A node that appears several times
 in the tree is copied once, so the copy aliases exactly as the original does.
 
@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._instance import _EDIT, _MUTABLE, FLAT, check_static
 from ._nodes import (
     CODES,
     DICT,
@@ -31,7 +32,6 @@ from ._nodes import (
     node_code,
     one_level,
 )
-from ._treeclass import _EDIT, _MUTABLE, FLAT, check_static
 
 __all__ = ["value_and_tree"]
 

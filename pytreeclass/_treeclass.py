@@ -1,4 +1,5 @@
-"""`@treeclass`: an annotated class becomes a frozen dataclass registered as a JAX pytree."""
+"""`@treeclass` and `TreeClass`: an annotated class becomes a frozen dataclass that is a JAX
+pytree. This module processes classes (once each); what runs per instance is `_instance.py`."""
 
 from __future__ import annotations
 
@@ -6,51 +7,34 @@ import dataclasses
 import operator
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import jax
-import numpy as np
 from jax.tree_util import GetAttrKey
 from typing_extensions import dataclass_transform
 
 from . import _errors
 from ._codegen import compile_function, flatten_sources, unflatten_source
 from ._field import Field, field
+from ._instance import (
+    _MUTABLE,  # noqa: F401  (re-exported: tests and tools look for it here)
+    FLAT,
+    _delattr,
+    _FlatFallback,
+    _init_source,
+    _setattr,
+    _wrap_user_init,
+    check_static,
+)
 
-__all__ = ["is_treeclass", "replace_fields", "treeclass"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._lens import Lens  # annotations only: no import-order constraint at run time
+
+__all__ = ["TreeClass", "is_treeclass", "replace_fields", "treeclass"]
 
 _T = TypeVar("_T")
-
-# Instances that may be assigned to right now: id(obj) -> mode. `_INIT` while a constructor
-# runs (converters apply), `_EDIT` while `value_and_tree` runs a function on a copy.
-_MUTABLE: dict[int, int] = {}
-_INIT, _EDIT = 1, 2
-
-# Every instance keeps its flatten result, `(children, aux)`, under this key: JAX's C++
-# flatten then reads it with a C-level `operator.attrgetter`, no Python frame per node.
-# Whatever writes fields must refresh it (`seal`); while an instance is being built or
-# edited the key is absent and `seal` adds it when the instance is frozen again.
-FLAT = "__ptc_flat__"
-
-
-class _FlatFallback:
-    """Class attribute `__ptc_flat__` for instances that have none stored (being built or
-    edited): a non-data descriptor, so a stored value in `__dict__` wins when present."""
-
-    def __get__(self, obj: Any, cls: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return type(obj).__ptc_meta__.flatten(obj)
-
-
-def seal(obj: Any) -> None:
-    """Store `obj`'s flatten result in its `__dict__` (after its fields changed)."""
-    if id(obj) not in _MUTABLE:
-        obj.__dict__[FLAT] = type(obj).__ptc_meta__.flatten(obj)
-
-
-# Values that are always fine in a static field; anything else is checked.
-_PLAIN_STATIC = frozenset({int, float, bool, str, type(None), complex, bytes})
 
 _new = object.__new__
 _register_lock = threading.Lock()
@@ -82,219 +66,6 @@ class _Meta:
         self.keys = tuple(GetAttrKey(n) for n in self.child_names)
         self.has_post_init = hasattr(cls, "__post_init__")
         self.options = options
-
-
-# -- static field checks ----------------------------------------------------------------------
-
-
-def _short(value: Any) -> str:
-    from ._show import leaf_repr
-
-    return leaf_repr(value)
-
-
-def check_static(cls: type, name: str, value: Any) -> None:
-    """Raise if `value` cannot live in a static field (it must be hashable, not an array)."""
-    if type(value) in _PLAIN_STATIC:
-        return
-    if isinstance(value, (jax.Array, np.ndarray)):
-        raise TypeError(
-            _errors.STATIC_ARRAY.format(name=name, cls=cls.__name__, value=_short(value))
-        )
-    try:
-        hash(value)
-    except TypeError:
-        raise TypeError(
-            _errors.STATIC_UNHASHABLE.format(
-                name=name, cls=cls.__name__, typ=type(value).__name__, value=_short(value)
-            )
-        ) from None
-
-
-# -- frozen instances -------------------------------------------------------------------------
-
-
-def _setattr(self: Any, name: str, value: Any) -> None:
-    mode = _MUTABLE.get(id(self))
-    cls = type(self)
-    meta: _Meta = cls.__ptc_meta__
-    f = meta.fields_by_name.get(name)
-    if mode is None:
-        if f is None and not hasattr(cls, name):
-            # Not a field: say so (assignment would be lost by flatten/unflatten anyway).
-            raise _errors.FrozenInstanceError(
-                _errors.NOT_A_FIELD.format(
-                    name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
-                )
-            )
-        raise _errors.FrozenInstanceError(_errors.FROZEN_SET.format(name=name, cls=cls.__name__))
-    if f is None:
-        raise AttributeError(
-            _errors.NOT_A_FIELD.format(
-                name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
-            )
-        )
-    if mode == _INIT and f.converter is not None:
-        value = f.converter(value)
-    if f.static:
-        check_static(cls, name, value)
-    d = self.__dict__
-    d[name] = value
-    d.pop(FLAT, None)
-
-
-def _delattr(self: Any, name: str) -> None:
-    if id(self) in _MUTABLE and name in type(self).__ptc_meta__.fields_by_name:
-        del self.__dict__[name]
-        self.__dict__.pop(FLAT, None)
-        return
-    raise _errors.FrozenInstanceError(_errors.FROZEN_DEL.format(name=name, cls=type(self).__name__))
-
-
-def _finish_init(self: Any) -> None:
-    """After a user-written `__init__`: fill defaults, check that every field was set."""
-    d = self.__dict__
-    meta: _Meta = type(self).__ptc_meta__
-    missing = []
-    for f in meta.fields:
-        if f.name in d:
-            continue
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            missing.append(f.name)
-            continue
-        if f.converter is not None:
-            value = f.converter(value)
-        if f.static:
-            check_static(type(self), f.name, value)
-        d[f.name] = value
-    if missing:
-        raise TypeError(
-            _errors.MISSING_FIELDS.format(
-                cls=type(self).__name__,
-                names=", ".join(repr(n) for n in missing),
-                first=missing[0],
-            )
-        )
-
-
-def _wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
-    """Let a user-written `__init__` assign fields, then check that it set all of them."""
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        key = id(self)
-        if key in _MUTABLE:  # a super().__init__ call from a subclass's __init__
-            user_init(self, *args, **kwargs)
-            return
-        _MUTABLE[key] = _INIT
-        try:
-            user_init(self, *args, **kwargs)
-            _finish_init(self)
-        finally:
-            del _MUTABLE[key]
-        seal(self)
-
-    __init__.__ptc_user_init__ = user_init  # type: ignore[attr-defined]
-    __init__.__wrapped__ = user_init  # type: ignore[attr-defined]
-    __init__.__qualname__ = getattr(user_init, "__qualname__", "__init__")
-    __init__.__doc__ = user_init.__doc__
-    return __init__
-
-
-def _run_post_init(self: Any, *args: Any) -> None:
-    key = id(self)
-    if key in _MUTABLE:
-        self.__post_init__(*args)
-    else:
-        _MUTABLE[key] = _INIT
-        try:
-            self.__post_init__(*args)
-        finally:
-            del _MUTABLE[key]
-    _finish_init(self)
-
-
-# -- the generated __init__ --------------------------------------------------------------------
-
-
-class _FactorySentinel:
-    def __repr__(self) -> str:
-        return "<factory>"
-
-
-_FACTORY = _FactorySentinel()
-
-
-def _init_source(
-    cls: type, fields: tuple[Field, ...], initvars: list[Any], has_post_init: bool
-) -> tuple[str, dict[str, Any]]:
-    ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": _PLAIN_STATIC, "__ptc_cls": cls}
-    ns["__ptc_check_static"] = check_static
-    ns["__ptc_run_post_init"] = _run_post_init
-    positional, keyword, body = [], [], []
-    seen_default = None
-    for f in [*fields, *initvars]:
-        name = f.name
-        if not f.init:
-            continue
-        if f.default is not dataclasses.MISSING:
-            ns[f"__ptc_dflt_{name}"] = f.default
-            param = f"{name}=__ptc_dflt_{name}"
-        elif f.default_factory is not dataclasses.MISSING:
-            param = f"{name}=__ptc_FACTORY"
-        else:
-            param = name
-            if not f.kw_only and seen_default is not None:
-                raise TypeError(
-                    f"{cls.__name__}: field {name!r} has no default but follows field "
-                    f"{seen_default!r}, which has one. Give {name!r} a default, reorder the "
-                    "fields, or make it keyword-only with field(kw_only=True)."
-                )
-        if not f.kw_only and param != name:
-            seen_default = name
-        (keyword if f.kw_only else positional).append(param)
-    for f in fields:
-        name = f.name
-        if f.init:
-            value = name
-            if f.default_factory is not dataclasses.MISSING:
-                ns[f"__ptc_factory_{name}"] = f.default_factory
-                body.append(f"    if {name} is __ptc_FACTORY: {name} = __ptc_factory_{name}()")
-        elif f.default is not dataclasses.MISSING:
-            ns[f"__ptc_dflt_{name}"] = f.default
-            value = f"__ptc_dflt_{name}"
-        elif f.default_factory is not dataclasses.MISSING:
-            ns[f"__ptc_factory_{name}"] = f.default_factory
-            value = f"__ptc_factory_{name}()"
-        else:
-            continue  # init=False without a default: __post_init__ must set it
-        if f.converter is not None:
-            ns[f"__ptc_conv_{name}"] = f.converter
-            value = f"__ptc_conv_{name}({value})"
-        if f.static:
-            body.append(f"    __ptc_v = {value}")
-            body.append(
-                f"    if type(__ptc_v) not in __ptc_PLAIN: __ptc_check_static(__ptc_cls, {name!r}, __ptc_v)"
-            )
-            value = "__ptc_v"
-        body.append(f"    __ptc_d[{name!r}] = {value}")
-    if has_post_init:
-        body.append("    __ptc_run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")")
-    elif any(not f.init and f.default is f.default_factory is dataclasses.MISSING for f in fields):
-        ns["__ptc_finish_init"] = _finish_init
-        body.append("    __ptc_finish_init(self)")  # reports the field that nothing sets
-    ns["__ptc_seal"] = seal
-    body.append("    __ptc_seal(self)")
-    params = ["self", *positional, *(["*", *keyword] if keyword else [])]
-    source = (
-        f"def __init__({', '.join(params)}):\n    __ptc_d = self.__dict__\n"
-        + "\n".join(body)
-        + "\n"
-    )
-    return source, ns
 
 
 # -- helpers used by other modules --------------------------------------------------------------
@@ -404,7 +175,17 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     own_init = cls.__dict__.get("__init__")
     user_init = getattr(own_init, "__ptc_user_init__", own_init)
     dc_options = {k: v for k, v in options.items() if not k.startswith("_")}
-    cls = dataclasses.dataclass(cls, init=False, repr=False, eq=False, frozen=False, **dc_options)
+    # dataclasses writes `order=True` methods only together with its own `__eq__` (and then
+    # clears `__hash__`); ours (`install_methods`) compare arrays safely, so put back what
+    # the class itself had.
+    eq = bool(dc_options.get("order"))
+    own = {k: cls.__dict__[k] for k in ("__eq__", "__hash__") if k in cls.__dict__}
+    cls = dataclasses.dataclass(cls, init=False, repr=False, eq=eq, frozen=False, **dc_options)
+    for name in ("__eq__", "__hash__") if eq else ():
+        if name in own:
+            setattr(cls, name, own[name])
+        elif name in cls.__dict__:
+            delattr(cls, name)
     fields, initvars = _own_fields(cls)
     for f in fields:
         if f.name in _RESERVED:
@@ -438,8 +219,6 @@ def _register_subclass(cls: type) -> None:
             _install_init(cls, meta, getattr(own_init, "__ptc_user_init__", own_init))
         # else: the parent's __init__ (generated or wrapped) works as is for the subclass.
         _register(cls, meta)
-        if cls.__dict__.get("__new__") is _lazy_new:
-            del cls.__new__  # type: ignore[misc]
 
 
 def _check_no_new_fields(cls: type, parent: _Meta) -> None:
@@ -461,6 +240,10 @@ def _check_no_new_fields(cls: type, parent: _Meta) -> None:
         )
 
 
+# The one-shot `__new__` stays on the class after registration (it then only calls
+# `object.__new__`): CPython cannot go back to `object.__new__` once a class has had a
+# Python `__new__` (deleting it leaves a slot that makes `object.__new__` reject the
+# constructor's arguments).
 def _lazy_new(cls: type, *args: Any, **kwargs: Any) -> Any:
     if "__ptc_meta__" not in cls.__dict__:
         _register_subclass(cls)
@@ -472,6 +255,8 @@ def _init_subclass(cls: type) -> None:
     # decorate it; registering now would make that decoration a duplicate registration.
     # So registration waits for the first instance (a one-shot __new__), unless @treeclass
     # gets there first.
+    if "__ptc_meta__" in cls.__dict__:
+        return  # already processed: a TreeClass subclass (TreeClass comes later in its MRO)
     if "__init__" in cls.__dict__ and not hasattr(cls.__dict__["__init__"], "__ptc_user_init__"):
         cls.__init__ = _wrap_user_init(cls.__dict__["__init__"])  # type: ignore[misc]
     if "__ptc_meta__" not in cls.__dict__ and "__new__" not in cls.__dict__:
@@ -532,11 +317,77 @@ def treeclass(
         if not isinstance(c, type):
             raise TypeError(f"@treeclass decorates classes, not {type(c).__name__} objects.")
         if "__ptc_meta__" in c.__dict__:
+            if issubclass(c, TreeClass):
+                # Already made a treeclass when it was defined: a no-op, unless the decorator
+                # asks for options the class did not get (bare `@treeclass` asks for none).
+                _check_same_options(c, options if cls is None else {})
+                return c
             raise TypeError(f"@treeclass: {c.__name__} is already a treeclass.")
-        if c.__dict__.get("__new__") is _lazy_new:
-            del c.__new__  # type: ignore[misc]
         out = _process(c, options)
         _install_subclass_hook(out)
         return out  # type: ignore[return-value]
 
     return wrap if cls is None else wrap(cls)
+
+
+TREECLASS_OPTIONS_CONFLICT = (
+    "@treeclass({asked}) on {cls}, which subclasses ptc.TreeClass and so was made a "
+    "treeclass when it was defined, with {got}. Drop the decorator (it is not needed) and "
+    "give the options as class keywords: `class {cls}(..., {asked}):`."
+)
+
+
+def _check_same_options(cls: type, asked: dict[str, Any]) -> None:
+    got = cls.__ptc_meta__.options  # type: ignore[attr-defined]
+    differ = [k for k, v in asked.items() if got[k] != v]
+    if differ:
+        raise TypeError(
+            TREECLASS_OPTIONS_CONFLICT.format(
+                cls=cls.__name__,
+                asked=", ".join(f"{k}={asked[k]!r}" for k in differ),
+                got=", ".join(f"{k}={got[k]!r}" for k in differ),
+            )
+        )
+
+
+@dataclass_transform(field_specifiers=(field, Field, dataclasses.field))
+class TreeClass:
+    """Base class that makes every subclass a treeclass; the typed spelling of `@treeclass`.
+
+    `class A(ptc.TreeClass): ...` makes `A` exactly what `@ptc.treeclass` would (a frozen
+    dataclass registered as a pytree), and so for every subclass of `A` too: a subclass
+    that adds fields needs no decorator. `@treeclass`'s options are class keywords:
+    `class A(ptc.TreeClass, kw_only=True)`. As with dataclasses, they apply to the class
+    that names them, not to its subclasses.
+
+    Unlike a decorator, a base class can declare attributes, so type checkers know that
+    `obj.at` is a `Lens` of the instance's own type and `obj.at.w.set(v)` returns `A`.
+    `TreeClass` itself has no fields and is not a treeclass (`ptc.is_treeclass` says so);
+    `isinstance(obj, ptc.TreeClass)` tells instances of its subclasses. Decorating a
+    subclass with `@treeclass` as well is harmless (it is already one); asking the decorator
+    for options the class was not given is an error.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> class Linear(ptc.TreeClass):
+        ...     w: jax.Array = ptc.field(kind=ptc.Parameter)
+        ...     b: jax.Array = ptc.field(kind=ptc.Parameter)
+        >>> layer = Linear(jnp.ones((3, 2)), jnp.zeros(2))
+        >>> layer.at.b.set(jnp.ones(2)).b.tolist()
+        [1.0, 1.0]
+    """
+
+    if TYPE_CHECKING:
+        # Declared for type checkers only; `install_methods` puts the real property on each
+        # subclass (the one `@treeclass` classes get).
+        @property
+        def at(self) -> Lens[Self]:
+            """A lens on this instance: `obj.at.x.set(v)` returns an updated copy."""
+            ...
+
+    def __init_subclass__(
+        cls, *, kw_only: bool = False, order: bool = False, match_args: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        _process(cls, {"kw_only": kw_only, "order": order, "match_args": match_args})

@@ -43,6 +43,18 @@ def test_decorator_with_and_without_arguments():
         B(1)  # type: ignore[misc]
 
 
+def test_order_option():
+    @treeclass(order=True)
+    class Version:
+        major: int
+        minor: int = 0
+
+    assert Version(1) < Version(1, 1) < Version(2) and Version(2) >= Version(2)
+    assert Version(1) == Version(1) and hash(Version(1)) == hash(Version(1))
+    a = Linear(jnp.ones(2), jnp.zeros(2))
+    assert Version.__eq__ is type(a).__eq__  # ours (arrays by value), not dataclasses'
+
+
 def test_is_a_dataclass():
     m = _model()
     assert dataclasses.is_dataclass(m)
@@ -477,3 +489,188 @@ def test_repr_is_short():
     assert (
         repr(Linear(jnp.ones((3, 4)), jnp.zeros(4))) == "Linear(w=f32[3,4], b=f32[4], features=4)"
     )
+
+
+# -- ptc.TreeClass: the base-class spelling ---------------------------------------------------
+
+
+class TLinear(ptc.TreeClass):  # module level, so pickle finds it
+    w: jax.Array = field(kind=Parameter)
+    b: jax.Array = field(kind=Parameter)
+    features: int = field(static=True, default=4)
+
+    def __call__(self, x):
+        return x @ self.w + self.b
+
+
+class TMLP(ptc.TreeClass):
+    layers: list[TLinear]
+    mean: jax.Array = field(kind=ptc.BatchStat, default_factory=lambda: jnp.zeros(()))
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _tmodel() -> TMLP:
+    return TMLP([TLinear(jnp.ones((3, 4)), jnp.zeros(4)), TLinear(jnp.ones((4, 2)), jnp.zeros(2))])
+
+
+def test_treeclass_base_makes_what_the_decorator_makes():
+    m = _tmodel()
+    assert dataclasses.is_dataclass(m) and dataclasses.replace(m, mean=1.0).mean == 1.0
+    w, _, features = ptc.fields(TLinear)
+    assert (w.name, w.kind, features.name, features.static) == ("w", Parameter, "features", True)
+    assert ptc.is_treeclass(TLinear) and ptc.is_treeclass(m)
+    assert not ptc.is_treeclass(ptc.TreeClass) and not hasattr(ptc.TreeClass, "__ptc_meta__")
+    assert isinstance(m, ptc.TreeClass) and not isinstance(_model(), ptc.TreeClass)
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(m)[0]]
+    assert paths[0] == (GetAttrKey("layers"), jax.tree_util.SequenceKey(0), GetAttrKey("w"))
+    assert jax.tree_util.tree_structure(m).num_leaves == 5  # `features` is in the treedef
+    assert ptc.tree_labels(m.layers[0]) == TLinear("Parameter", "Parameter")  # type: ignore[arg-type]
+    with pytest.raises(ptc.FrozenInstanceError, match=r"obj\.at\.mean\.set\(value\)"):
+        m.mean = jnp.ones(())  # type: ignore[misc]
+    with pytest.raises(ptc.FrozenInstanceError):
+        del m.mean
+    with pytest.raises(TypeError, match="holds an array"):
+        TLinear(jnp.ones(2), jnp.ones(2), features=jnp.ones(2))  # type: ignore[arg-type]
+    assert repr(m.layers[0]) == "TLinear(w=f32[3,4], b=f32[4], features=4)"
+
+
+def test_treeclass_base_equality_hash_pickle_copy():
+    m = _tmodel()
+    assert m == _tmodel() and m != m.at.mean.set(jnp.ones(()))
+    for clone in (pickle.loads(pickle.dumps(m)), copy.copy(m), copy.deepcopy(m)):
+        assert type(clone) is TMLP and clone == m
+        with pytest.raises(ptc.FrozenInstanceError):
+            clone.mean = 1  # type: ignore[misc]
+
+    class Config(ptc.TreeClass):
+        n: int
+        name: str = "x"
+
+    assert {Config(1), Config(1), Config(2)} == {Config(1), Config(2)}
+    with pytest.raises(TypeError, match="field 'w' holds an unhashable value"):
+        hash(TLinear(jnp.ones(2), jnp.ones(2)))
+
+
+def test_treeclass_base_options_are_class_keywords():
+    class Config(ptc.TreeClass, kw_only=True, order=True):
+        depth: int
+        width: int = 8
+
+    assert Config(depth=2).width == 8 and Config(depth=1) < Config(depth=2)
+    with pytest.raises(TypeError):
+        Config(2)  # type: ignore[misc]
+
+    class Deeper(Config):  # as with dataclasses, options apply to the class naming them
+        heads: int = 1
+
+    assert Deeper(4, depth=2).heads == 4  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="takes no keyword arguments"):  # Python's own check
+
+        class Bad(ptc.TreeClass, bogus=True):  # type: ignore[call-arg]
+            x: int
+
+
+def test_treeclass_base_subclasses_are_processed_without_a_decorator():
+    class WithScale(TLinear):  # adds a field: no decorator needed
+        scale: jax.Array = field(default=1.0, kind=ptc.State)
+
+    obj = WithScale(jnp.ones(2), jnp.ones(2))
+    assert [f.name for f in ptc.fields(obj)] == ["w", "b", "features", "scale"]
+    assert ptc.tree_labels(obj) == WithScale("Parameter", "Parameter", 4, "State")  # type: ignore[arg-type]
+    assert type(jax.jit(lambda o: o)(obj)) is WithScale
+
+    class Scaled2(TLinear):  # adds nothing
+        def __call__(self, x):
+            return 2 * super().__call__(x)
+
+    s = Scaled2(jnp.ones((2, 2)), jnp.zeros(2))
+    assert ptc.is_treeclass(Scaled2) and "__ptc_meta__" in Scaled2.__dict__
+    assert s(jnp.ones(2)).tolist() == [4.0, 4.0]
+
+    class FromSize(TLinear):  # its own __init__, calling the generated one
+        def __init__(self, n: int):
+            super().__init__(jnp.ones((n, n)), jnp.zeros(n))
+            self.features = n
+
+    f = FromSize(3)
+    assert f.features == 3 and f.w.shape == (3, 3) and jax.jit(lambda o: o)(f) == f
+    with pytest.raises(ptc.FrozenInstanceError):
+        f.features = 4  # type: ignore[misc]
+
+
+def test_generic_treeclass_base():
+    class Box(ptc.TreeClass, Generic[T]):
+        item: T
+
+    b = Box[int](1)
+    assert b.item == 1 and ptc.is_treeclass(Box)
+    assert jax.tree_util.tree_leaves(Box(jnp.ones(2)))[0].shape == (2,)
+    assert Box[jax.Array](jnp.ones(2)).at.item.set(jnp.zeros(2)).item.tolist() == [0.0, 0.0]
+
+
+def test_treeclass_base_under_jit_grad_vmap():
+    m = _tmodel()
+    x = jnp.ones((5, 3))
+
+    def loss(m, x):
+        return jnp.sum(m(x)) + m.mean
+
+    grads = jax.grad(loss)(m, x)
+    assert isinstance(grads, TMLP) and grads.layers[0].w.shape == (3, 4)
+    np.testing.assert_allclose(jax.jit(loss)(m, x), loss(m, x))
+    assert jax.vmap(lambda layer, x: layer(x), in_axes=(None, 0))(m.layers[0], x).shape == (5, 4)
+    stacked = jax.vmap(lambda w: TLinear(w, jnp.zeros(4)))(jnp.ones((7, 3, 4)))
+    assert type(stacked) is TLinear and stacked.w.shape == (7, 3, 4)
+    step = jax.jit(lambda m: jax.tree.map(lambda p, g: p - 0.1 * g, m, jax.grad(loss)(m, x)))
+    assert type(step(m)) is TMLP
+
+
+def test_treeclass_base_at_lens():
+    m = _tmodel()
+    m2 = m.at.layers[0].w.set(jnp.zeros((3, 4)))
+    assert type(m2) is TMLP and float(m2.layers[0].w.sum()) == 0.0
+    assert float(m.layers[0].w.sum()) == 12.0 and m2.layers[1] is m.layers[1]
+    halved = m.at[Parameter].apply(lambda p: p * 0.5)
+    assert float(halved.layers[0].w[0, 0]) == 0.5 and halved.mean is m.mean
+    assert ptc.at(m).layers[-1].b.get() is m.layers[1].b
+
+
+def test_treeclass_decorator_on_a_treeclass_base_subclass():
+    class A(ptc.TreeClass, kw_only=True):
+        x: int
+
+    # Already a treeclass: the decorator returns the class as is (no second registration).
+    assert treeclass(A) is A and treeclass(kw_only=True)(A) is A
+    assert A(x=1).x == 1 and jax.tree_util.tree_leaves(A(x=1)) == [1]
+    with pytest.raises(TypeError, match=r"@treeclass\(kw_only=False\) on A, .* kw_only=True"):
+        treeclass(kw_only=False)(A)
+    with pytest.raises(TypeError, match=r"class B\(\.\.\., order=True\)"):
+
+        @treeclass(order=True)
+        class B(ptc.TreeClass):
+            x: int
+
+
+def test_treeclass_base_mixed_with_a_decorated_class():
+    @treeclass
+    class P:
+        x: int
+
+    class Q(P, ptc.TreeClass):  # P's subclass hook runs first
+        y: int = 0
+
+    class R(ptc.TreeClass, P):  # TreeClass's runs first
+        y: int = 0
+
+        def __init__(self, x):
+            self.x = x
+
+    assert Q(1, 2) == Q(1, 2) and [f.name for f in ptc.fields(Q)] == ["x", "y"]
+    assert R(1).y == 0 and jax.tree_util.tree_leaves(R(1)) == [1, 0]
+    assert not hasattr(Q.__init__, "__ptc_user_init__")  # the generated one, not wrapped
+    with pytest.raises(ptc.FrozenInstanceError):
+        R(1).x = 2  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""A typed user file with one wrong argument type: pyright must report it."""
+"""A typed user file with wrong argument types: pyright must report each (and only those)."""
 
 from __future__ import annotations
 
@@ -14,4 +14,10 @@ class Linear:
     features: int = ptc.field(static=True, default=4)
 
 
+class TypedLinear(ptc.TreeClass):
+    w: jax.Array = ptc.field(kind=ptc.Parameter)
+    features: int = ptc.field(static=True, default=4)
+
+
 layer = Linear(jnp.ones(2), features="four")
+typed = TypedLinear(jnp.ones(2), features="four")
