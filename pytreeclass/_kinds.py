@@ -13,6 +13,7 @@ import jax
 
 from ._cache import BoundedCache
 from ._errors import depth_guard
+from ._fieldwalk import descend, resolve
 
 __all__ = [
     "BatchStat",
@@ -146,12 +147,7 @@ def _walk(node: Any, kind: type[Kind] | None, out: list[Any]) -> None:
         out.extend([marker] * len(jax.tree_util.tree_leaves(node)))
         return
     # Any other pytree: descend until we meet a treeclass or a foreign marker.
-    parts = jax.tree_util.tree_leaves(node, is_leaf=lambda x: x is not node and _is_marked(x))
-    if len(parts) == 1 and parts[0] is node:
-        out.append(None)  # a plain leaf
-        return
-    for part in parts:
-        _walk(part, None, out)
+    descend(node, None, out, _walk, _is_marked)
 
 
 _KINDS_CACHE: BoundedCache = BoundedCache(maxsize=4096)
@@ -164,15 +160,7 @@ def leaf_kinds(tree: Any, treedef: Any = None) -> tuple[type[Kind] | None, ...]:
         treedef = jax.tree_util.tree_structure(tree)
     kinds = _KINDS_CACHE.get(treedef)
     if kinds is None:
-        out: list[Any] = []
-        _walk(tree, None, out)
-        kinds = tuple(out)
-        if len(kinds) != treedef.num_leaves:  # a custom node that hides leaves from us
-            raise ValueError(
-                f"could not resolve kinds: found {len(kinds)} leaves, the treedef has "
-                f"{treedef.num_leaves}. Is a pytree node's flatten inconsistent?"
-            )
-        _KINDS_CACHE.put(treedef, kinds)
+        kinds = resolve(_KINDS_CACHE, tree, treedef, _walk, "kinds")
     return kinds
 
 

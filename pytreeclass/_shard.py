@@ -20,6 +20,8 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ._cache import BoundedCache
+from ._fieldwalk import descend, resolve
+from ._repr import leaf_repr
 
 __all__ = ["leaf_axes", "tree_shardings"]
 
@@ -36,14 +38,11 @@ def _walk(node: Any, axes: tuple[str | None, ...] | None, out: list[Any]) -> Non
             _walk(d[name], axes if own is None else own, out)
         return
     # Any other pytree: its leaves inherit `axes`, except under treeclasses found below.
-    parts = jax.tree_util.tree_leaves(
-        node, is_leaf=lambda x: x is not node and hasattr(type(x), "__ptc_meta__")
-    )
-    if len(parts) == 1 and parts[0] is node:
-        out.append(axes)
-        return
-    for part in parts:
-        _walk(part, axes, out)
+    descend(node, axes, out, _walk, _is_treeclass)
+
+
+def _is_treeclass(x: Any) -> bool:
+    return hasattr(type(x), "__ptc_meta__")
 
 
 def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[str | None, ...] | None, ...]:
@@ -52,10 +51,7 @@ def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[str | None, ...] | 
         treedef = jax.tree_util.tree_structure(tree)
     axes = _AXES_CACHE.get(treedef)
     if axes is None:
-        out: list[Any] = []
-        _walk(tree, None, out)
-        axes = tuple(out)
-        _AXES_CACHE.put(treedef, axes)
+        axes = resolve(_AXES_CACHE, tree, treedef, _walk, "axes")
     return axes
 
 
@@ -110,8 +106,6 @@ def _normalize_rules(rules: Any, mesh: Any) -> dict[str, _RuleValue]:
 def _spec(
     path: str, leaf: Any, axes: tuple[str | None, ...], rules: dict[str, _RuleValue]
 ) -> PartitionSpec:
-    from ._show import leaf_repr
-
     ndim = len(leaf.shape)
     if ndim != len(axes):
         raise ValueError(

@@ -1,4 +1,8 @@
-"""Readable text for trees: short leaf forms (`f32[3,4]`), `repr`, summaries, diagrams, HTML."""
+"""Displays of whole trees: `tree_summary` tables, `tree_diagram` text trees, notebook HTML.
+
+Built on `_repr` (short leaf forms, the treeclass `repr`); `leaf_repr` and `treeclass_repr`
+stay importable from here, where the rest of the library has always found them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import html
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from ._repr import MAX_ITEMS, Elided, is_array, node_children
+from ._repr import leaf_repr as leaf_repr
+from ._repr import treeclass_repr as treeclass_repr
 
 __all__ = [
     "TreeSummary",
@@ -17,149 +24,6 @@ __all__ = [
     "tree_summary",
     "treeclass_repr",
 ]
-
-_WIDTH = 88
-_MAX_ITEMS = 8  # longer lists/tuples/dicts show their first 6 items, "...(n more)", the last
-
-
-# -- leaves -------------------------------------------------------------------------------------
-
-
-def _dtype_short(dtype: Any) -> str:
-    # The names jaxprs use: f32, bf16, i8, u4, c64, f8_e4m3fn, ... (so they read the same).
-    if dtype == np.bool_:
-        return "bool"
-    name = np.dtype(dtype).name
-    if name == "bfloat16":
-        return "bf16"
-    return (
-        name.replace("float", "f").replace("uint", "u").replace("int", "i").replace("complex", "c")
-    )
-
-
-def _is_array(x: Any) -> bool:
-    # jax.Array (tracers included), np.ndarray, jax.ShapeDtypeStruct; numpy scalars keep repr.
-    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.generic, type))
-
-
-def leaf_repr(x: Any) -> str:
-    """Short form of a leaf: arrays as `f32[3,4]`, classes by name, others by a short `repr`.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import pytreeclass as ptc
-        >>> ptc._show.leaf_repr(jnp.zeros((3, 4))), ptc._show.leaf_repr(jnp.ones(2, "bfloat16"))
-        ('f32[3,4]', 'bf16[2]')
-    """
-    if _is_array(x):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            dt = "key"
-        else:
-            try:
-                dt = _dtype_short(x.dtype)
-            except TypeError:
-                dt = str(x.dtype)
-        return f"{dt}[{','.join(map(str, x.shape))}]"
-    if isinstance(x, type):
-        return x.__name__
-    r = repr(x)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
-# -- repr -------------------------------------------------------------------------------------
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-_UNSET = _Unset()
-
-
-def _key_label(key: Any) -> tuple[str, str]:
-    """(label, separator) of a child in a generic pytree node, from its key."""
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name, "="
-    if isinstance(key, jax.tree_util.DictKey):
-        return repr(key.key), ": "
-    return "", ""
-
-
-def _children(obj: Any) -> list[tuple[Any, Any]] | None:
-    """One level of a pytree node as (key, child) pairs; None if `obj` is a leaf."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda y: y is not obj)
-    if len(flat) == 1 and flat[0][0] == () and flat[0][1] is obj:
-        return None
-    return [(path[0], child) for path, child in flat]
-
-
-def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
-    """(open, close, separator, [(label, value)]) for containers we lay out; else None."""
-    meta = getattr(type(obj), "__ptc_meta__", None)
-    if meta is not None:
-        d = obj.__dict__
-        items = [(f.name, d.get(f.name, _UNSET)) for f in meta.fields if f.repr]
-        return f"{type(obj).__name__}(", ")", "=", items
-    if isinstance(obj, dict):
-        return "{", "}", ": ", [(repr(k), v) for k, v in obj.items()]
-    names = getattr(obj, "_fields", None)
-    if isinstance(obj, tuple) and names is not None:  # a namedtuple
-        return f"{type(obj).__name__}(", ")", "=", list(zip(names, obj))
-    if isinstance(obj, list):
-        return "[", "]", "", [("", v) for v in obj]
-    if isinstance(obj, tuple):
-        return "(", ",)" if len(obj) == 1 else ")", "", [("", v) for v in obj]
-    if obj is None or _is_array(obj) or isinstance(obj, (str, int, float, complex, type)):
-        return None
-    # Any other pytree node (an Equinox module, an nnx Variable, ...): its keyed children.
-    children = _children(obj)
-    if children is None:
-        return None
-    labels = [_key_label(k) for k, _ in children]
-    sep = next((s for _, s in labels if s), "")
-    items = [(label, child) for (label, _), (_, child) in zip(labels, children)]
-    return f"{type(obj).__name__}(", ")", sep, items
-
-
-def _render(obj: Any, indent: int, seen: frozenset[int]) -> str:
-    parts = _items(obj)
-    if parts is None:
-        return leaf_repr(obj)
-    if id(obj) in seen:
-        return "<cycle>"
-    seen = seen | {id(obj)}
-    open_, close, sep, items = parts
-    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in _elide(items)]
-    flat = open_ + ", ".join(rendered) + close
-    if len(flat) + indent <= _WIDTH and "\n" not in flat:
-        return flat
-    pad = " " * (indent + 2)
-    return open_ + "\n" + ",\n".join(pad + r for r in rendered) + "\n" + " " * indent + close
-
-
-class _Elided:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __repr__(self) -> str:
-        return f"...({self.n} more)"
-
-
-def _elide(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    if len(items) <= _MAX_ITEMS:
-        return items
-    head = _MAX_ITEMS - 2
-    return [*items[:head], ("", _Elided(len(items) - head - 1)), items[-1]]
-
-
-def treeclass_repr(obj: Any) -> str:
-    """The `repr` of a treeclass: one line when short, else one field per line, indented.
-
-    Arrays show as `f32[3,4]`; lists, tuples and dicts longer than 8 items show their first
-    6 items, `...(n more)` and the last one.
-    """
-    return _render(obj, 0, frozenset())
 
 
 # -- display objects ----------------------------------------------------------------------------
@@ -228,7 +92,7 @@ def _type_name(x: Any) -> str:
 
 
 def _count_bytes(x: Any) -> tuple[int, int]:
-    if _is_array(x) or isinstance(x, np.generic):
+    if is_array(x) or isinstance(x, np.generic):
         n = int(np.prod(x.shape))
         return n, n * x.dtype.itemsize  # PRNG key dtypes know their itemsize too
     if isinstance(x, (bool, int, float, complex)):
@@ -308,7 +172,7 @@ def _label(key: Any) -> str:
     return jax.tree_util.keystr((key,))
 
 
-def tree_diagram(tree: Any, *, max_items: int | None = _MAX_ITEMS) -> str:
+def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
     """A text tree (box-drawing characters) of `tree`'s structure, one line per node.
 
     Leaves show as `name: f32[3,4] (Parameter)`, with the field's `axes` when it sets
@@ -343,12 +207,12 @@ def tree_diagram(tree: Any, *, max_items: int | None = _MAX_ITEMS) -> str:
         counter[0] += 1
         kind = kinds[i]
         notes = [] if kind is None else [kind.__name__]
-        if axes[i] is not None and _is_array(x):
+        if axes[i] is not None and is_array(x):
             notes.append(f"axes={axes[i]!r}")
         return leaf_repr(x) + (f" ({', '.join(notes)})" if notes else "")
 
     def walk(node: Any, prefix: str) -> None:
-        children = _children(node) or []
+        children = node_children(node) or []
         entries: list[tuple[str, Any, bool]] = []  # (label, value, is_static)
         meta = getattr(type(node), "__ptc_meta__", None)
         if meta is not None:
@@ -365,24 +229,24 @@ def tree_diagram(tree: Any, *, max_items: int | None = _MAX_ITEMS) -> str:
             head = max(max_items, 2) - 2
             hidden = entries[head:-1]
             skipped = sum(jax.tree_util.tree_structure(v).num_leaves for _, v, _ in hidden)
-            entries = [*entries[:head], ("...", _Elided(len(hidden)), True), entries[-1]]
+            entries = [*entries[:head], ("...", Elided(len(hidden)), True), entries[-1]]
         for j, (label, value, static) in enumerate(entries):
             last = j == len(entries) - 1
             branch, cont = ("└── ", "    ") if last else ("├── ", "│   ")
-            if isinstance(value, _Elided):
+            if isinstance(value, Elided):
                 lines.append(f"{prefix}{branch}{value!r}")
                 counter[0] += skipped
             elif static:
                 lines.append(f"{prefix}{branch}{label}: {leaf_repr(value)} (static)")
             elif value is None:  # an empty subtree (a hole): no leaf to count
                 lines.append(f"{prefix}{branch}{label}: None")
-            elif _children(value) is None:
+            elif node_children(value) is None:
                 lines.append(f"{prefix}{branch}{label}: {leaf_line(value)}")
             else:
                 lines.append(f"{prefix}{branch}{label}: {type(value).__name__}")
                 walk(value, prefix + cont)
 
-    if _children(tree) is None:
+    if node_children(tree) is None:
         lines.append(leaf_line(tree))
     else:
         lines.append(type(tree).__name__)

@@ -13,7 +13,8 @@ import pytest
 
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
-from pytreeclass._show import TreeSummary, html_repr, leaf_repr, treeclass_repr
+from pytreeclass._repr import leaf_repr, treeclass_repr
+from pytreeclass._show import TreeSummary, html_repr
 
 
 @treeclass
