@@ -21,25 +21,39 @@ _new = object.__new__
 
 def _treeclass_rebuild(j: int, cls: type, name: str, static: bool) -> str:
     """The lines (of `compile_put`) that copy treeclass `n{j}` with field `name` set to `value`."""
-    lines = [f"    _check(_t{j}, _k{j}, value)"] if static else []
-    lines += [
-        f"    new = _new(_t{j}); o = n{j}.__dict__; d = new.__dict__; d.update(o)",
-        f"    d[_k{j}] = value",
+    meta = cls.__ptc_meta__  # type: ignore[attr-defined]
+    head = f"new = _new(_t{j}); o = n{j}.__dict__; d = new.__dict__"
+    copy_all = ["d.update(o)", f"d[_k{j}] = value", f"d[_FLAT] = _f{j}(new)"]
+    if static or len(meta.child_names) > 16:
+        lines = [f"_check(_t{j}, _k{j}, value)"] if static else []
+        lines += [head, *copy_all, "value = new"]
+        return "\n".join(f"    {line}" for line in lines)
+    # The common case, written out: one store per field in field order (the key order
+    # `__init__` makes, so instance dicts keep sharing one key table) and the new flatten
+    # result is the old one with one child swapped. An instance being edited by
+    # value_and_tree has no flatten result stored (and may lack a field): copy its dict.
+    children = meta.child_names
+    stores = []
+    for f in meta.fields:
+        if f.name == name:
+            stores.append(f"d[{f.name!r}] = value")
+        elif f.name in children:
+            stores.append(f"d[{f.name!r}] = c[{children.index(f.name)}]")
+        else:
+            stores.append(f"d[{f.name!r}] = o[{f.name!r}]")
+    i = children.index(name)
+    items = "".join("value, " if k == i else f"c[{k}], " for k in range(len(children)))
+    lines = [
+        f"    {head}",
+        "    try: c, s = o[_FLAT]",
+        "    except KeyError:",
+        *(f"        {line}" for line in copy_all),
+        "    else:",
+        *(f"        {line}" for line in stores),
+        f"        d[_FLAT] = (({items}), s)",
+        "    value = new",
     ]
-    children = cls.__ptc_meta__.child_names  # type: ignore[attr-defined]
-    if static or len(children) > 16:
-        lines.append(f"    d[_FLAT] = _f{j}(new)")
-    else:
-        # The new flatten result is the old one with one child swapped: no flatten call.
-        # An instance being edited has none stored (`seal`); then flatten the copy.
-        i = children.index(name)
-        items = "".join("value, " if k == i else f"c[{k}], " for k in range(len(children)))
-        lines += [
-            "    f = o.get(_FLAT)",
-            f"    if f is None: d[_FLAT] = _f{j}(new)",
-            f"    else: c = f[0]; d[_FLAT] = (({items}), f[1])",
-        ]
-    return "\n".join([*lines, "    value = new"])
+    return "\n".join(lines)
 
 
 def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
@@ -58,7 +72,7 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
     if not 0 < len(trail) <= 32 or any(code not in (TREECLASS, LIST, DICT) for _, code, _ in trail):
         return None  # a long path is rare, and straight-line code for it is long too
     ns: dict[str, Any] = {"_MISS": MISS, "_new": _new, "_FLAT": FLAT, "_check": check_static}
-    walk_lines, back = [], []
+    walk_lines, back, fetch = [], [], ""
     for j, ((node, code, _), step) in enumerate(zip(trail, steps)):
         cls = type(node)
         ns[f"_t{j}"], ns[f"_k{j}"] = cls, step.key
@@ -68,24 +82,28 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
             if meta is None:
                 return None
             ns[f"_f{j}"] = meta.flatten
-            walk_lines.append(f"    n{j + 1} = n{j}.__dict__[_k{j}]")
+            fetch = f"n{j}.__dict__[_k{j}]"
             back.append(_treeclass_rebuild(j, cls, step.key, step.key in meta.static_names))
         elif code == LIST:
-            fix = f" + len(n{j})" if step.key < 0 else ""
-            walk_lines.append(f"    k{j} = _k{j}{fix}")
-            walk_lines.append(f"    if not 0 <= k{j} < len(n{j}): return _MISS")
-            walk_lines.append(f"    n{j + 1} = n{j}[k{j}]")
+            if step.key < 0:  # counted from the end: the index depends on the length
+                walk_lines.append(f"    k{j} = _k{j} + len(n{j})")
+                walk_lines.append(f"    if k{j} < 0: return _MISS")
+            else:
+                walk_lines.append(f"    k{j} = _k{j}")
+                walk_lines.append(f"    if k{j} >= len(n{j}): return _MISS")
+            fetch = f"n{j}[k{j}]"
             back.append(f"    new = n{j}.copy(); new[k{j}] = value; value = new")
         else:  # DICT; `in` first: a defaultdict would grow on n[key]
             walk_lines.append(f"    if _k{j} not in n{j}: return _MISS")
-            walk_lines.append(f"    n{j + 1} = n{j}[_k{j}]")
+            fetch = f"n{j}[_k{j}]"
             back.append(f"    new = n{j}.copy(); new[_k{j}] = value; value = new")
-    n = len(trail)
+        if j < len(trail) - 1:  # the last node is only read by `fn`: no fetch for `set`
+            walk_lines.append(f"    n{j + 1} = {fetch}")
     source = "\n".join(
         [
             "def update(n0, value, fn):",
             *walk_lines,
-            f"    if fn is not None: value = fn(n{n})",
+            f"    if fn is not None: value = fn({fetch})",
             *reversed(back),
             "    return value",
         ]

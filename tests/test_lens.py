@@ -795,3 +795,30 @@ def test_compiled_path_keeps_cached_flatten_fresh():
     leaves, treedef = jax.tree_util.tree_flatten(g)
     assert float(leaves[1][0]) == 5.0
     assert treedef.unflatten(leaves).cells[2].size == 5
+
+
+def test_compiled_path_copies_instances_being_edited_and_keeps_key_order():
+    # Inside value_and_tree the nodes are mutable copies without a stored flatten result
+    # (and a field may have been deleted): the compiled update copies their dict instead.
+    def edit(g: _Grid) -> list:
+        assert "__ptc_flat__" not in g.cells[-1].__dict__  # what the test is about
+        out = []
+        for i in range(3):
+            new = g.at.cells[-1].w.set(jnp.full(2, 10.0 + i))
+            out.append(new)
+        return out
+
+    results, after = ptc.value_and_tree(edit)(_grid(2))
+    for i, new in enumerate(results):
+        assert float(new.cells[1].w[0]) == 10.0 + i and float(new.cells[0].w[0]) == 0.0
+        assert _fresh_flat(new) and all(_fresh_flat(c) for c in new.cells)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            new.cells[1].w = 1.0
+    assert float(after.cells[1].w[0]) == 1.0  # the edited tree itself is untouched
+    g = _grid(3)
+    for _ in range(3):  # the compiled code: fields stored in declaration order
+        new = g.at.cells[-2].w.set(jnp.ones(2))
+        assert list(new.cells[1].__dict__) == list(g.cells[1].__dict__)
+        assert list(new.__dict__) == list(g.__dict__)
+    with pytest.raises(IndexError, match="out of range"):
+        _grid(1).at.cells[-2].w.set(jnp.ones(2))
