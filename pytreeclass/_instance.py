@@ -67,7 +67,7 @@ _PLAIN_STATIC = frozenset({int, float, bool, str, type(None), complex, bytes})
 
 
 def _short(value: Any) -> str:
-    from ._show import leaf_repr
+    from ._repr import leaf_repr
 
     return leaf_repr(value)
 

@@ -28,14 +28,13 @@ from ._cache import BoundedCache
 from ._errors import depth_guard
 from ._filters import Leaves, as_filter
 from ._kinds import foreign_kind
+from ._lens_compile import MISS, compile_put
 from ._nodes import (
     ALL,
     LEAF,
-    MISS,
     TREECLASS,
     FilterStep,
     PathStep,
-    compile_put,
     listing,
     match,
     node_code,
@@ -162,7 +161,7 @@ def _aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
         if v is None:
             out.extend([None] * count)
             continue
-        from ._show import leaf_repr
+        from ._repr import leaf_repr
 
         pairs = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_none)[0]
         at_path = jax.tree_util.keystr(pairs[j][0]) or "its root"

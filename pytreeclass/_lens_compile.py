@@ -12,6 +12,7 @@ from typing import Any
 
 from ._codegen import compile_function
 from ._instance import FLAT, check_static
+from ._nodes import DICT, LIST, TREECLASS
 
 __all__ = ["MISS", "compile_put"]
 
@@ -65,10 +66,6 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
     as soon as a node's type, a list's length or a dict's keys differ from what it was
     written for, and the caller then takes the general path (which raises the errors).
     """
-    # Imported here, not at the top: `_nodes` re-exports this module's names for `_lens`,
-    # so it imports us first. This runs once per path and root type, never per update.
-    from ._nodes import DICT, LIST, TREECLASS
-
     if not 0 < len(trail) <= 32 or any(code not in (TREECLASS, LIST, DICT) for _, code, _ in trail):
         return None  # a long path is rare, and straight-line code for it is long too
     ns: dict[str, Any] = {"_MISS": MISS, "_new": _new, "_FLAT": FLAT, "_check": check_static}

@@ -174,7 +174,7 @@ def _describe(node: Any) -> str:
         return "a leaf"
     level = _one_level(node)
     if level is None:
-        from ._show import leaf_repr
+        from ._repr import leaf_repr
 
         return f"leaf {leaf_repr(node)}"
     keys = ", ".join(jax.tree_util.keystr((k,)) for k in level[0])

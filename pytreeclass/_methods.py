@@ -85,7 +85,7 @@ def _hash(self: Any) -> int:
         try:
             values.append(hash(d[f.name]))
         except TypeError:
-            from ._show import leaf_repr
+            from ._repr import leaf_repr
 
             raise TypeError(
                 f"unhashable {type(self).__qualname__}: field {f.name!r} holds an unhashable "
@@ -97,7 +97,7 @@ def _hash(self: Any) -> int:
 
 
 def _repr(self: Any) -> str:
-    from ._show import treeclass_repr
+    from ._repr import treeclass_repr
 
     with _GUARD_REPR:
         return treeclass_repr(self)

@@ -17,8 +17,6 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._filters import Filter
 from ._instance import FLAT, check_static
-from ._lens_compile import MISS as MISS  # re-exported: `_lens` imports both from here
-from ._lens_compile import compile_put as compile_put
 from ._repr import leaf_repr
 
 # -- what kind of node is this? (decided once per type) -----------------------------------------
