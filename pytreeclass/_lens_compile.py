@@ -2,8 +2,8 @@
 
 `Lens.set` and `Lens.apply` first try the function `compile_put` wrote for their path; it
 returns `MISS` when the tree is not shaped as it was written for, and the general walk in
-`_nodes` (`put`) takes over. Only treeclass, list and dict hops are compiled: they are what
-model paths (`model.layers[3].w`) are made of.
+`_nodes` (`put`) takes over. Treeclass, list, tuple, dict and dataclass-like (Equinox,
+flax.struct) hops are compiled: they are what model paths (`model.layers[3].w`) are made of.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from ._codegen import compile_function
 from ._instance import FLAT, check_static
-from ._nodes import DICT, LIST, TREECLASS
+from ._nodes import DATACLASS, DICT, LIST, TREECLASS, TUPLE
 
 __all__ = ["MISS", "compile_put"]
 
@@ -66,7 +66,8 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
     as soon as a node's type, a list's length or a dict's keys differ from what it was
     written for, and the caller then takes the general path (which raises the errors).
     """
-    if not 0 < len(trail) <= 32 or any(code not in (TREECLASS, LIST, DICT) for _, code, _ in trail):
+    codes = (TREECLASS, LIST, TUPLE, DICT, DATACLASS)
+    if not 0 < len(trail) <= 32 or any(code not in codes for _, code, _ in trail):
         return None  # a long path is rare, and straight-line code for it is long too
     ns: dict[str, Any] = {"_MISS": MISS, "_new": _new, "_FLAT": FLAT, "_check": check_static}
     walk_lines, back, fetch = [], [], ""
@@ -81,7 +82,7 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
             ns[f"_f{j}"] = meta.flatten
             fetch = f"n{j}.__dict__[_k{j}]"
             back.append(_treeclass_rebuild(j, cls, step.key, step.key in meta.static_names))
-        elif code == LIST:
+        elif code in (LIST, TUPLE):
             if step.key < 0:  # counted from the end: the index depends on the length
                 walk_lines.append(f"    k{j} = _k{j} + len(n{j})")
                 walk_lines.append(f"    if k{j} < 0: return _MISS")
@@ -89,7 +90,18 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
                 walk_lines.append(f"    k{j} = _k{j}")
                 walk_lines.append(f"    if k{j} >= len(n{j}): return _MISS")
             fetch = f"n{j}[k{j}]"
-            back.append(f"    new = n{j}.copy(); new[k{j}] = value; value = new")
+            if code == LIST:
+                back.append(f"    new = n{j}.copy(); new[k{j}] = value; value = new")
+            else:
+                back.append(f"    value = (*n{j}[:k{j}], value, *n{j}[k{j} + 1 :])")
+        elif code == DATACLASS:  # Equinox modules, flax.struct: fields live in __dict__
+            walk_lines.append(f"    o{j} = n{j}.__dict__")
+            walk_lines.append(f"    if _k{j} not in o{j}: return _MISS")
+            fetch = f"o{j}[_k{j}]"
+            back.append(
+                f"    new = _new(_t{j}); d = new.__dict__; d.update(o{j}); d[_k{j}] = value; "
+                "value = new"
+            )
         else:  # DICT; `in` first: a defaultdict would grow on n[key]
             walk_lines.append(f"    if _k{j} not in n{j}: return _MISS")
             fetch = f"n{j}[_k{j}]"

@@ -822,3 +822,34 @@ def test_compiled_path_copies_instances_being_edited_and_keeps_key_order():
         assert list(new.__dict__) == list(g.__dict__)
     with pytest.raises(IndexError, match="out of range"):
         _grid(1).at.cells[-2].w.set(jnp.ones(2))
+
+
+class _EqxCell(eqx.Module):
+    w: Any
+    size: int = eqx.field(static=True, default=1)
+
+
+@flax.struct.dataclass
+class _StructCell:
+    w: Any
+    size: int = flax.struct.field(pytree_node=False, default=1)
+
+
+@pytest.mark.parametrize("cell", [_EqxCell, _StructCell], ids=["equinox", "flax.struct"])
+def test_compiled_path_through_foreign_dataclasses_and_tuples(cell: Any):
+    tree = {"cells": ([cell(jnp.zeros(2)), cell(jnp.ones(2))], cell(3.0))}
+    for i in range(3):  # compiled after the first call
+        new = ptc.at(tree)["cells"][0][-1].w.set(float(i))
+        assert new["cells"][0][1].w == float(i) and type(new["cells"][0][1]) is cell
+        assert new["cells"][0][0] is tree["cells"][0][0] and new["cells"][1] is tree["cells"][1]
+        assert float(tree["cells"][0][1].w[0]) == 1.0  # the original is untouched
+        new = ptc.at(tree)["cells"][-1].size.apply(lambda s, i=i: s + i)
+        assert new["cells"][1].size == 1 + i and isinstance(new["cells"], tuple)
+    short = {"cells": ([cell(0.0)],)}
+    with pytest.raises(IndexError, match=r"\['cells'\]\[0\]\[-2\]: index out of range \(len 1\)"):
+        ptc.at(short)["cells"][0][-2].w.set(2.0)
+    with pytest.raises(IndexError, match=r"\[0\]\[-1\]: index out of range \(len 0\)"):
+        ptc.at({"cells": ([],)})["cells"][0][-1].w.set(2.0)  # the compiled path's guard
+    bad = {"cells": ([tree["cells"][1], object.__new__(cell)],)}  # a field missing
+    with pytest.raises(AttributeError):
+        ptc.at(bad)["cells"][0][-1].w.set(2.0)
