@@ -105,9 +105,17 @@ def _selection(
                 found.append((children[c], subdefs[c], starts[c]))
         if not found and cursors and step is not ALL:
             names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
+            metas = [getattr(type(n), "__ptc_meta__", None) for n, _, _ in cursors]
+            hint = ""
+            if any(m is not None and step.key in m.static_names for m in metas):
+                one = where(state, at + j + 1).replace("[...]", "[0]")
+                hint = (
+                    f"; {step!r} is a static field, which a selection does not reach (it "
+                    f"selects leaves): update it one path at a time, e.g. {one}"
+                )
             raise step.error(
                 f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "
-                f"children there: {listing(names)}"
+                f"children there: {listing(names)}{hint}"
             )
         cursors = found
     inside = [False] * len(sel)

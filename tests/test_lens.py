@@ -231,6 +231,13 @@ def test_missing_step_after_a_selection():
         match=r"model\[Parameter\]\.layers\[\.\.\.\]\.w\.q: no child \.q under any selected node; children there: \(none\)",
     ):
         m.at[Parameter].layers[...].w.q.get()
+    with pytest.raises(
+        AttributeError,
+        match=r"model\.layers\[\.\.\.\]\.features: no child \.features under any selected node; "
+        r"children there: \.w, \.b; \.features is a static field, which a selection does not "
+        r"reach \(it selects leaves\): update it one path at a time, e\.g\. model\.layers\[0\]\.features",
+    ):
+        m.at.layers[...].features.set(8)
 
 
 def test_not_a_filter_in_brackets():
