@@ -27,6 +27,8 @@ __all__ = [
 
 
 _GUARD_LABELS = depth_guard("tree_labels")
+# `jax.tree_util.tree_flatten` minus its Python frame (the registry's flatten is C++).
+_flatten = jax.tree_util.default_registry.flatten
 
 
 # Per (treedef, filters): everything a call needs besides one flatten and the unflattens.
@@ -70,7 +72,7 @@ def _side(treedef: Any, leaves: list[Any], picked: list[int]) -> tuple[Any, Any]
 
 def _selection(tree: Any, filters: tuple[Any, ...]) -> tuple[Any, Any, Any, Any, Any]:
     """(leaves, treedef, bools, selected side, unselected side) for `filters` on `tree`."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves, treedef = _flatten(tree)
     plan = _SELECTIONS.get((treedef, filters))  # None for unhashable filters (masks)
     if plan is not None:
         return (leaves, treedef, *plan)
@@ -102,7 +104,7 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         {'a': False, 'b': True}
     """
     try:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        leaves, treedef = _flatten(tree)
         make = _MASKS.get((treedef, filters))
         if make is not None:
             return make()
@@ -271,8 +273,15 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
     """
     try:
         trees = (tree, *updates)
-        flats = [jax.tree_util.tree_flatten(t) for t in trees]
-        treedefs = tuple(td for _, td in flats)
+        if len(updates) == 1:  # the common case, without a loop
+            leaves, td0 = _flatten(tree)
+            more, td1 = _flatten(updates[0])
+            leaves = leaves + more
+            treedefs: tuple[Any, ...] = (td0, td1)
+        else:
+            flats = [_flatten(t) for t in trees]
+            leaves = [x for flat, _ in flats for x in flat]
+            treedefs = tuple(td for _, td in flats)
         plan = _PLANS.get(treedefs)
         if plan is None:
             try:
@@ -289,9 +298,6 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
                     raise ValueError(str(e)) from None
             _PLANS.put(treedefs, plan)
         out_def, take = plan
-        leaves = flats[0][0]
-        for more, _ in flats[1:]:
-            leaves = leaves + more
         return out_def.unflatten(take(leaves))
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("tree_merge", e)
