@@ -361,7 +361,7 @@ def test_empty_selection_is_a_no_op():
 
 
 def test_selection_is_cached_per_treedef():
-    from pytreeclass._lens import _SELECTIONS
+    from pytreeclass._lens_select import _SELECTIONS
 
     m = make_mlp()
     before = len(_SELECTIONS)

@@ -295,7 +295,7 @@ def _module_tables() -> list[tuple[str, Any]]:
 
 
 def test_100k_structures_keep_memory_bounded():
-    from pytreeclass import _filters, _kinds, _lens, _merge
+    from pytreeclass import _filters, _kinds, _lens_select, _merge
 
     for i in range(80_000):  # fill every cache past its bound first (untraced: faster)
         _touch(i)
@@ -312,7 +312,12 @@ def test_100k_structures_keep_memory_bounded():
     # 20,000 more structures (each cache entry is a few hundred bytes): bounded caches
     # stay put; an unbounded one would grow by tens of megabytes
     assert grown < 2_000_000, grown
-    for cache in (_kinds._KINDS_CACHE, _filters._PATHS_CACHE, _merge._PLANS, _lens._SELECTIONS):
+    for cache in (
+        _kinds._KINDS_CACHE,
+        _filters._PATHS_CACHE,
+        _merge._PLANS,
+        _lens_select._SELECTIONS,
+    ):
         assert len(cache) <= cache.maxsize
     assert len(_filters._MASK_CACHE) <= _filters._MASK_CACHE.maxsize
     for name, table in _module_tables():  # any other table a module keeps

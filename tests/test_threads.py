@@ -51,10 +51,10 @@ def _same(a: Any, b: Any) -> bool:
 @contextmanager
 def tiny_caches() -> Iterator[None]:
     """Shrink every cache so that threads constantly evict each other's entries."""
-    from pytreeclass import _filters, _kinds, _lens, _merge
+    from pytreeclass import _filters, _kinds, _lens_select, _merge
 
     caches = [_kinds._KINDS_CACHE, _filters._PATHS_CACHE, _filters._MASK_CACHE, _merge._PLANS]
-    caches.append(_lens._SELECTIONS)
+    caches += [_lens_select._SELECTIONS, _merge._SELECTIONS, _merge._MASKS, _merge._LABELS]
     sizes = [c.maxsize for c in caches]
     interval = sys.getswitchinterval()
     try:

@@ -1,0 +1,187 @@
+"""Multi-leaf lens updates: which leaves of the focus a path of `[...]` and filters selects.
+
+The first `[...]` or filter in a lens path ends the walk; the subtree reached is the
+*focus*. Its leaves come from one flatten, the selection is a tuple of bools over them
+(cached per treedef when every step depends on structure alone), and the update is one
+unflatten of the focus plus a rebuild of the nodes above it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._cache import BoundedCache
+from ._errors import depth_guard
+from ._filters import Leaves
+from ._kinds import foreign_kind
+from ._nodes import (
+    ALL,
+    LEAF,
+    TREECLASS,
+    FilterStep,
+    listing,
+    match,
+    node_code,
+    one_level_keyed,
+    rebuild,
+    walk,
+    where,
+)
+
+__all__ = ["aligned", "is_single_leaf", "put_focus", "select"]
+
+_SELECTIONS = BoundedCache(maxsize=4096)
+_DEEP = depth_guard("lens")
+
+
+def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
+    """The kind every leaf of the focus has because of a field (or marker) above it."""
+    for parent, code, token in trail:
+        if code == TREECLASS:
+            kind = type(parent).__ptc_meta__.fields_by_name[token].kind
+        else:
+            kind = foreign_kind(parent)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _selection(
+    focus: Any, steps: tuple[Any, ...], outer: Any, state: tuple[Any, Any, int], at: int
+) -> tuple[Leaves, tuple[bool, ...]]:
+    """Flatten the focus and say which of its leaves `steps` (all after the walk) select."""
+    ctx = Leaves(focus)
+    if outer is not None:
+        ctx._kinds = (outer,) * len(ctx.leaves)
+    cacheable = all(type(s) is not FilterStep or s.filter.structural for s in steps)
+    key = (ctx.treedef, outer, steps) if cacheable else None
+    if key is not None:
+        sel = _SELECTIONS.get(key)
+        if sel is not None:
+            return ctx, sel
+    sel = [True] * len(ctx.leaves)
+    cursors = [(focus, ctx.treedef, 0)]  # selected nodes: (node, treedef, first leaf)
+    for j, step in enumerate(steps):
+        if type(step) is FilterStep:
+            sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
+            continue
+        found, seen = [], []
+        for node, treedef, lo in cursors:
+            keys, children, _ = one_level_keyed(node)
+            if not children:  # a leaf or an empty node: nothing below it to select
+                continue
+            subdefs = treedef.children()
+            starts = []
+            for sub in subdefs:
+                starts.append(lo)
+                lo += sub.num_leaves
+            if step is ALL:
+                found.extend(zip(children, subdefs, starts))
+                continue
+            seen.extend(keys)
+            c = match(step, node, keys)
+            if c is not None:
+                found.append((children[c], subdefs[c], starts[c]))
+        if not found and cursors and step is not ALL:
+            names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
+            metas = [getattr(type(n), "__ptc_meta__", None) for n, _, _ in cursors]
+            hint = ""
+            if any(m is not None and step.key in m.static_names for m in metas):
+                one = where(state, at + j + 1).replace("[...]", "[0]")
+                hint = (
+                    f"; {step!r} is a static field, which a selection does not reach (it "
+                    f"selects leaves): update it one path at a time, e.g. {one}"
+                )
+            raise step.error(
+                f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "
+                f"children there: {listing(names)}{hint}"
+            )
+        cursors = found
+    inside = [False] * len(sel)
+    for _, treedef, lo in cursors:
+        inside[lo : lo + treedef.num_leaves] = [True] * treedef.num_leaves
+    out = tuple(a and b for a, b in zip(sel, inside))
+    if key is not None:
+        _SELECTIONS.put(key, out)
+    return ctx, out
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+_LEAF_TYPES = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, str)
+
+
+def is_single_leaf(v: Any) -> bool:
+    if isinstance(v, _LEAF_TYPES):
+        return True
+    return node_code(v) == LEAF
+
+
+def aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
+    """`value`'s leaves lined up with the focus's leaves (None where it has a hole)."""
+    vleaves, vdef = jax.tree_util.tree_flatten(value, is_leaf=_is_none)
+    fix = (
+        "Pass a single leaf (given to every selected leaf) or a tree shaped like .get(), "
+        "where None keeps the leaf or subtree there."
+    )
+    try:
+        subtrees = vdef.flatten_up_to(ctx.tree)
+    except (ValueError, TypeError):
+        from ._merge import first_difference
+
+        shape = ctx.treedef.unflatten([None] * ctx.treedef.num_leaves)
+        diff = first_difference(shape, value).replace("tree 0", "the selection")
+        raise ValueError(
+            f"{where(state, len(state[1]))}.set(): the value does not match the "
+            f"selection's structure: {diff.replace('tree 1', 'the value')}. {fix}"
+        ) from None
+    leaves, n = ctx.leaves, len(ctx.leaves)
+    out: list[Any] = []
+    for j, (v, sub) in enumerate(zip(vleaves, subtrees)):
+        k = len(out)
+        if k < n and sub is leaves[k]:
+            out.append(v)
+            continue
+        count = jax.tree_util.tree_structure(sub).num_leaves
+        if v is None:
+            out.extend([None] * count)
+            continue
+        from ._repr import leaf_repr
+
+        pairs = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_none)[0]
+        at_path = jax.tree_util.keystr(pairs[j][0]) or "its root"
+        there = (
+            "an empty node (None or an empty container)"
+            if count == 0
+            else f"a subtree with {count} leaves"
+        )
+        raise ValueError(
+            f"{where(state, len(state[1]))}.set(): the value has the leaf "
+            f"{leaf_repr(v)} at {at_path}, where the selection has {there}. {fix}"
+        )
+    return out
+
+
+def select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, ...]]:
+    """Walk to the focus, then select its leaves: `(trail to the focus, leaves, selection)`."""
+    root, steps, split = state
+    trail: list[Any] = []
+    node = walk(root, steps[:split], state, trail)
+    try:
+        ctx, sel = _selection(node, steps[split:], _outer_kind(trail), state, split)
+    except (RecursionError, SystemError) as e:
+        _DEEP.__exit__(type(e), e, e.__traceback__)  # raises TreeTooDeepError if it is one
+        raise
+    return trail, ctx, sel
+
+
+def put_focus(trail: list[Any], ctx: Leaves, leaves: list[Any]) -> Any:
+    value = ctx.treedef.unflatten(leaves)
+    for parent, code, token in reversed(trail):
+        value = rebuild(parent, code, token, value)
+    return value
