@@ -386,6 +386,15 @@ class TreeClass:
             """A lens on this instance: `obj.at.x.set(v)` returns an updated copy."""
             ...
 
+    def __init__(self) -> None:
+        # Subclasses get their own `__init__`; this one runs only for `TreeClass()` itself
+        # (or through `super().__init__()` from a user-written one, which is fine).
+        if type(self) is TreeClass:
+            raise TypeError(
+                "ptc.TreeClass is a base class: subclass it with annotated fields, "
+                "e.g. `class Linear(ptc.TreeClass): w: jax.Array`"
+            )
+
     def __init_subclass__(
         cls, *, kw_only: bool = False, order: bool = False, match_args: bool = True, **kwargs: Any
     ) -> None:

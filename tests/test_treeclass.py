@@ -674,3 +674,17 @@ def test_treeclass_base_mixed_with_a_decorated_class():
     assert not hasattr(Q.__init__, "__ptc_user_init__")  # the generated one, not wrapped
     with pytest.raises(ptc.FrozenInstanceError):
         R(1).x = 2  # type: ignore[misc]
+
+
+def test_treeclass_base_itself_is_not_instantiable():
+    with pytest.raises(TypeError, match=r"ptc\.TreeClass is a base class: subclass it"):
+        ptc.TreeClass()
+
+    class Counted(ptc.TreeClass):
+        n: int
+
+        def __init__(self, n: int) -> None:
+            super().__init__()  # reaches TreeClass.__init__: allowed from a subclass
+            self.n = n
+
+    assert Counted(3).n == 3
