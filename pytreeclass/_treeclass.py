@@ -17,7 +17,6 @@ from . import _errors
 from ._codegen import compile_function, flatten_sources, unflatten_source
 from ._field import Field, field
 from ._instance import (
-    _MUTABLE,  # noqa: F401  (re-exported: tests and tools look for it here)
     FLAT,
     _delattr,
     _FlatFallback,

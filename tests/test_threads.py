@@ -126,7 +126,7 @@ def test_threads_agree_with_a_single_thread():
     assert not errors, errors[:3]
     assert not mismatches, sorted(set(mismatches))[:10]
     # nothing was left mutable, and the shared trees are untouched
-    from pytreeclass._treeclass import _MUTABLE
+    from pytreeclass._instance import _MUTABLE
 
     assert not _MUTABLE
     for net in NETS:
