@@ -45,6 +45,28 @@ def test_filter_and_inverse_are_complementary(tree, fs):
             assert s is None or i is None
 
 
+def _subtrees(x):
+    yield x
+    kids = jax.tree_util.tree_leaves(x, is_leaf=lambda y: y is not x)
+    if kids != [x]:
+        for kid in kids:
+            yield from _subtrees(kid)
+
+
+@LAWS
+@given(trees, st.lists(filters, max_size=2), st.sampled_from(["mask", "labels"]))
+def test_repeated_masks_and_labels_share_no_mutable_container(tree, fs, which):
+    make = (
+        (lambda: ptc.tree_mask(tree, *fs)) if which == "mask" else (lambda: ptc.tree_labels(tree))
+    )
+    first, second = make(), make()
+    assert jax.tree_util.tree_structure(first) == jax.tree_util.tree_structure(second)
+    assert jax.tree_util.tree_leaves(first) == jax.tree_util.tree_leaves(second)
+    mutable = [n for n in _subtrees(first) if isinstance(n, (list, dict))]
+    again = {id(n) for n in _subtrees(second)}
+    assert not [n for n in mutable if id(n) in again]
+
+
 @LAWS
 @given(trees, st.lists(filters, max_size=2))
 def test_mask_agrees_with_filter(tree, fs):
