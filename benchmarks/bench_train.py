@@ -29,6 +29,16 @@ DIMS = [WIDTH] * DEPTH + [1]  # 4 layers: 64 -> 64 -> 64 -> 64 -> 1
 LR = 1e-3
 
 
+def _loop(step: Callable[..., Any], state: list[Any], x: Any, y: Any) -> Callable[[], Any]:
+    """One timed call: a training step on `(state[0], state[1])` that stores the new pair."""
+
+    def run() -> Any:
+        state[0], state[1], value = step(state[0], state[1], x, y)
+        return value.block_until_ready()
+
+    return run
+
+
 def _init_arrays(seed: int = 0) -> list[tuple[jax.Array, jax.Array]]:
     # NumPy's generator, not jax.random: nothing to compile before the benchmark starts.
     rng = np.random.default_rng(seed)
@@ -79,11 +89,7 @@ def raw_dict() -> Callable[[], Any]:
 
     state = [params, tx.init(params)]
 
-    def run() -> Any:
-        state[0], state[1], value = step(state[0], state[1], x, y)
-        return value.block_until_ready()
-
-    return run
+    return _loop(step, state, x, y)
 
 
 # -- pytreeclass --------------------------------------------------------------------------------
@@ -129,11 +135,7 @@ def ptc_optimizer() -> Callable[[], Any]:
 
     state = [model, opt]
 
-    def run() -> Any:
-        state[0], state[1], value = step(state[0], state[1], x, y)
-        return value.block_until_ready()
-
-    return run
+    return _loop(step, state, x, y)
 
 
 def ptc_optax() -> Callable[[], Any]:
@@ -150,11 +152,7 @@ def ptc_optax() -> Callable[[], Any]:
 
     state = [model, tx.init(ptc.tree_partition(model, ptc.Parameter)[0])]
 
-    def run() -> Any:
-        state[0], state[1], value = step(state[0], state[1], x, y)
-        return value.block_until_ready()
-
-    return run
+    return _loop(step, state, x, y)
 
 
 @ptc.treeclass
@@ -219,11 +217,7 @@ def equinox() -> Callable[[], Any]:
 
     state = [model, tx.init(eqx.filter(model, eqx.is_array))]
 
-    def run() -> Any:
-        state[0], state[1], value = step(state[0], state[1], x, y)
-        return value.block_until_ready()
-
-    return run
+    return _loop(step, state, x, y)
 
 
 # -- flax nnx -------------------------------------------------------------------------------------
