@@ -22,6 +22,7 @@ from ._nodes import (
     LEAF,
     TREECLASS,
     FilterStep,
+    SliceStep,
     listing,
     match,
     node_code,
@@ -68,7 +69,7 @@ def _selection(
         if type(step) is FilterStep:
             sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
             continue
-        found, seen = [], []
+        found, seen, sliced = [], [], False
         for node, treedef, lo in cursors:
             keys, children, _ = one_level_keyed(node)
             if not children:  # a leaf or an empty node: nothing below it to select
@@ -81,11 +82,17 @@ def _selection(
             if step is ALL:
                 found.extend(zip(children, subdefs, starts))
                 continue
+            if type(step) is SliceStep:  # after a multi step: narrows to those items
+                if isinstance(node, (list, tuple)):
+                    sliced = True
+                    picked = range(len(children))[step.slice]
+                    found.extend((children[c], subdefs[c], starts[c]) for c in picked)
+                continue
             seen.extend(keys)
             c = match(step, node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
-        if not found and cursors and step is not ALL:
+        if not found and cursors and step is not ALL and not sliced:
             names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
             metas = [getattr(type(n), "__ptc_meta__", None) for n, _, _ in cursors]
             hint = ""

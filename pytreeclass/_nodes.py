@@ -22,6 +22,7 @@ from ._repr import leaf_repr
 # -- what kind of node is this? (decided once per type) -----------------------------------------
 
 LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = range(9)
+SLICE = 9  # not a node type: the code of a slice step's hop in a lens trail
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
 CODES: dict[type, int] = {
@@ -150,6 +151,34 @@ class FilterStep(_Step):
 ALL = _Everything()
 
 
+class SliceStep(_Step):
+    """`[start:stop:step]` on a list or tuple: a single step whose value is the sub-sequence.
+
+    `key` is a hashable stand-in (slices are unhashable before Python 3.12, and the walk
+    looks step keys up in dicts); it is never a field name, a dict key or an index."""
+
+    __slots__ = ("key", "slice")
+    attr = False
+
+    def __init__(self, s: slice) -> None:
+        self.slice = s
+        self.key = ("__ptc_slice__", s.start, s.stop, s.step)
+
+    def __repr__(self) -> str:
+        s = self.slice
+        text = ":".join("" if v is None else str(v) for v in (s.start, s.stop))
+        return f"[{text}]" if s.step is None else f"[{text}:{s.step}]"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is SliceStep and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def error(self, message: str) -> Exception:
+        return TypeError(message)
+
+
 class LensKeyError(KeyError):
     """A `KeyError` whose message reads as a sentence (`KeyError` quotes its argument)."""
 
@@ -214,11 +243,48 @@ def _missing(
     )
 
 
+def _slice_child(
+    node: Any, code: int, step: SliceStep, state: tuple[Any, Any, int], i: int
+) -> tuple[Any, int, Any]:
+    """A slice of a list or tuple: the sub-sequence, and the indices it came from."""
+    if code not in (LIST, TUPLE):
+        raise TypeError(
+            f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
+            f"at {where(state, i)} is {type(node).__name__} {leaf_repr(node)}. "
+            "Use a key, an index or [...] there."
+        )
+    return node[step.slice], SLICE, (range(len(node))[step.slice], where(state, i + 1))
+
+
+def _splice(node: Any, token: tuple[range, str], value: Any) -> Any:
+    """`node` with the items at the slice's indices replaced by `value`'s, in order."""
+    indices, path = token
+    n = len(indices)
+    fix = f"Set it to (or return from apply) a list or tuple of {n} item(s), one per index."
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{path}: a slice is replaced item by item, so the value must be a list or "
+            f"tuple; got {type(value).__name__} {leaf_repr(value)}. {fix}"
+        )
+    if len(value) != n:
+        shown = listing(map(str, indices), 8)
+        raise ValueError(
+            f"{path}: the slice selects {n} item(s) (indices {shown} of {len(node)}), "
+            f"but the value has {len(value)}. {fix}"
+        )
+    items = list(node)
+    for k, v in zip(indices, value):
+        items[k] = v
+    return items if type(node) is list else tuple(items)
+
+
 def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[Any, int, Any]:
     """`(child, code, token)`: the child `step` names in `node`, and how to put one back."""
     code = CODES.get(type(node))
     if code is None:
         code = _classify(node)
+    if type(step) is SliceStep:
+        return _slice_child(node, code, step, state, i)
     key = step.key
     if code == TREECLASS:
         if type(key) is str and key in type(node).__ptc_meta__.fields_by_name:
@@ -273,6 +339,8 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
         return new
     if code == TUPLE:
         return (*node[:token], value, *node[token + 1 :])
+    if code == SLICE:
+        return _splice(node, token, value)
     if code == DATACLASS:
         new = _new(type(node))
         d = new.__dict__

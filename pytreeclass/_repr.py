@@ -126,7 +126,11 @@ def _render(obj: Any, indent: int, seen: frozenset[int]) -> str:
         return "<cycle>"
     seen = seen | {id(obj)}
     open_, close, sep, items = parts
-    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in _elide(items)]
+    # Only unnamed containers are shortened: a field (of a treeclass, a namedtuple, an
+    # Equinox module) is never hidden, or hyperparameters would vanish from print(config).
+    if isinstance(obj, (list, dict)) or (isinstance(obj, tuple) and not hasattr(obj, "_fields")):
+        items = _elide(items)
+    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in items]
     flat = open_ + ", ".join(rendered) + close
     if len(flat) + indent <= _WIDTH and "\n" not in flat:
         return flat
@@ -153,6 +157,6 @@ def treeclass_repr(obj: Any) -> str:
     """The `repr` of a treeclass: one line when short, else one field per line, indented.
 
     Arrays show as `f32[3,4]`; lists, tuples and dicts longer than 8 items show their first
-    6 items, `...(n more)` and the last one.
+    6 items, `...(n more)` and the last one. Fields are never elided, however many.
     """
     return _render(obj, 0, frozenset())
