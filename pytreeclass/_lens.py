@@ -147,7 +147,7 @@ class Lens(Generic[T]):
                 step = PathStep(str(key), False)
             elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
                 step = PathStep(int(key), False)
-            elif t is slice:
+            elif isinstance(key, slice):
                 step = SliceStep(key)
             else:
                 step = FilterStep(as_filter(key))

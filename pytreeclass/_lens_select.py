@@ -8,7 +8,7 @@ unflatten of the focus plus a rebuild of the nodes above it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -22,6 +22,7 @@ from ._nodes import (
     LEAF,
     TREECLASS,
     FilterStep,
+    PathStep,
     SliceStep,
     listing,
     match,
@@ -89,7 +90,7 @@ def _selection(
                     found.extend((children[c], subdefs[c], starts[c]) for c in picked)
                 continue
             seen.extend(keys)
-            c = match(step, node, keys)
+            c = match(cast(PathStep, step), node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
         if not found and cursors and step is not ALL and not sliced:

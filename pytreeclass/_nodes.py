@@ -243,15 +243,25 @@ def _missing(
     )
 
 
+def _describe(x: Any) -> str:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"an array {leaf_repr(x)}"
+    return f"{type(x).__name__} {leaf_repr(x)}"
+
+
 def _slice_child(
     node: Any, code: int, step: SliceStep, state: tuple[Any, Any, int], i: int
 ) -> tuple[Any, int, Any]:
     """A slice of a list or tuple: the sub-sequence, and the indices it came from."""
     if code not in (LIST, TUPLE):
+        fix = (
+            "To change array elements use .apply(lambda a: a.at[1:3].set(v))."
+            if hasattr(node, "shape")
+            else "Use a key, an index or [...] there."
+        )
         raise TypeError(
             f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
-            f"at {where(state, i)} is {type(node).__name__} {leaf_repr(node)}. "
-            "Use a key, an index or [...] there."
+            f"at {where(state, i)} is {_describe(node)}. {fix}"
         )
     return node[step.slice], SLICE, (range(len(node))[step.slice], where(state, i + 1))
 
@@ -264,7 +274,7 @@ def _splice(node: Any, token: tuple[range, str], value: Any) -> Any:
     if not isinstance(value, (list, tuple)):
         raise TypeError(
             f"{path}: a slice is replaced item by item, so the value must be a list or "
-            f"tuple; got {type(value).__name__} {leaf_repr(value)}. {fix}"
+            f"tuple; got {_describe(value)}. {fix}"
         )
     if len(value) != n:
         shown = listing(map(str, indices), 8)

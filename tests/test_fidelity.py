@@ -121,7 +121,9 @@ def test_missing_field_is_still_reported_after_the_outermost_init():
         def __init__(self, a: int) -> None:
             super().__init__(a)  # and forgets `extra`
 
-    with pytest.raises(TypeError, match=r"Child.__init__ returned without setting field\(s\) 'extra'"):
+    with pytest.raises(
+        TypeError, match=r"Child.__init__ returned without setting field\(s\) 'extra'"
+    ):
         Child(1)
 
 
@@ -367,7 +369,7 @@ def test_get_type_hints_matches_dataclasses():
     hints = typing.get_type_hints(Annotated.__init__)
     assert _comparable(hints) == _comparable(typing.get_type_hints(AnnotatedDC.__init__))
     assert hints["a"] is int and hints["b"] is float and hints["item"] is T
-    assert hints["later"] == typing.Optional[Later]
+    assert hints["later"] == (Later | None)
     assert hints["flag"].type is bool  # an InitVar[bool]
     assert hints["items"] == list[int] and hints["return"] is type(None)
     assert "count" not in hints  # ClassVar: not a parameter
@@ -386,7 +388,7 @@ def test_annotations_of_undecorated_and_treeclass_subclasses():
 
     Sub(1)  # registers it
     assert Sub.__init__ is not Plain.__init__
-    expected = {"a": int, "later": typing.Optional[Later], "return": type(None)}
+    expected = {"a": int, "later": (Later | None), "return": type(None)}
     assert typing.get_type_hints(Sub.__init__) == expected
 
     class Base(ptc.TreeClass):
@@ -468,7 +470,9 @@ def test_a_field_named_self_with_post_init_and_static():
 def test_repr_shows_every_field_of_a_long_config():
     names = [f"p{i}" for i in range(12)]
     Config = treeclass(
-        type("Config", (), {"__annotations__": dict.fromkeys(names, int), **dict.fromkeys(names, 0)})
+        type(
+            "Config", (), {"__annotations__": dict.fromkeys(names, int), **dict.fromkeys(names, 0)}
+        )
     )
     text = repr(Config(*range(12)))
     assert "more)" not in text
