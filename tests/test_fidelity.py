@@ -420,6 +420,8 @@ def test_generated_init_does_not_use_names_the_module_shadows():
         with pytest.raises(TypeError, match="static field 'n' of C holds an unhashable list"):
             C(n=[2])
         assert typing.get_type_hints(C.__init__)["k"] is int
+        # Nothing of the code generation is left in the module's namespace.
+        assert sorted(k for k in vars(module) if "ptc" in k) == ["ptc"]
     finally:
         del sys.modules[module.__name__]
 
@@ -491,3 +493,23 @@ def test_repr_still_elides_long_lists_but_not_namedtuple_fields():
     text = repr(Holder(list(range(20)), Big(*range(10))))
     assert "...(13 more)" in text  # the list: 6 shown, 13 hidden, the last one
     assert "f8=8" in text and "f9=9" in text  # every namedtuple field
+
+
+def test_generated_init_shows_in_tracebacks():
+    import linecache
+    import traceback
+
+    def bad(x: typing.Any) -> typing.Any:
+        raise ValueError("bad value")
+
+    @treeclass
+    class C:
+        x: int = field(converter=bad)
+
+    try:
+        C(1)
+    except ValueError as e:
+        frames = traceback.extract_tb(e.__traceback__)
+    generated = [f for f in frames if "generated __init__ of" in f.filename]
+    assert len(generated) == 1
+    assert "__ptc_conv_x(x)" in linecache.getline(generated[0].filename, generated[0].lineno)
