@@ -106,6 +106,28 @@ def test_the_same_order_as_plain_dataclasses():
     assert run(treeclass) == run(dataclasses.dataclass)
 
 
+def test_undecorated_subclass_init_sets_a_parent_field_after_super_init():
+    seen: list[bool] = []
+
+    @treeclass
+    class Parent:
+        a: int
+        b: int = field(init=False)  # no default: whoever builds it must set it
+
+        def __post_init__(self) -> None:
+            seen.append("b" in self.__dict__)
+
+    class Child(Parent):  # undecorated: no new fields, its own __init__
+        def __init__(self, a: int) -> None:
+            super().__init__(a)
+            self.b = a * 10
+
+    c = Child(2)
+    assert (c.a, c.b) == (2, 20) and seen == [False]
+    with pytest.raises(TypeError, match=r"Parent.__init__ returned without setting field\(s\) 'b'"):
+        Parent(1)
+
+
 def test_missing_field_is_still_reported_after_the_outermost_init():
     @treeclass
     class Parent:
