@@ -26,7 +26,7 @@ import numpy as np
 from ._filters import as_filter
 from ._lens_compile import MISS, compile_put
 from ._lens_select import aligned, is_single_leaf, put_focus, select
-from ._nodes import ALL, FilterStep, PathStep, SliceStep, put, walk, where
+from ._nodes import ALL, FilterStep, PathStep, SliceKey, put, walk, where
 
 __all__ = ["Lens", "at"]
 
@@ -148,7 +148,7 @@ class Lens(Generic[T]):
             elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
                 step = PathStep(int(key), False)
             elif isinstance(key, slice):
-                step = SliceStep(key)
+                step = PathStep(SliceKey(key), False)
             else:
                 step = FilterStep(as_filter(key))
             child = path.extend(step, None, None)

@@ -8,7 +8,7 @@ unflatten of the focus plus a rebuild of the nodes above it.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,8 +22,7 @@ from ._nodes import (
     LEAF,
     TREECLASS,
     FilterStep,
-    PathStep,
-    SliceStep,
+    SliceKey,
     listing,
     match,
     node_code,
@@ -83,14 +82,14 @@ def _selection(
             if step is ALL:
                 found.extend(zip(children, subdefs, starts))
                 continue
-            if type(step) is SliceStep:  # after a multi step: narrows to those items
+            if type(step.key) is SliceKey:  # after a multi step: narrows to those items
                 if isinstance(node, (list, tuple)):
                     sliced = True
-                    picked = range(len(children))[step.slice]
+                    picked = range(len(children))[step.key.slice]
                     found.extend((children[c], subdefs[c], starts[c]) for c in picked)
                 continue
             seen.extend(keys)
-            c = match(cast(PathStep, step), node, keys)
+            c = match(step, node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
         if not found and cursors and step is not ALL and not sliced:

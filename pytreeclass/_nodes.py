@@ -22,7 +22,7 @@ from ._repr import leaf_repr
 # -- what kind of node is this? (decided once per type) -----------------------------------------
 
 LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = range(9)
-SLICE = 9  # not a node type: the code of a slice step's hop in a lens trail
+SLICE = 9  # not a node type: the code of a list/tuple slice's hop in a lens trail
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
 CODES: dict[type, int] = {
@@ -100,8 +100,33 @@ class _Step:
     multi = False
 
 
+class SliceKey:
+    """The key of a `[a:b]` step: a hashable stand-in for a `slice` (unhashable before 3.12)."""
+
+    __slots__ = ("slice",)
+
+    def __init__(self, s: slice) -> None:
+        self.slice = s
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is SliceKey and _parts(other.slice) == _parts(self.slice)
+
+    def __hash__(self) -> int:
+        return hash(_parts(self.slice))
+
+    def __repr__(self) -> str:
+        s = self.slice
+        text = ("" if s.start is None else str(s.start)) + ":"
+        text += "" if s.stop is None else str(s.stop)
+        return text if s.step is None else f"{text}:{s.step}"
+
+
+def _parts(s: slice) -> tuple[Any, Any, Any]:
+    return (s.start, s.stop, s.step)
+
+
 class PathStep(_Step):
-    """`.name` (attr=True) or `["key"]` / `[i]` (attr=False)."""
+    """`.name` (attr=True) or `["key"]` / `[i]` / `[a:b]` (attr=False)."""
 
     __slots__ = ("attr", "key")
 
@@ -149,34 +174,6 @@ class FilterStep(_Step):
 
 
 ALL = _Everything()
-
-
-class SliceStep(_Step):
-    """`[start:stop:step]` on a list or tuple: a single step whose value is the sub-sequence.
-
-    `key` is a hashable stand-in (slices are unhashable before Python 3.12, and the walk
-    looks step keys up in dicts); it is never a field name, a dict key or an index."""
-
-    __slots__ = ("key", "slice")
-    attr = False
-
-    def __init__(self, s: slice) -> None:
-        self.slice = s
-        self.key = ("__ptc_slice__", s.start, s.stop, s.step)
-
-    def __repr__(self) -> str:
-        s = self.slice
-        text = ":".join("" if v is None else str(v) for v in (s.start, s.stop))
-        return f"[{text}]" if s.step is None else f"[{text}:{s.step}]"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is SliceStep and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def error(self, message: str) -> Exception:
-        return TypeError(message)
 
 
 class LensKeyError(KeyError):
@@ -250,9 +247,9 @@ def _describe(x: Any) -> str:
 
 
 def _slice_child(
-    node: Any, code: int, step: SliceStep, state: tuple[Any, Any, int], i: int
+    node: Any, code: int, s: slice, state: tuple[Any, Any, int], i: int
 ) -> tuple[Any, int, Any]:
-    """A slice of a list or tuple: the sub-sequence, and the indices it came from."""
+    """`[a:b]` on a list or tuple: the sub-sequence, and the indices it came from."""
     if code not in (LIST, TUPLE):
         fix = (
             "To change array elements use .apply(lambda a: a.at[1:3].set(v))."
@@ -263,7 +260,7 @@ def _slice_child(
             f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
             f"at {where(state, i)} is {_describe(node)}. {fix}"
         )
-    return node[step.slice], SLICE, (range(len(node))[step.slice], where(state, i + 1))
+    return node[s], SLICE, (range(len(node))[s], where(state, i + 1))
 
 
 def _splice(node: Any, token: tuple[range, str], value: Any) -> Any:
@@ -293,9 +290,9 @@ def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[
     code = CODES.get(type(node))
     if code is None:
         code = _classify(node)
-    if type(step) is SliceStep:
-        return _slice_child(node, code, step, state, i)
     key = step.key
+    if type(key) is SliceKey:
+        return _slice_child(node, code, key.slice, state, i)
     if code == TREECLASS:
         if type(key) is str and key in type(node).__ptc_meta__.fields_by_name:
             return node.__dict__[key], code, key
