@@ -22,7 +22,7 @@ from ._repr import leaf_repr
 # -- what kind of node is this? (decided once per type) -----------------------------------------
 
 LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = range(9)
-SLICE = 11  # not a node type: a list/tuple slice hop in a lens trail (9, 10: stacks)
+SLICE = 11  # not a node type: the code of a list/tuple slice hop in a lens trail
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
 CODES: dict[type, int] = {
