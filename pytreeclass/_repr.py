@@ -126,9 +126,10 @@ def _render(obj: Any, indent: int, seen: frozenset[int]) -> str:
         return "<cycle>"
     seen = seen | {id(obj)}
     open_, close, sep, items = parts
-    # Only unnamed containers are shortened: a field (of a treeclass, a namedtuple, an
-    # Equinox module) is never hidden, or hyperparameters would vanish from print(config).
-    if isinstance(obj, (list, dict)) or (isinstance(obj, tuple) and not hasattr(obj, "_fields")):
+    # Fields (of a treeclass, a namedtuple, an Equinox module: the `name=value` items) are
+    # never hidden, or hyperparameters would vanish from print(config); only lists, tuples,
+    # dicts and other nodes with positional or keyed children are shortened.
+    if sep != "=":
         items = _elide(items)
     rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in items]
     flat = open_ + ", ".join(rendered) + close

@@ -535,3 +535,22 @@ def test_generated_init_shows_in_tracebacks():
     generated = [f for f in frames if "generated __init__ of" in f.filename]
     assert len(generated) == 1
     assert "__ptc_conv_x(x)" in linecache.getline(generated[0].filename, generated[0].lineno)
+
+
+def test_repr_keeps_every_field_of_an_equinox_module_inside():
+    import equinox as eqx
+
+    Cfg = type(
+        "Cfg",
+        (eqx.Module,),
+        {"__annotations__": {f"h{i}": float for i in range(10)}},
+    )
+
+    @treeclass
+    class Holder:
+        cfg: typing.Any
+        xs: dict[str, int]
+
+    text = repr(Holder(Cfg(*map(float, range(10))), {f"k{i}": i for i in range(10)}))
+    assert all(f"h{i}=" in text for i in range(10))
+    assert "...(3 more)" in text  # the dict is still shortened
