@@ -1,6 +1,6 @@
 """pytreeclass: immutable dataclasses that are JAX pytrees, with kinds, filters and lenses."""
 
-from ._edit import value_and_tree as value_and_tree
+from ._value_and_tree import value_and_tree as value_and_tree
 from ._errors import FrozenInstanceError as FrozenInstanceError
 from ._field import Field as Field
 from ._field import field as field
@@ -25,16 +25,16 @@ from ._kinds import State as State
 from ._kinds import tree_kinds as tree_kinds
 from ._lens import Lens as Lens
 from ._lens import at as at
-from ._merge import tree_filter as tree_filter
-from ._merge import tree_labels as tree_labels
-from ._merge import tree_mask as tree_mask
-from ._merge import tree_merge as tree_merge
-from ._merge import tree_partition as tree_partition
+from ._partition import tree_filter as tree_filter
+from ._partition import tree_labels as tree_labels
+from ._partition import tree_mask as tree_mask
+from ._partition import tree_merge as tree_merge
+from ._partition import tree_partition as tree_partition
 from ._methods import tree_equal as tree_equal
 from ._optim import Optimizer as Optimizer
 from ._shard import tree_shardings as tree_shardings
-from ._show import tree_diagram as tree_diagram
-from ._show import tree_summary as tree_summary
+from ._summary import tree_diagram as tree_diagram
+from ._summary import tree_summary as tree_summary
 from ._treeclass import TreeClass as TreeClass
 from ._treeclass import is_treeclass as is_treeclass
 from ._treeclass import treeclass as treeclass

@@ -179,7 +179,7 @@ class Mask(Filter):
             try:
                 subtrees = mask_def.flatten_up_to(ctx.tree)
             except (ValueError, TypeError) as e:
-                from ._merge import first_difference
+                from ._partition import first_difference
 
                 where = first_difference(self.tree, ctx.tree)
                 raise ValueError(

@@ -13,7 +13,7 @@ import jax
 
 from ._cache import BoundedCache
 from ._errors import depth_guard
-from ._fieldwalk import descend, resolve
+from ._leaf_facts import descend, resolve
 
 __all__ = [
     "BatchStat",

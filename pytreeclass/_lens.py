@@ -26,7 +26,7 @@ import numpy as np
 from ._filters import as_filter
 from ._lens_compile import MISS, compile_put
 from ._lens_select import aligned, is_single_leaf, put_focus, select
-from ._nodes import ALL, FilterStep, PathStep, put, walk, where
+from ._lens_walk import ALL, FilterStep, PathStep, put, walk, where
 
 __all__ = ["Lens", "at"]
 

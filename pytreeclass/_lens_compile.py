@@ -2,7 +2,7 @@
 
 `Lens.set` and `Lens.apply` first try the function `compile_put` wrote for their path; it
 returns `MISS` when the tree is not shaped as it was written for, and the general walk in
-`_nodes` (`put`) takes over. Treeclass, list, tuple, dict and dataclass-like (Equinox,
+`_lens_walk` (`put`) takes over. Treeclass, list, tuple, dict and dataclass-like (Equinox,
 flax.struct) hops are compiled: they are what model paths (`model.layers[3].w`) are made of.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from ._codegen import compile_function
 from ._instance import FLAT, check_static
-from ._nodes import DATACLASS, DICT, LIST, TREECLASS, TUPLE
+from ._lens_walk import DATACLASS, DICT, LIST, TREECLASS, TUPLE
 
 __all__ = ["MISS", "compile_put"]
 

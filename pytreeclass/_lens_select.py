@@ -17,7 +17,7 @@ from ._cache import BoundedCache
 from ._errors import depth_guard
 from ._filters import Leaves
 from ._kinds import foreign_kind
-from ._nodes import (
+from ._lens_walk import (
     ALL,
     LEAF,
     TREECLASS,
@@ -132,7 +132,7 @@ def aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
     try:
         subtrees = vdef.flatten_up_to(ctx.tree)
     except (ValueError, TypeError):
-        from ._merge import first_difference
+        from ._partition import first_difference
 
         shape = ctx.treedef.unflatten([None] * ctx.treedef.num_leaves)
         diff = first_difference(shape, value).replace("tree 0", "the selection")

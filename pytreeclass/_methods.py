@@ -104,7 +104,7 @@ def _repr(self: Any) -> str:
 
 
 def _repr_html_(self: Any) -> str:
-    from ._show import html_repr
+    from ._summary import html_repr
 
     return html_repr(self)
 

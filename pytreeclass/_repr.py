@@ -1,7 +1,7 @@
 """Text for one value: short leaf forms (`f32[3,4]`) and the `repr` of treeclasses.
 
 The lower layer of the display code: error messages across the library show leaves with
-`leaf_repr`, and `_show` builds its summaries, diagrams and HTML on these pieces.
+`leaf_repr`, and `_summary` builds its summaries, diagrams and HTML on these pieces.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ._cache import BoundedCache
-from ._fieldwalk import descend, resolve
+from ._leaf_facts import descend, resolve
 from ._repr import leaf_repr
 
 __all__ = ["leaf_axes", "tree_shardings"]

@@ -14,7 +14,7 @@ import pytest
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 from pytreeclass._repr import leaf_repr, treeclass_repr
-from pytreeclass._show import TreeSummary, html_repr
+from pytreeclass._summary import TreeSummary, html_repr
 
 
 @treeclass

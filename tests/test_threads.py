@@ -51,10 +51,10 @@ def _same(a: Any, b: Any) -> bool:
 @contextmanager
 def tiny_caches() -> Iterator[None]:
     """Shrink every cache so that threads constantly evict each other's entries."""
-    from pytreeclass import _filters, _kinds, _lens_select, _merge
+    from pytreeclass import _filters, _kinds, _lens_select, _partition
 
-    caches = [_kinds._KINDS_CACHE, _filters._PATHS_CACHE, _filters._MASK_CACHE, _merge._PLANS]
-    caches += [_lens_select._SELECTIONS, _merge._SELECTIONS, _merge._MASKS, _merge._LABELS]
+    caches = [_kinds._KINDS_CACHE, _filters._PATHS_CACHE, _filters._MASK_CACHE, _partition._PLANS]
+    caches += [_lens_select._SELECTIONS, _partition._SELECTIONS, _partition._MASKS, _partition._LABELS]
     sizes = [c.maxsize for c in caches]
     interval = sys.getswitchinterval()
     try:

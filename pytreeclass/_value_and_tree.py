@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._instance import _EDIT, _MUTABLE, FLAT, check_static
-from ._nodes import (
+from ._lens_walk import (
     CODES,
     DICT,
     LEAF,
