@@ -1,4 +1,5 @@
-"""tree_mask, tree_filter, tree_partition, tree_merge, tree_labels.
+"""Partitioning a tree by filters and putting it back: tree_mask, tree_filter,
+tree_partition, tree_merge.
 
 Holes are `None`, as in `equinox.partition`/`equinox.combine`, so outputs feed either library.
 """
@@ -6,27 +7,19 @@ Holes are `None`, as in `equinox.partition`/`equinox.combine`, so outputs feed e
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
 
-from ._cache import BoundedCache, constant_tree
-from ._errors import depth_guard, reraise_if_too_deep
-from ._filters import All, _cacheable, as_filter, select
-from ._kinds import leaf_kinds
+from ._cache import BoundedCache
+from ._errors import reraise_if_too_deep
+from ._filters import All, as_filter, is_cacheable, select_leaves
+from ._leaf_facts import constant_tree
+from ._tree_util import StructureMismatch, merge_nodes
 
-__all__ = [
-    "first_difference",
-    "tree_filter",
-    "tree_labels",
-    "tree_mask",
-    "tree_merge",
-    "tree_partition",
-]
+__all__ = ["tree_filter", "tree_mask", "tree_merge", "tree_partition"]
 
-
-_GUARD_LABELS = depth_guard("tree_labels")
 # `jax.tree_util.tree_flatten` minus its Python frame (the registry's flatten is C++).
 _flatten = jax.tree_util.default_registry.flatten
 
@@ -39,7 +32,6 @@ _flatten = jax.tree_util.default_registry.flatten
 _SELECTIONS = BoundedCache(maxsize=4096)
 # Per (treedef, filters) for structure-only filters: a maker of the mask (`constant_tree`).
 _MASKS = BoundedCache(maxsize=4096)
-_LABELS = BoundedCache(maxsize=1024)  # the same for tree_labels, per (treedef, mapping)
 
 
 def _getter(indices: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
@@ -57,7 +49,7 @@ def _is_cacheable(filters: tuple[Any, ...]) -> bool:
         f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)
     except TypeError:
         return False
-    return _cacheable(f)
+    return is_cacheable(f)
 
 
 def _side(treedef: Any, leaves: list[Any], picked: list[int]) -> tuple[Any, Any] | None:
@@ -70,13 +62,13 @@ def _side(treedef: Any, leaves: list[Any], picked: list[int]) -> tuple[Any, Any]
     return _getter(picked), holed_def
 
 
-def _selection(tree: Any, filters: tuple[Any, ...]) -> tuple[Any, Any, Any, Any, Any]:
+def _split_plan(tree: Any, filters: tuple[Any, ...]) -> tuple[Any, Any, Any, Any, Any]:
     """(leaves, treedef, bools, selected side, unselected side) for `filters` on `tree`."""
     leaves, treedef = _flatten(tree)
     plan = _SELECTIONS.get((treedef, filters))  # None for unhashable filters (masks)
     if plan is not None:
         return (leaves, treedef, *plan)
-    _, sel = select(tree, filters, (leaves, treedef))
+    _, sel = select_leaves(tree, filters, (leaves, treedef))
     if _is_cacheable(filters):
         yes = [i for i, s in enumerate(sel) if s]
         no = [i for i, s in enumerate(sel) if not s]
@@ -98,7 +90,7 @@ def _pick(leaves: list[Any], treedef: Any, sel: Any, side: Any, keep: bool) -> A
 def tree_mask(tree: Any, /, *filters: Any) -> Any:
     """A tree of bools shaped like `tree`: True where every filter selects the leaf.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> ptc.tree_mask({"a": 1, "b": 2.0}, float)
         {'a': False, 'b': True}
@@ -108,7 +100,7 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         make = _MASKS.get((treedef, filters))
         if make is not None:
             return make()
-        _, sel = select(tree, filters, (leaves, treedef))
+        _, sel = select_leaves(tree, filters, (leaves, treedef))
         if not _is_cacheable(filters):
             return treedef.unflatten(sel)
         make = constant_tree(treedef, list(sel))
@@ -122,13 +114,13 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
 def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
     """`tree` with unselected leaves replaced by `None` (selected ones, with `inverse=True`).
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> ptc.tree_filter({"a": 1, "b": 2.0}, float)
         {'a': None, 'b': 2.0}
     """
     try:
-        leaves, treedef, sel, yes, no = _selection(tree, filters)
+        leaves, treedef, sel, yes, no = _split_plan(tree, filters)
         if inverse:
             return _pick(leaves, treedef, sel, no, keep=False)
         return _pick(leaves, treedef, sel, yes, keep=True)
@@ -140,13 +132,13 @@ def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
 def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
     """Split `tree` into (selected, rest), each with `None` holes; `tree_merge` undoes it.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> ptc.tree_partition({"a": 1, "b": 2.0}, float)
         ({'a': None, 'b': 2.0}, {'a': 1, 'b': None})
     """
     try:
-        leaves, treedef, sel, yes, no = _selection(tree, filters)
+        leaves, treedef, sel, yes, no = _split_plan(tree, filters)
         return (
             _pick(leaves, treedef, sel, yes, keep=True),
             _pick(leaves, treedef, sel, no, keep=False),
@@ -157,82 +149,6 @@ def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
 
 
 # -- merging ----------------------------------------------------------------------------------
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-def _one_level(node: Any) -> tuple[list[Any], list[Any], Any] | None:
-    """(keys, children, one-level treedef) of a pytree node; None for a leaf."""
-    pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
-        return None
-    return [p[0] for p, _ in pairs], [c for _, c in pairs], treedef
-
-
-def _describe(node: Any) -> str:
-    if isinstance(node, _Marker):  # merge plans run on marker trees: their leaves are markers
-        return "a leaf"
-    level = _one_level(node)
-    if level is None:
-        from ._repr import leaf_repr
-
-        return f"leaf {leaf_repr(node)}"
-    keys = ", ".join(jax.tree_util.keystr((k,)) for k in level[0])
-    return f"{type(node).__name__} with children {keys or '(none)'}"
-
-
-def _static_difference(a: Any, b: Any) -> str:
-    """Which static fields of two same-class treeclass nodes differ, in words."""
-    meta = getattr(type(a), "__ptc_meta__", None)
-    if meta is None:
-        return "their pytree aux data"
-    diffs = [
-        f"{name}: {a.__dict__.get(name)!r} vs {b.__dict__.get(name)!r}"
-        for name in meta.static_names
-        if a.__dict__.get(name) != b.__dict__.get(name)
-    ]
-    return "; ".join(diffs) or "their pytree aux data"
-
-
-class _Mismatch(ValueError):
-    pass
-
-
-def _merge_nodes(nodes: list[tuple[int, Any]], path: tuple[Any, ...]) -> Any:
-    present = [(i, n) for i, n in nodes if n is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0][1]
-    levels = [_one_level(n) for _, n in present]
-    if all(lv is None for lv in levels):
-        return present[-1][1]  # later non-None values win
-    ref_i, ref = next((i, n) for (i, n), lv in zip(present, levels) if lv is not None)
-    ref_level = next(lv for lv in levels if lv is not None)
-    for (i, n), lv in zip(present, levels):
-        if lv is None or lv[2] != ref_level[2]:
-            where = jax.tree_util.keystr(path) or "the root"
-            if lv is not None and type(n) is type(ref) and lv[0] == ref_level[0]:
-                raise _Mismatch(
-                    f"tree_merge: the trees differ at {where}: trees {ref_i} and {i} hold "
-                    f"{type(n).__name__} nodes whose static parts differ "
-                    f"({_static_difference(ref, n)}). Trees to merge must have the same "
-                    "structure, except that None may stand for any subtree."
-                )
-            raise _Mismatch(
-                f"tree_merge: the trees differ at {where}: tree {ref_i} has "
-                f"{_describe(ref)}; tree {i} has {_describe(n)}. Trees to merge must have "
-                "the same structure, except that None may stand for any subtree."
-            )
-    keys, _, treedef = ref_level
-    child_lists = [lv[1] for lv in levels if lv is not None]  # all present, checked above
-    children = [
-        _merge_nodes([(i, kids[c]) for (i, _), kids in zip(present, child_lists)], (*path, keys[c]))
-        for c in range(len(keys))
-    ]
-    return treedef.unflatten(children)
 
 
 class _Marker:
@@ -251,7 +167,7 @@ def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, Any]:
     markers = [
         td.unflatten([_Marker(i, j) for j in range(td.num_leaves)]) for i, td in enumerate(treedefs)
     ]
-    merged = _merge_nodes(list(enumerate(markers)), ())
+    merged = merge_nodes(list(enumerate(markers)), ())
     out, out_def = jax.tree_util.tree_flatten(merged)
     offsets = [0]
     for td in treedefs:
@@ -265,7 +181,7 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
     A `None` in any tree is a hole: it may stand for a leaf or a whole subtree. Trees whose
     structures differ elsewhere raise `ValueError` naming the first differing key path.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> params, rest = ptc.tree_partition({"a": 1, "b": 2.0}, float)
         >>> ptc.tree_merge(params, rest)
@@ -293,8 +209,8 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
                 # leaves), or a node type that cannot be rebuilt around markers: merge
                 # directly, uncached.
                 try:
-                    return _merge_nodes(list(enumerate(trees)), ())
-                except _Mismatch as e:
+                    return merge_nodes(list(enumerate(trees)), ())
+                except StructureMismatch as e:
                     raise ValueError(str(e)) from None
             _PLANS.put(treedefs, plan)
         out_def, take = plan
@@ -302,71 +218,3 @@ def tree_merge(tree: Any, /, *updates: Any) -> Any:
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("tree_merge", e)
         raise
-
-
-def first_difference(a: Any, b: Any) -> str:
-    """Where two trees' structures first differ, in words (for error messages)."""
-    try:
-        _merge_nodes([(0, a), (1, b)], ())
-    except _Mismatch as e:
-        return str(e).removeprefix("tree_merge: ").split(". Trees to merge")[0]
-    la, lb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
-    return f"structures {la} and {lb} differ"
-
-
-# -- labels -----------------------------------------------------------------------------------
-
-
-def _label(kind: Any, mapping: Mapping[Any, Any] | None) -> Any:
-    if mapping is not None:
-        if kind is None:
-            if None in mapping:
-                return mapping[None]
-        else:
-            for ancestor in kind.__mro__:
-                if ancestor in mapping:
-                    return mapping[ancestor]
-    return "none" if kind is None else kind.__name__
-
-
-def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
-    """Label every leaf by its kind, for `optax.multi_transform(txs, ptc.tree_labels)`.
-
-    Labels are the kind's class name (`"Parameter"`) and `"none"` for kind-less leaves;
-    `mapping` (`{Kind or None: label}`) overrides them, a subkind taking the entry of its
-    nearest listed ancestor.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import pytreeclass as ptc
-        >>> @ptc.treeclass
-        ... class Layer:
-        ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
-        ...     mean: jnp.ndarray = ptc.field(kind=ptc.BatchStat)
-        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)))
-        Layer(w='Parameter', mean='BatchStat')
-        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)), {ptc.State: "frozen"})
-        Layer(w='Parameter', mean='frozen')
-    """
-    if mapping is not None and not isinstance(mapping, Mapping):
-        raise TypeError(
-            f"tree_labels(mapping={mapping!r}): mapping must be a dict from a Kind (or None) "
-            "to a label, e.g. {ptc.Parameter: 'adam', None: 'frozen'}."
-        )
-    with _GUARD_LABELS:
-        treedef = jax.tree_util.tree_structure(tree)
-        key = (treedef, None if mapping is None else tuple(mapping.items()))
-        make = _LABELS.get(key)  # None for unhashable labels: computed every call
-        if make is not None:
-            return make()
-        kinds = leaf_kinds(tree, treedef)
-        table: dict[Any, Any] = {}
-        labels = []
-        for k in kinds:
-            label = table.get(k, table)
-            if label is table:
-                label = table[k] = _label(k, mapping)
-            labels.append(label)
-        make = constant_tree(treedef, labels)
-        _LABELS.put(key, make)
-        return make()
