@@ -35,7 +35,12 @@ def _eq(self: Any, other: Any) -> Any:
     if self is other:
         return True
     d, e = self.__dict__, other.__dict__
-    return all(tree_equal(d[f.name], e[f.name]) for f in _meta(self).fields if f.compare)
+    for f in meta_of(self.__class__).fields:  # type: ignore[union-attr]
+        if f.compare and not tree_equal(d[f.name], e[f.name]):
+            break
+    else:
+        return True
+    return False
 
 
 def _hash(self: Any) -> int:
