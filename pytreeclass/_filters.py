@@ -32,6 +32,7 @@ __all__ = [
     "PathContains",
     "Predicate",
     "as_filter",
+    "combined",
     "is_cacheable",
     "select_leaves",
 ]
@@ -277,6 +278,11 @@ _NONE_MASK = Mask(None)
 _MASK_CACHE = BoundedCache(maxsize=8192)
 
 
+def combined(filters: tuple[_Any, ...]) -> Filter:
+    """One `Filter` for the filters given in one call (a leaf must pass all of them)."""
+    return as_filter(filters[0]) if len(filters) == 1 else All(*filters)
+
+
 def is_cacheable(f: Filter) -> bool:
     if not f.structural:
         return False
@@ -295,7 +301,7 @@ def select_leaves(
     ctx = Leaves(tree, flat)
     if not filters:
         return ctx, (True,) * len(ctx.leaves)
-    f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)
+    f = combined(filters)
     if is_cacheable(f):
         key = (ctx.treedef, f)
         sel = _MASK_CACHE.get(key)

@@ -14,7 +14,7 @@ import jax
 
 from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
-from ._filters import All, as_filter, is_cacheable, select_leaves
+from ._filters import combined, is_cacheable, select_leaves
 from ._leaf_facts import constant_tree
 from ._tree_util import StructureMismatch, merge_nodes
 
@@ -25,7 +25,7 @@ _flatten = jax.tree_util.default_registry.flatten
 
 
 # Per (treedef, filters): everything a call needs besides one flatten and the unflattens.
-# Only filters that depend on structure alone are cached (`_cacheable`); others (e.g.
+# Only filters that depend on structure alone are cached (`is_cacheable`); others (e.g.
 # eqx.is_array) are evaluated on every call. Each side of a partition is rebuilt from a
 # C-level itemgetter over the leaves and the treedef of that side (holes are None nodes),
 # so a call runs no Python loop over the leaves.
@@ -44,12 +44,11 @@ def _getter(indices: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
     return lambda leaves: ()
 
 
-def _is_cacheable(filters: tuple[Any, ...]) -> bool:
+def _cacheable_filters(filters: tuple[Any, ...]) -> bool:
     try:
-        f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)
+        return is_cacheable(combined(filters))
     except TypeError:
         return False
-    return is_cacheable(f)
 
 
 def _side(treedef: Any, leaves: list[Any], picked: list[int]) -> tuple[Any, Any] | None:
@@ -69,7 +68,7 @@ def _split_plan(tree: Any, filters: tuple[Any, ...]) -> tuple[Any, Any, Any, Any
     if plan is not None:
         return (leaves, treedef, *plan)
     _, sel = select_leaves(tree, filters, (leaves, treedef))
-    if _is_cacheable(filters):
+    if _cacheable_filters(filters):
         yes = [i for i, s in enumerate(sel) if s]
         no = [i for i, s in enumerate(sel) if not s]
         plan = (sel, _side(treedef, leaves, yes), _side(treedef, leaves, no))
@@ -101,7 +100,7 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         if make is not None:
             return make()
         _, sel = select_leaves(tree, filters, (leaves, treedef))
-        if not _is_cacheable(filters):
+        if not _cacheable_filters(filters):
             return treedef.unflatten(sel)
         make = constant_tree(treedef, list(sel))
         _MASKS.put((treedef, filters), make)
