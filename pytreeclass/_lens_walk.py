@@ -17,7 +17,7 @@ import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._cache import TypeTable
-from ._meta import FLAT, check_static, meta_of, with_field
+from ._meta import meta_of, with_field
 from ._tree_util import leaf_repr, one_level
 
 if TYPE_CHECKING:
@@ -340,17 +340,17 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
     return None
 
 
-# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten)`. One dict
-# lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + three attribute reads.
+# Per treeclass, what a hop needs: its `fields_by_name`. One dict lookup on `type(node)`
+# replaces `CODES` + `meta_of` + an attribute read.
 _TC = TypeTable(8192)
 
 
-def _tc_info(cls: type) -> tuple[Any, Any, Any] | None:
+def _tc_fields(cls: type) -> dict[str, Any] | None:
     """`_TC[cls]`, filled in on first sight of a treeclass; None for any other type."""
     meta = meta_of(cls)
     if meta is None:
         return None
-    return _TC.remember(cls, (meta.fields_by_name, frozenset(meta.static_names), meta.flatten))
+    return _TC.remember(cls, meta.fields_by_name)
 
 
 def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]) -> Any:
@@ -361,11 +361,11 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
         # The two commonest hops, inline: a treeclass field and a list index.
         cls = type(node)
         key = step.key
-        info = tcs.get(cls)
-        if info is None and codes.get(cls, TREECLASS) == TREECLASS:
-            info = _tc_info(cls)
-        if info is not None:
-            if key in info[0]:
+        names = tcs.get(cls)
+        if names is None and codes.get(cls, TREECLASS) == TREECLASS:
+            names = _tc_fields(cls)
+        if names is not None:
+            if key in names:
                 trail.append((node, TREECLASS, key))
                 node = node.__dict__[key]
                 continue
@@ -398,23 +398,11 @@ def put(
     node = walk(root, steps, state, trail)
     if fn is not None:
         value = fn(node)
-    tcs = _TC
+    # Paths updated often are compiled (`_lens_compile`); this runs for a path's first
+    # updates and for node types that are not compiled, so it simply calls `rebuild`
+    # (a treeclass hop is `_meta.with_field`), except for the list item, cheap to inline.
     for parent, code, token in reversed(trail):
-        # Inline the commonest rebuilds (a treeclass field, a list item): what `rebuild`
-        # (`_meta.with_field` for a treeclass) does, minus two calls and the metadata
-        # lookups per hop; tests/test_layers.py checks that both give the same copy.
-        if code == TREECLASS:
-            cls = type(parent)
-            _, static, flatten = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
-            if token in static:
-                check_static(cls, token, value)
-            new = _new(cls)
-            d = new.__dict__
-            d.update(parent.__dict__)
-            d[token] = value
-            d[FLAT] = flatten(new)  # the cached flatten must match the new fields
-            value = new
-        elif code == LIST:
+        if code == LIST:
             new = parent.copy()
             new[token] = value
             value = new

@@ -170,7 +170,8 @@ def with_field(obj: Any, name: str, value: Any) -> Any:
 
     No `__init__`, no converters (as on unflatten); a static value is checked. Every other
     field is shared, and the copy's stored flatten result is fresh. Compiled lens updates
-    (`_lens_compile`) and the lens walk (`_lens_walk.put`) write this same copy inline.
+    (`_lens_compile`) write this same copy out as straight-line code (the hot path of
+    `obj.at.x.set(v)`); tests/test_layers.py checks that the two agree.
     """
     cls = type(obj)
     meta: ClassMeta = cls.__ptc_meta__  # type: ignore[attr-defined]

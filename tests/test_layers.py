@@ -39,8 +39,8 @@ Changes from the plan in STYLE.md, and why:
 Besides the layering, this checks the other architecture rules: a private name
 (`_x`) never crosses a module boundary, every name a module imports from another is in
 that module's `__all__` (its documented internal interface), the class metadata
-attribute is touched only by the class protocol, and the hot-path copies of
-`_meta.with_field` agree with it.
+attribute is touched only by the class protocol, and the copy that compiled lens updates
+write out inline agrees with `_meta.with_field`.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def test_one_depth_guard() -> None:
                 assert name != "TreeTooDeepError", f"{module}.py:{node.lineno}"
 
 
-# -- hot-path copies of `with_field` agree with it ------------------------------------------
+# -- lens updates copy a treeclass as `with_field` does ------------------------------------------
 
 
 @ptc.treeclass
@@ -281,7 +281,7 @@ def _same_copy(a: object, b: object) -> None:
 
 
 @pytest.mark.parametrize("name", ["w", "b", "n"])
-def test_walk_inline_copy_agrees_with_with_field(name: str) -> None:
+def test_lens_walk_update_agrees_with_with_field(name: str) -> None:
     layer = _Layer(jnp.ones(2), jnp.zeros(2))
     value = 7 if name == "n" else jnp.full(2, 5.0)
     steps = (PathStep(name, True),)
