@@ -44,7 +44,10 @@ class Filter:
     structural: bool = False
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
-        raise NotImplementedError  # every concrete filter overrides it
+        raise NotImplementedError(
+            f"{type(self).__name__} subclasses ptc.Filter but does not define "
+            "mask(ctx). To filter with a function of the leaf, use ptc.Predicate(fn)."
+        )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -109,3 +109,11 @@ class _Tc:
 def test_merge_mismatch_names_static_fields_of_a_treeclass() -> None:
     with pytest.raises(ValueError, match=r"_Tc nodes whose static parts differ \(n: 1 vs 2\)"):
         ptc.tree_merge(_Tc(jnp.ones(2)), _Tc(jnp.ones(2), n=2))
+
+
+def test_a_filter_subclass_without_mask_says_so() -> None:
+    class NoMask(ptc.Filter):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"NoMask subclasses ptc.Filter but does not"):
+        ptc.tree_mask({"a": 1}, NoMask())
