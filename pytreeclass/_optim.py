@@ -18,7 +18,9 @@ from typing_extensions import Self
 
 from ._field import field
 from ._kinds import OptState
-from ._treeclass import replace_fields, treeclass
+from ._meta import with_field
+from ._tree_util import has_shape_dtype
+from ._treeclass import treeclass
 
 if TYPE_CHECKING:
     import optax
@@ -111,7 +113,7 @@ def _check_presence(arg: str, tree: Any, expected: _Structure) -> None:
 
 def _same_kind(a: Any, b: Any) -> bool:
     """Whether two state leaves have the same shape and dtype (or type, for non-arrays)."""
-    if hasattr(a, "shape") and hasattr(a, "dtype"):
+    if has_shape_dtype(a):
         return getattr(b, "shape", None) == a.shape and getattr(b, "dtype", None) == a.dtype
     return type(a) is type(b)
 
@@ -135,7 +137,7 @@ class Optimizer:
     (`ptc.tree_partition(model, ptc.Parameter)[0]`); `optax.masked`,
     `optax.multi_transform`, `optax.chain` and schedules work as in optax.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> import pytreeclass as ptc
         >>> params = {"w": jnp.ones(3)}
@@ -200,13 +202,9 @@ class Optimizer:
         for path, leaf in pairs:
             before = old.get(path, _GONE)
             kept.append(before if before is not _GONE and _same_kind(leaf, before) else leaf)
-        return replace_fields(
-            self,
-            {
-                "opt_state": treedef.unflatten(kept),
-                "params_structure": _Structure(jax.tree_util.tree_structure(params)),
-            },
-        )
+        structure = _Structure(jax.tree_util.tree_structure(params))
+        new = with_field(self, "opt_state", treedef.unflatten(kept))
+        return with_field(new, "params_structure", structure)
 
     def update(self, grads: _P, params: _P, **extra_args: Any) -> tuple[_P, Self]:
         """Apply one step: returns `(new params, new optimizer)`; nothing is changed in place.
@@ -222,4 +220,6 @@ class Optimizer:
             _check_presence("grads", g, expected)
         updates, opt_state = self.tx.update(g, self.opt_state, p, **extra_args)
         new_params = optax.apply_updates(p, updates)  # keeps None holes as holes
-        return new_params, replace_fields(self, {"opt_state": opt_state, "step": self.step + 1})
+        return new_params, with_field(
+            with_field(self, "opt_state", opt_state), "step", self.step + 1
+        )
