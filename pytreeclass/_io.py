@@ -75,7 +75,7 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
     hold no leaves, so partitioned trees save and load as they are. Static fields are not
     saved: the template passed to `tree_load` supplies them.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
@@ -126,7 +126,7 @@ def tree_load(path: str | os.PathLike[str], *, like: Any, format: Format | None 
     number (the file's value must then be a 0-d array of the same kind: bool, int, float,
     complex).
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc

@@ -25,7 +25,11 @@ import numpy as np
 from jax.core import Tracer
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from ._tree_util import has_shape_dtype
+
 __all__ = [
+    "FORMAT",
+    "VERSION",
     "NUMBERS",
     "HostLeaf",
     "Offered",
@@ -42,6 +46,10 @@ __all__ = [
     "place",
     "show",
 ]
+
+# Both file formats carry a manifest saying it is ours, and which version of the layout.
+FORMAT = "pytreeclass.tree"
+VERSION = 2
 
 NUMBERS = (bool, int, float, complex)
 _NUMBER_NAMES = {"bool": bool, "int": int, "float": float, "complex": complex}
@@ -140,7 +148,7 @@ def _leaf_kind(leaf: Any) -> int:
         elif isinstance(leaf, jax.Array):
             kind = _DEVICE
         elif isinstance(leaf, np.ndarray | np.generic) or (
-            hasattr(leaf, "__array__") and hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+            hasattr(leaf, "__array__") and has_shape_dtype(leaf)
         ):
             kind = _HOST
         else:
@@ -181,7 +189,7 @@ def _unsavable(fn: str, key_path: tuple[Any, ...], leaf: Any) -> TypeError:
             f"{fn}: the leaf at {where} is abstract ({type(leaf).__name__}); save concrete "
             "arrays, outside jax.jit."
         )
-    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+    if not has_shape_dtype(leaf):
         return TypeError(
             f"{fn}: the leaf at {where} is a {type(leaf).__name__}; only arrays and Python "
             "numbers can be saved. Make it a static field, or save "
@@ -283,13 +291,12 @@ def check_leaf(fn: str, where: str, leaf: Any, got: Offered, source: str, hint: 
             wanted = f"a Python {type(leaf).__name__}"
             raise _mismatch(fn, where, "type", source, got, wanted, hint)
         return False
-    try:
-        shape, dtype = tuple(leaf.shape), dtype_facts(leaf.dtype).name
-    except AttributeError:
+    if not has_shape_dtype(leaf):
         raise TypeError(
             f"{fn}: the template holds a {type(leaf).__name__} leaf at {show(where)}; "
             "templates hold arrays, jax.ShapeDtypeStruct or Python numbers."
-        ) from None
+        )
+    shape, dtype = tuple(leaf.shape), dtype_facts(leaf.dtype).name
     if got.python:
         if shape != () or _number_kind(dtype) != got.python:
             raise _mismatch(fn, where, "type", source, got, describe(shape, dtype), hint)

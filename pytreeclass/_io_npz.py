@@ -35,12 +35,10 @@ from typing import Any
 import numpy as np
 
 from ._io_file import Slot, Span, check_tiling, corrupt, make_slot, write_joined
-from ._io_leaves import HostLeaf, Offered, dtype_facts, itemsize_of, keystr, show
+from ._io_leaves import FORMAT, VERSION, HostLeaf, Offered, dtype_facts, itemsize_of, keystr, show
 
 __all__ = ["NpzIndex", "write_npz"]
 
-FORMAT = "pytreeclass.tree"
-VERSION = 2
 MANIFEST = "__manifest__.json"
 # What zipfile raises on damaged archives (a flipped flag bit can read as "encrypted" or
 # "unsupported compression"), on top of BadZipFile.

@@ -28,8 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from ._io_file import Slot, Span, check_tiling, corrupt, make_slot, write_joined
-from ._io_leaves import HostLeaf, Offered, dtype_facts, itemsize_of
-from ._io_npz import FORMAT, VERSION
+from ._io_leaves import FORMAT, VERSION, HostLeaf, Offered, dtype_facts, itemsize_of
 
 __all__ = ["SafetensorsIndex", "write_safetensors"]
 
