@@ -20,7 +20,7 @@ from ._io_leaves import (
     check_leaf,
     check_names,
     decode,
-    flat_name,
+    flat_names,
     host_leaves,
     keystr,
     place,
@@ -33,6 +33,7 @@ __all__ = ["tree_load", "tree_save"]
 
 Format = Literal["npz", "safetensors"]
 _FORMATS = ("npz", "safetensors")
+_ONE_NAME = "a .safetensors file needs one name per leaf. Rename a dict key, or use .npz."
 _HINT = "Load with a template of the saved model (same sizes and dtypes), or convert after loading."
 
 
@@ -42,22 +43,6 @@ def _format(fn: str, path: str, format: Any) -> Format:
     if format not in _FORMATS:
         raise ValueError(f"{fn}: format must be 'npz' or 'safetensors', not {format!r}.")
     return format
-
-
-def _unique_names(fn: str, what: str, flat: list[tuple[Any, Any]]) -> list[str]:
-    """The flat names (`layers.0.w`) of the leaves; two leaves with one name are an error."""
-    names = [flat_name(p) for p, _ in flat]
-    if len(set(names)) != len(names):
-        first: dict[str, Any] = {}
-        for (p, _), name in zip(flat, names):
-            if name in first:
-                raise ValueError(
-                    f"{fn}: the leaves at {show(keystr(first[name]))} and {show(keystr(p))} "
-                    f"of {what} both have the flat name {name!r}; a .safetensors file needs "
-                    "one name per leaf. Rename a dict key, or save as .npz."
-                )
-            first[name] = p
-    return names
 
 
 def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None = None) -> None:
@@ -88,7 +73,7 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
     fmt = _format("tree_save", target, format)
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     if fmt == "safetensors":
-        names = _unique_names("tree_save", "the tree", flat)
+        names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
     else:
         names = [keystr(p) for p, _ in flat]
         if len(set(names)) != len(names):
@@ -142,7 +127,7 @@ def tree_load(path: str | os.PathLike[str], *, like: Any, format: Format | None 
     t_leaves = [leaf for _, leaf in t_flat]
     with open(target, "rb") as f:
         if fmt == "safetensors":
-            names = _unique_names("tree_load", "the template", t_flat)
+            names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
             index: Any = SafetensorsIndex(f, target)
             what = "names"
         else:

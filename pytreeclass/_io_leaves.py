@@ -40,6 +40,7 @@ __all__ = [
     "describe",
     "dtype_facts",
     "flat_name",
+    "flat_names",
     "host_leaves",
     "itemsize_of",
     "keystr",
@@ -93,6 +94,23 @@ def itemsize_of(dtype: str) -> int | None:
         return jnp.dtype(dtype).itemsize
     except TypeError:
         return None
+
+
+def flat_names(
+    fn: str, what: str, flat: Sequence[tuple[Any, Any]], sep: str, hint: str
+) -> list[str]:
+    """The flat names of flattened leaves; two leaves with one name are a `ValueError`."""
+    names = [flat_name(p, sep) for p, _ in flat]
+    if len(set(names)) != len(names):
+        first: dict[str, Any] = {}
+        for (p, _), name in zip(flat, names):
+            if name in first:
+                raise ValueError(
+                    f"{fn}: the leaves at {show(keystr(first[name]))} and {show(keystr(p))} "
+                    f"of {what} both have the flat name {name!r}; {hint}"
+                )
+            first[name] = p
+    return names
 
 
 def show(path: str) -> str:

@@ -24,7 +24,8 @@ L3  editing: the lens walk over nodes (`_lens_walk`), multi-leaf selections
     `value_and_tree`.
 L4  peripherals that use the layers below and nothing beside them: `tree_equal`
     (`_equal`), the treeclass `repr` and notebook HTML (`_repr`), summaries and diagrams
-    (`_summary`), sharding (`_shard`), saving and loading (`_io`).
+    (`_summary`), sharding (`_shard`), saving and loading (`_io`), flat weight dicts
+    (`_weights`).
 L5  assembly: the methods every treeclass gets (`_methods`), `@treeclass`/`TreeClass`
     (`_treeclass`), and `Optimizer`, itself a treeclass (`_optim`).
 
@@ -81,7 +82,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
     ("L2 selection", ["_leaf_facts", "_filters", "_partition", "_labels"]),
     ("L3 editing", ["_lens_walk", "_lens_select", "_lens_compile", "_lens", "_value_and_tree"]),
-    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io"]),
+    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_weights"]),
     ("L5 assembly", ["_methods", "_treeclass", "_optim"]),
 ]
 PERIPHERALS = "L4 peripherals"
