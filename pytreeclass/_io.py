@@ -125,15 +125,13 @@ def tree_load(path: str | os.PathLike[str], *, like: Any, format: Format | None 
     t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     paths = [keystr(p) for p, _ in t_flat]
     t_leaves = [leaf for _, leaf in t_flat]
+    if fmt == "safetensors":
+        names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
+        what = "names"
+    else:
+        names, what = paths, "key paths"
     with open(target, "rb") as f:
-        if fmt == "safetensors":
-            names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
-            index: Any = SafetensorsIndex(f, target)
-            what = "names"
-        else:
-            names = paths
-            index = NpzIndex(f, target)
-            what = "key paths"
+        index = SafetensorsIndex(f, target) if fmt == "safetensors" else NpzIndex(f, target)
         check_names(
             "tree_load",
             f"{target!r}",

@@ -186,7 +186,8 @@ def test_files_of_format_version_1_still_load(tmp_path: Path) -> None:
     assert_same(ptc.tree_load(path, like=tree), tree)
     # The checks hold for old files too (a saved Python number into a vector).
     with pytest.raises(
-        ValueError, match=r"type mismatch at \['n'\]: the file has a Python int, the template int32\[2\]"
+        ValueError,
+        match=r"type mismatch at \['n'\]: the file has a Python int, the template int32\[2\]",
     ):
         ptc.tree_load(path, like={**tree, "n": jnp.zeros(2, jnp.int32)})
 
@@ -438,9 +439,7 @@ def _manifest(path: Path) -> dict:
         ({"float32.npy": None}, r"the data for float32\.npy is missing"),
         ({"float32.npy": b"garbage"}, r"the data for float32\.npy is damaged"),
         (
-            {
-                "__manifest__.json": b'{"format": "pytreeclass.tree", "version": 2, "leaves": []}'
-            },
+            {"__manifest__.json": b'{"format": "pytreeclass.tree", "version": 2, "leaves": []}'},
             "no valid buffer list",
         ),
     ],
