@@ -18,4 +18,6 @@ _EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.M)
 class SingularExamples(griffe.Extension):
     def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
+            obj.docstring.value = _EXAMPLE.sub(
+                r"\1Examples:", obj.docstring.value
+            )
