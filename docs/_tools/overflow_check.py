@@ -161,17 +161,43 @@ def _serve(site: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-# The result list of Material's search: one item per page, its first link the page.
-_RESULTS = """
-(() => {
-  const meta = document.querySelector(".md-search-result__meta");
-  const items = [...document.querySelectorAll(".md-search-result__item")];
-  return JSON.stringify({
-    meta: meta ? meta.innerText : "",
-    pages: items.map(li => li.querySelector("a").getAttribute("href")),
+# Ask the site's own search worker (Material's lunr set-up, with the site's
+# separator and pipeline) for every result, not just the first page of them.
+_QUERY = """
+(async (query) => {
+  const config = JSON.parse(document.getElementById("__config").textContent);
+  const base = new URL(config.base + "/", location.href);
+  const index = await (await fetch(new URL("search/search_index.json", base)))
+    .json();
+  const worker = new Worker(new URL(config.search, base));
+  const ask = (message) => new Promise((resolve, reject) => {
+    worker.onmessage = (event) => resolve(event.data);
+    worker.onerror = (event) => reject(new Error(event.message));
+    setTimeout(() => reject(new Error("no answer in 30 s")), 30000);
+    worker.postMessage(message);
   });
-})()
+  // SETUP -> READY, with the options Material's page adds to the index
+  await ask({type: 0, data: {...index, options: {suggest: false}}});
+  const result = await ask({type: 2, data: query}); // QUERY -> RESULT
+  worker.terminate();
+  return JSON.stringify(
+    result.data.items.map((group) => group[0].location.split("#")[0])
+  );
+})(%s)
 """
+
+
+def _evaluate(browser: Chromium, session: str, expression: str):
+    result = browser.send(
+        "Runtime.evaluate",
+        session,
+        expression=expression,
+        returnByValue=True,
+        awaitPromise=True,
+    )
+    if "exceptionDetails" in result:
+        raise RuntimeError(result["exceptionDetails"])
+    return json.loads(result["result"]["value"])
 
 
 def _pages_containing(site: Path, word: str) -> set[str]:
@@ -198,31 +224,20 @@ def search(site: Path, words: list[str], binary: str) -> int:
             "Target.attachToTarget", targetId=target, flatten=True
         )["sessionId"]
         browser.send("Page.enable", session)
+        browser.send("Page.navigate", session, url=base)
+        browser.wait_for("Page.loadEventFired", session)
         for word in words:
-            browser.send("Page.navigate", session, url=f"{base}?q={word}")
-            browser.wait_for("Page.loadEventFired", session)
-            found: dict = {}
-            for _ in range(100):  # the worker builds the index, then answers
-                time.sleep(0.1)
-                value = browser.send(
-                    "Runtime.evaluate",
-                    session,
-                    expression=_RESULTS,
-                    returnByValue=True,
-                )["result"]["value"]
-                found = json.loads(value)
-                if found["meta"] and "Initializing" not in found["meta"]:
-                    break
-            got = {
-                p.removeprefix(base).removeprefix("./").split("#")[0]
-                for p in found["pages"]
-            }
+            ranked = _evaluate(browser, session, _QUERY % json.dumps(word))
+            ranked = [p.removeprefix("./") for p in ranked]
+            got = set(ranked)
             want = _pages_containing(site, word)
             missed = sorted(want - got)
             missed_total += len(missed)
+            top = len(want & set(ranked[: len(want)]))
             print(
-                f"search {word!r}: {found['meta']!r}; finds {len(want & got)} of the "
-                f"{len(want)} pages that use it; missed: {missed or 'none'}"
+                f"search {word!r}: {len(got)} pages found, {len(want & got)} of "
+                f"the {len(want)} that use it ({top} of them ranked first); "
+                f"missed: {missed or 'none'}"
             )
     finally:
         browser.close()
