@@ -465,6 +465,91 @@ def test_the_reference_links_back_to_the_guide(site: Path) -> None:
     assert "doc-backlink" in filters
 
 
+def _text(html_text: str) -> str:
+    return re.sub(r"<[^>]+>", "", html_text)
+
+
+def test_the_reference_shows_no_private_names_and_one_signature_each(site: Path) -> None:
+    """Overloads are folded into one signature, and no `_T`, `_P`, `_Combination`
+    or other private name shows in signatures, bases or text."""
+    leaks, overloads = [], []
+    for page in sorted((site / "reference").rglob("index.html")):
+        html_text = page.read_text(encoding="utf-8")
+        for name in sorted(set(re.findall(r"(?<![\w.])_[A-Z]\w*", _text(html_text)))):
+            leaks.append(f"{page.parent.name}: {name}")
+        if "doc-overloads" in html_text:
+            overloads.append(page.parent.name)
+    assert not leaks, "private names on the reference pages:\n" + "\n".join(leaks)
+    assert not overloads, f"overloads shown on: {overloads}"
+
+
+# `field` returns a Field at run time but is typed as its default's type (so that
+# `x: int = field(default=1)` type-checks), and `Lens.get` returns whatever is at the
+# path: no single precise type exists for either.
+_ANY_RETURN_OK = {"field", "Lens.get"}
+# Filters' `mask(ctx)` is the protocol the selection functions call, not an API for
+# users; the reference does not render it (`members: false`).
+_NOT_RENDERED = {"mask"}
+
+
+def _public_callables() -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for name in ptc.__all__:
+        obj = getattr(ptc, name)
+        if isinstance(obj, type):
+            for member, value in vars(obj).items():
+                if member.startswith("_") or member in _NOT_RENDERED:
+                    continue
+                value = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+                if inspect.isfunction(value):
+                    out.append((f"{name}.{member}", value))
+        elif callable(obj):
+            out.append((name, obj))
+    return out
+
+
+def test_public_functions_return_precise_types() -> None:
+    loose = [
+        name
+        for name, fn in _public_callables()
+        if name not in _ANY_RETURN_OK
+        and inspect.signature(fn).return_annotation in ("Any", "typing.Any")
+    ]
+    assert not loose, f"functions annotated `-> Any`: {loose}"
+
+
+def test_public_functions_document_args_returns_raises() -> None:
+    """Google-style sections, parsed as the docs site parses them (griffe)."""
+    griffe = pytest.importorskip("griffe")
+    package = griffe.load("pytreeclass", search_paths=[str(ROOT)], docstring_parser="google")
+    missing = []
+    for name, fn in _public_callables():
+        obj = package[name]
+        sections = {s.kind.value for s in obj.docstring.parse("google")} if obj.docstring else set()
+        params = [
+            p for p in inspect.signature(fn).parameters.values() if p.name not in ("self", "cls")
+        ]
+        if params and "parameters" not in sections:
+            missing.append(f"{name}: Args")
+        returns = inspect.signature(fn).return_annotation
+        if returns not in ("None", None) and "returns" not in sections:
+            missing.append(f"{name}: Returns")
+        source = inspect.getsource(fn)
+        if re.search(r"^\s+raise \w", source, flags=re.M) and "raises" not in sections:
+            missing.append(f"{name}: Raises")
+    assert not missing, "docstring sections missing:\n" + "\n".join(missing)
+
+
+def test_field_attributes_are_a_parsed_section() -> None:
+    griffe = pytest.importorskip("griffe")
+    package = griffe.load("pytreeclass", search_paths=[str(ROOT)], docstring_parser="google")
+    sections = package["Field"].docstring.parse("google")
+    attributes = [s for s in sections if s.kind.value == "attributes"]
+    assert attributes, "Field's docstring needs an `Attributes:` section"
+    names = {a.name for a in attributes[0].value}
+    assert {"kind", "static", "axes", "converter", "doc"} <= names
+
+
 # -- search ---------------------------------------------------------------------------------
 
 # What lunr does with the built index (Material for MkDocs' search): split text and

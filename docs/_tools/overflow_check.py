@@ -294,8 +294,21 @@ def measure(
                 print(f"    +{b['over']:>5} px  {b['first']}")
             if shots is not None:
                 shots.mkdir(parents=True, exist_ok=True)
+                height = _evaluate(
+                    browser, session, "String(document.body.scrollHeight)"
+                )
                 png = browser.send(
-                    "Page.captureScreenshot", session, format="png"
+                    "Page.captureScreenshot",
+                    session,
+                    format="png",
+                    captureBeyondViewport=True,
+                    clip={
+                        "x": 0,
+                        "y": 0,
+                        "width": WIDTH,
+                        "height": min(int(height), 16000),
+                        "scale": 1,
+                    },
                 )["data"]
                 name = (page.strip("/").replace("/", "_") or "home") + ".png"
                 (shots / name).write_bytes(base64.b64decode(png))
@@ -312,7 +325,7 @@ def main() -> int:
         "pages", nargs="*", default=DEFAULT_PAGES, help="e.g. lenses/"
     )
     parser.add_argument(
-        "--shots", type=Path, help="save a screenshot of each page here"
+        "--shots", type=Path, help="save a full-page screenshot of each here"
     )
     parser.add_argument("--search", nargs="+", default=[], metavar="WORD")
     parser.add_argument(
