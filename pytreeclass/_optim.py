@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Optimizer"]
 
-_P = TypeVar("_P")
+T = TypeVar("T")
 
 OPTAX_MISSING = (
     "ptc.Optimizer needs optax, which is not installed. Install it with `pip install optax` "
-    "(or `pip install 'pytreeclass[optax]'`)."
+    "(or, in a checkout of pytreeclass, `pip install '.[optax]'`)."
 )
 
 NOT_A_TRANSFORMATION = (
@@ -59,6 +59,11 @@ class Optimizer:
     (`ptc.tree_partition(model, ptc.Parameter)[0]`); `optax.masked`,
     `optax.multi_transform`, `optax.chain` and schedules work as in optax.
 
+    Attributes:
+        tx: the optax transformation (static).
+        opt_state: its state (leaves of kind `OptState`).
+        step: the number of updates applied so far (an `int32` array).
+
     Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> import pytreeclass as ptc
@@ -79,17 +84,39 @@ class Optimizer:
 
     @classmethod
     def create(cls, tx: optax.GradientTransformation, params: Any) -> Self:
-        """Initialise `tx` on `params` (a pytree; `None` holes are fine)."""
+        """Initialise `tx` on `params` (a pytree; `None` holes are fine).
+
+        Args:
+            tx: an optax `GradientTransformation`.
+            params: the parameters the optimizer will update.
+
+        Returns:
+            An `Optimizer` holding `tx`, `tx.init(params)` and a step count of 0.
+
+        Raises:
+            ImportError: optax is not installed.
+            TypeError: `tx` is not an optax `GradientTransformation`.
+        """
         _optax()  # fail here with the install hint, not deep inside tx.init
         if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
             raise TypeError(NOT_A_TRANSFORMATION.format(tx=getattr(tx, "__name__", repr(tx))))
         return cls(tx=tx, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
 
-    def update(self, grads: _P, params: _P, **extra_args: Any) -> tuple[_P, Self]:
+    def update(self, grads: T, params: T, **extra_args: Any) -> tuple[T, Self]:
         """Apply one step: returns `(new params, new optimizer)`; nothing is changed in place.
 
-        `extra_args` go to the transformation's `update` (e.g. `value=loss` for
-        `optax.contrib.reduce_on_plateau`).
+        Args:
+            grads: gradients with `params`' structure (holes included).
+            params: the current parameters.
+            **extra_args: passed to the transformation's `update` (e.g. `value=loss` for
+                `optax.contrib.reduce_on_plateau`).
+
+        Returns:
+            The new parameters (`optax.apply_updates` of the updates) and a new
+            optimizer, with the new state and the step count plus one.
+
+        Raises:
+            ImportError: optax is not installed.
         """
         optax = _optax()
         g, p = cast(Any, grads), cast(Any, params)  # any pytree: wider than optax's aliases
