@@ -10,7 +10,7 @@ renamed over the target, and both are read without unpickling anything.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jax
 
@@ -31,6 +31,7 @@ from ._io_safetensors import SafetensorsIndex, write_safetensors
 
 __all__ = ["tree_load", "tree_save"]
 
+T = TypeVar("T")
 Format = Literal["npz", "safetensors"]
 _FORMATS = ("npz", "safetensors")
 _ONE_NAME = "a .safetensors file needs one name per leaf. Rename a dict key, or use .npz."
@@ -48,17 +49,30 @@ def _format(fn: str, path: str, format: Any) -> Format:
 def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None = None) -> None:
     """Write the leaves of `tree` to the file `path`, atomically (no extension is added).
 
-    The format follows the suffix: `.safetensors` writes a standard safetensors file
-    whose tensors are named by the leaves' flat names (`layers.0.w`, as
-    `ptc.tree_to_dict` gives them), readable by `safetensors`, PyTorch and Hugging Face
-    tools; any other name writes pytreeclass's `.npz` format. `format="npz"` or
-    `"safetensors"` overrides the suffix.
+    The format follows the suffix: a path ending in `.safetensors` gets a standard
+    safetensors file whose tensors are named by the leaves' flat names (`layers.0.w`,
+    as `ptc.tree_to_dict` gives them), readable by `safetensors`, PyTorch and Hugging
+    Face tools; any other path gets pytreeclass's `.npz` format (a NumPy `.npz`
+    archive). Both are written by pytreeclass itself, no optional package needed.
 
     Arrays keep their dtype (bfloat16, float8 and other ml_dtypes, PRNG keys included);
     Python numbers (bool, int, float, complex) are saved as 0-d arrays and come back as
-    Python numbers when the template holds one. Any other leaf is an error. `None` holes
-    hold no leaves, so partitioned trees save and load as they are. Static fields are not
-    saved: the template passed to `tree_load` supplies them.
+    Python numbers when the template holds one. `None` holes hold no leaves, so
+    partitioned trees save and load as they are. Static fields are not saved: the
+    template passed to `tree_load` supplies them. The file is written to a temporary
+    file, fsynced and renamed over `path`: a crash mid-write leaves the old file.
+
+    Args:
+        path: the file to write.
+        tree: any pytree whose leaves are arrays or Python numbers.
+        format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
+
+    Raises:
+        TypeError: a leaf is neither an array nor a Python number, is abstract (a
+            tracer or `jax.ShapeDtypeStruct`), or is not numeric (e.g. an object array).
+        ValueError: two leaves have the same key path (or, for `.safetensors`, the
+            same flat name); a Python int does not fit in 64 bits; an unknown `format`.
+        OSError: the file cannot be written.
 
     Examples:
         >>> import os, tempfile
@@ -93,29 +107,42 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
             write_npz(f, leaves)
 
 
-def tree_load(path: str | os.PathLike[str], *, like: Any, format: Format | None = None) -> Any:
+def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = None) -> T:
     """Read a file written by `tree_save` into the structure of the template `like`.
 
-    The format follows the suffix, as in `tree_save` (`format=` overrides it). A
-    `.safetensors` file written by another tool loads too: its tensor names must be the
-    template's flat names (`layers.0.w`); to rename, transpose or stack tensors first,
-    read it with `safetensors.numpy.load_file` and use `ptc.tree_from_dict`.
+    The format follows the suffix, as in `tree_save`. A `.safetensors` file written by
+    another tool loads too when its tensor names are the template's flat names
+    (`layers.0.w`); to rename, transpose or stack tensors first, read it with
+    `safetensors.numpy.load_file` and use `ptc.tree_from_dict`. Every key path (or
+    name), shape and dtype is checked against the template before any data is read.
+    Nothing is ever unpickled.
 
-    Every key path, shape and dtype is checked against the template before any data is
-    read: a mismatch raises a `ValueError` naming the first differing path, and a file
-    from another model version one listing the missing and unexpected paths. A
-    truncated or corrupt file raises a `ValueError`; nothing is ever unpickled. The
-    template's leaves may be arrays or `jax.ShapeDtypeStruct`s (values are ignored); a
-    `jax.Array` or `ShapeDtypeStruct` template leaf gives a `jax.Array` (on its
-    `sharding`, when it has one), a NumPy one a NumPy array, a Python number a Python
-    number (the file's value must then be a 0-d array of the same kind: bool, int, float,
-    complex).
+    Args:
+        path: a file written by `tree_save` (or a standard `.safetensors` file).
+        like: the template: a tree with the saved tree's structure whose leaves are
+            arrays, `jax.ShapeDtypeStruct`s or Python numbers (their values are
+            ignored), e.g. `jax.eval_shape(init, key)`.
+        format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
+
+    Returns:
+        A tree with `like`'s structure and the file's values. A `jax.Array` or
+        `ShapeDtypeStruct` template leaf gives a `jax.Array` (on its `sharding`, when
+        it has one), a NumPy one a NumPy array, a Python number a Python number (the
+        file's value must then be a 0-d array of the same kind: bool, int, float,
+        complex).
+
+    Raises:
+        ValueError: a key path, shape or dtype differs from the template (the message
+            names the first difference, or lists the missing and unexpected paths), or
+            the file is truncated, corrupt or of another format version.
+        TypeError: a template leaf is not an array, `ShapeDtypeStruct` or number.
+        FileNotFoundError: there is no file at `path`.
 
     Examples:
         >>> import os, tempfile
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
-        >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
+        >>> path = os.path.join(tempfile.mkdtemp(), "params.safetensors")
         >>> ptc.tree_save(path, [jnp.arange(3.0)])
         >>> ptc.tree_load(path, like=[jnp.zeros(3)])
         [Array([0., 1., 2.], dtype=float32)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -34,7 +34,7 @@ from ._partition import tree_mask
 
 __all__ = ["tree_from_dict", "tree_to_dict"]
 
-Rules = Mapping[str, Any] | Iterable[tuple[str, Any]]
+T = TypeVar("T")
 
 _ONE_NAME = "flat names must be unique. Rename a dict key, or pick another `sep`."
 _HINT = (
@@ -64,6 +64,18 @@ def tree_to_dict(tree: Any, /, *filters: Any, sep: str = ".") -> dict[str, Any]:
 
     `ptc.tree_from_dict` is the inverse; `ptc.tree_save(path, tree)` with a
     `.safetensors` path writes these names.
+
+    Args:
+        tree: any pytree.
+        *filters: select the leaves to include (all of them when none is given).
+        sep: what joins the parts of a name.
+
+    Returns:
+        `{flat name: leaf}` in the order of the tree's leaves.
+
+    Raises:
+        ValueError: two leaves have the same flat name, or `sep` is not a non-empty
+            string.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -157,12 +169,12 @@ def tree_from_dict(
     flat: Mapping[str, Any],
     /,
     *,
-    like: Any,
-    rename: Rules | None = None,
-    transform: Rules | None = None,
+    like: T,
+    rename: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    transform: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
     strict: bool = True,
     sep: str = ".",
-) -> Any:
+) -> T:
     """A tree shaped like the template `like`, its leaves taken from a flat dict by name.
 
     Each template leaf is looked up under its flat name (as `ptc.tree_to_dict` makes
@@ -181,6 +193,32 @@ def tree_from_dict(
     batched transfer for all), a NumPy one a NumPy copy, a Python number a Python number.
     To fill part of a model, pass part of it (`ptc.tree_filter(model, ptc.Parameter)`)
     and `ptc.tree_merge` the result back.
+
+    Args:
+        flat: a mapping from names to arrays (NumPy, JAX, or anything `np.asarray`
+            takes) or Python numbers, e.g. a PyTorch state dict or
+            `safetensors.numpy.load_file(path)`.
+        like: the template: a tree whose leaves are arrays, `jax.ShapeDtypeStruct`s
+            or Python numbers (their values are ignored), e.g. `jax.eval_shape(init,
+            key)`.
+        rename: ordered `(pattern, replacement)` rules for the dict's names;
+            `replacement` is a string or function as in `re.sub`, or `None` to drop.
+        transform: ordered `(pattern, fn)` rules: `fn(value)` replaces the value of
+            each (renamed) name the pattern matches.
+        strict: whether names the template does not have are an error.
+        sep: what joins the parts of the template's flat names.
+
+    Returns:
+        A tree with `like`'s structure and the dict's values.
+
+    Raises:
+        ValueError: names are missing (or, with `strict`, unexpected), a shape or
+            dtype differs from the template, two names are renamed to one, a Python
+            number does not fit the template's dtype, a pattern is not a valid
+            regular expression, or `sep` is not a non-empty string.
+        TypeError: `flat` is not a mapping of strings, a value is not an array or
+            number, a rule is malformed, or a template leaf is not an array,
+            `ShapeDtypeStruct` or number.
 
     Examples:
         >>> import numpy as np
