@@ -396,7 +396,8 @@ def decode(stored: np.ndarray, got: Offered, key_impl: str | None) -> Any:
 def _as_template_number(fn: str, where: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """A Python number's 0-d array cast to a template dtype, refusing values that change."""
     value = np.asarray(value)
-    cast = value.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        cast = value.astype(dtype)
     if _number_kind(value.dtype.name) == "int":
         changed = int(cast) != int(value)
     else:

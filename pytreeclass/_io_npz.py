@@ -175,9 +175,16 @@ class NpzIndex:
         head = data - start
         if head > info.file_size:
             raise corrupt(path, f"the data for {where} is damaged (its header is too long)")
+        size = math.prod(shape) * dtype.itemsize
+        if size != info.file_size - head:
+            raise corrupt(
+                path,
+                f"the data for {where} is damaged (its header says {size} bytes, it holds "
+                f"{info.file_size - head})",
+            )
         f.seek(start)
         crc = zlib.crc32(f.read(head))
-        span = Span(data, info.file_size - head, name, (crc, info.CRC))
+        span = Span(data, size, name, (crc, info.CRC))
         return span, dtype, tuple(shape), bool(fortran)
 
     def _index_v1(self, header: dict[str, Any]) -> None:
