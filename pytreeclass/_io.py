@@ -71,7 +71,8 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
         TypeError: a leaf is neither an array nor a Python number, is abstract (a
             tracer or `jax.ShapeDtypeStruct`), or is not numeric (e.g. an object array).
         ValueError: two leaves have the same key path (or, for `.safetensors`, the
-            same flat name); a Python int does not fit in 64 bits; an unknown `format`.
+            same flat name), or `format` is not one of the two.
+        OverflowError: a Python int does not fit in 64 bits.
         OSError: the file cannot be written.
 
     Examples:

@@ -192,12 +192,13 @@ class HostLeaf(NamedTuple):
 
 def _python_array(fn: str, key_path: tuple[Any, ...], leaf: Any) -> np.ndarray:
     if type(leaf) is int and not -(2**63) <= leaf < 2**64:
-        raise ValueError(
-            f"{fn}: the int at {show(keystr(key_path))} ({leaf}) does not fit in 64 bits, the "
-            "widest integer a file can hold. Store it as a float, or split it into several "
-            "ints."
+        raise OverflowError(
+            f"{fn}: the Python int at {show(keystr(key_path))} ({leaf}) does not fit in 64 "
+            "bits (ints in [-2**63, 2**64) can be saved). Keep it in a static field, or "
+            "store it as a string or as several smaller ints."
         )
-    return np.asarray(leaf)  # int64, or uint64 for 2**63 <= leaf < 2**64
+    # np.asarray picks int64 below 2**63 and uint64 from there: both load back exactly.
+    return np.asarray(leaf)
 
 
 def _unsavable(fn: str, key_path: tuple[Any, ...], leaf: Any) -> TypeError:
@@ -316,7 +317,9 @@ def check_leaf(fn: str, where: str, leaf: Any, got: Offered, source: str, hint: 
         )
     shape, dtype = tuple(leaf.shape), dtype_facts(leaf.dtype).name
     if got.python:
-        if shape != () or _number_kind(dtype) != got.python:
+        if shape != ():
+            raise _mismatch(fn, where, "shape", source, got, describe(shape, dtype), hint)
+        if _number_kind(dtype) != got.python:
             raise _mismatch(fn, where, "type", source, got, describe(shape, dtype), hint)
         return True
     if shape != got.shape:
@@ -393,25 +396,33 @@ def decode(stored: np.ndarray, got: Offered, key_impl: str | None) -> Any:
     return value
 
 
-def _as_template_number(fn: str, where: str, value: Any, dtype: np.dtype) -> np.ndarray:
+def _as_template_number(
+    fn: str, where: str, value: Any, dtype: np.dtype, source: str
+) -> np.ndarray:
     """A Python number's 0-d array cast to a template dtype, refusing values that change."""
     value = np.asarray(value)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
         cast = value.astype(dtype)
-    if _number_kind(value.dtype.name) == "int":
+    kind = _number_kind(value.dtype.name)
+    if kind == "int":
         changed = int(cast) != int(value)
     else:
         changed = bool(np.isfinite(value).all()) and not bool(np.isfinite(cast).all())
     if changed:
         raise ValueError(
-            f"{fn}: the Python number at {show(where)} ({value.item()!r}) does not fit the "
-            f"template's {dtype.name}; load it into a wider dtype."
+            f"{fn}: value mismatch at {show(where)}: {source} has the Python {kind} "
+            f"{value.item()!r}, which does not fit {dtype.name}, the template's dtype. Load "
+            f"it with a wider template dtype or a Python {kind}."
         )
     return cast
 
 
 def place(
-    fn: str, paths: Sequence[str], leaves: Sequence[Any], values: Sequence[Value]
+    fn: str,
+    paths: Sequence[str],
+    leaves: Sequence[Any],
+    values: Sequence[Value],
+    source: str = "the file",
 ) -> list[Any]:
     """Each value as the kind of leaf the template holds at the same position.
 
@@ -427,7 +438,7 @@ def place(
             out[i] = type(leaf)(np.asarray(data).item())
             continue
         if cast:
-            data = _as_template_number(fn, paths[i], data, np.dtype(leaf.dtype))
+            data = _as_template_number(fn, paths[i], data, np.dtype(leaf.dtype), source)
             owned = True
         if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct):
             sharding = getattr(leaf, "sharding", None)

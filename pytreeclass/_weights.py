@@ -264,4 +264,4 @@ def tree_from_dict(
         paths.append(where)
         leaves.append(leaf)
         values.append(Value(value, False, cast))
-    return treedef.unflatten(place(fn, paths, leaves, values))
+    return treedef.unflatten(place(fn, paths, leaves, values, "the dict"))

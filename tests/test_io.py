@@ -187,7 +187,7 @@ def test_files_of_format_version_1_still_load(tmp_path: Path) -> None:
     # The checks hold for old files too (a saved Python number into a vector).
     with pytest.raises(
         ValueError,
-        match=r"type mismatch at \['n'\]: the file has a Python int, the template int32\[2\]",
+        match=r"shape mismatch at \['n'\]: the file has a Python int, the template int32\[2\]",
     ):
         ptc.tree_load(path, like={**tree, "n": jnp.zeros(2, jnp.int32)})
 
