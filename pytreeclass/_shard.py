@@ -130,7 +130,8 @@ def tree_shardings(
         ...     b: jax.Array
         >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
         >>> s = ptc.tree_shardings(Dense(jnp.ones((4, 8)), jnp.zeros(8)), mesh, {"embed": None, "mlp": "model"})
-        >>> s.w.spec == jax.P(None, "model"), s.b.spec == jax.P()
+        >>> P = jax.sharding.PartitionSpec
+        >>> s.w.spec == P(None, "model"), s.b.spec == P()
         (True, True)
     """
     table = _normalize_rules(rules, mesh)
