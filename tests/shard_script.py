@@ -90,8 +90,12 @@ def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     # Auto axes: the classic jit(in_shardings=..., out_shardings=...) workflow, where XLA
     # propagates shardings through the step (Explicit axes would need annotations inside).
-    auto = jax.sharding.AxisType.Auto
-    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(auto, auto))
+    # (jax < 0.5.3 has no AxisType: its meshes behave as Auto, so none is passed there.)
+    if hasattr(jax.sharding, "AxisType"):
+        auto = jax.sharding.AxisType.Auto
+        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(auto, auto))
+    else:
+        mesh = jax.make_mesh((2, 4), ("data", "model"))
     rules = [("vocab", ("data", "model")), ("embed", None), ("mlp", "model"), ("norm", "model")]
     model = make_model(jax.random.key(0))
     shardings = ptc.tree_shardings(model, mesh, rules)
