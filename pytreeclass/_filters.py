@@ -19,6 +19,7 @@ from jax.core import Tracer
 
 from ._cache import BoundedCache
 from ._kinds import Kind, leaf_kinds
+from ._nodesel import always_node, inside_flags, node_types, type_members
 
 __all__ = [
     "All",
@@ -28,6 +29,7 @@ __all__ = [
     "OfKind",
     "OfType",
     "PathContains",
+    "Position",
     "Predicate",
     "as_filter",
     "leaf_paths",
@@ -45,6 +47,10 @@ class Leaves:
         self.leaves, self.treedef = jax.tree_util.tree_flatten(tree) if flat is None else flat
         self._kinds: tuple[_Any, ...] | None = None
         self._paths: tuple[tuple[_Any, ...], ...] | None = None
+
+    def inside(self, types: tuple[type, ...]) -> tuple[bool, ...]:
+        """Per leaf: does it lie under a node whose class is one of `types`?"""
+        return inside_flags(self.treedef, types)
 
     @property
     def kinds(self) -> tuple[_Any, ...]:
@@ -73,13 +79,34 @@ def leaf_paths(tree: _Any, treedef: _Any = None) -> tuple[tuple[_Any, ...], ...]
     return paths
 
 
+class Position:
+    """A node as a filter sees it in a lens: its class, key path, kind and enclosing nodes.
+
+    `kind` is the kind the node gets from a field (or marker) above it, or None;
+    `outer` are the classes of the nodes above it (inside the lens's focus)."""
+
+    __slots__ = ("cls", "kind", "outer", "path")
+
+    def __init__(self, cls: type, path: tuple[_Any, ...], kind: _Any, outer: tuple[type, ...]):
+        self.cls, self.path, self.kind, self.outer = cls, path, kind, outer
+
+
 class Filter:
-    """Base of filter objects. `structural` filters depend on the treedef alone."""
+    """Base of filter objects. `structural` filters depend on the treedef alone.
+
+    `mask` says which leaves a filter selects. Filters that name node types
+    (`node_types`, e.g. `OfType(Linear)`) also judge whole nodes in a lens: `node_test`
+    answers True or False for a node, or None where the filter only looks at leaves
+    (a callable, a mask, a leaf type, a kind that no field above the node sets)."""
 
     structural: bool = False
+    node_types: tuple[type, ...] = ()
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         raise NotImplementedError  # every concrete filter overrides it
+
+    def node_test(self, pos: Position) -> bool | None:
+        return None
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -93,22 +120,61 @@ class OfKind(Filter):
         kind = self.kind
         return tuple(k is not None and issubclass(k, kind) for k in ctx.kinds)
 
+    def node_test(self, pos: Position) -> bool | None:
+        return None if pos.kind is None else issubclass(pos.kind, self.kind)
+
     def __repr__(self) -> str:
         return self.kind.__name__
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class OfType(Filter):
-    """Leaves that are instances of `type`."""
+    """Leaves that are instances of `type`; for a node type, whole subtrees rooted at one.
+
+    A node type (a treeclass, an Equinox module, a flax.struct dataclass, `dict`, `list`,
+    `tuple`, any registered node, or a base class of those) selects every leaf under a
+    node that is an instance of it, and in a lens the nodes themselves, outermost first.
+    A type of common leaves as well (`object`, `numbers.Number`, `Sequence`, ...) and a
+    leaf type (`jax.Array`, `float`) test leaves only.
+    """
 
     type: type
 
+    @property
+    def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return node_types(self.type)
+
+    @property
+    def structural(self) -> bool:  # type: ignore[override]
+        # Which nodes match is in the treedef; a leaf can only match if some member of
+        # `type` may have instances that are leaves.
+        nodes = self.node_types
+        members = type_members(self.type)
+        return bool(nodes) and len(nodes) == len(members) and all(map(always_node, nodes))
+
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
-        t = self.type
-        return tuple(isinstance(leaf, t) for leaf in ctx.leaves)
+        nodes = self.node_types
+        if not nodes:
+            t = self.type
+            return tuple(isinstance(leaf, t) for leaf in ctx.leaves)
+        inside = ctx.inside(nodes)
+        if self.structural:
+            return inside
+        t = type_members(self.type)
+        return tuple(a or isinstance(leaf, t) for a, leaf in zip(inside, ctx.leaves))
+
+    def node_test(self, pos: Position) -> bool | None:
+        nodes = self.node_types
+        if not nodes:
+            return None  # a leaf type says nothing about nodes
+        try:
+            return issubclass(pos.cls, nodes) or any(issubclass(c, nodes) for c in pos.outer)
+        except TypeError:
+            return False
 
     def __repr__(self) -> str:
-        return f"OfType({self.type.__module__}.{self.type.__qualname__})"
+        names = [f"{t.__module__}.{t.__qualname__}" for t in type_members(self.type)]
+        return f"OfType({' | '.join(names)})"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -157,6 +223,9 @@ class PathContains(Filter):
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         name = self.name
         return tuple(any(_key_name(k) == name for k in path) for path in ctx.paths)
+
+    def node_test(self, pos: Position) -> bool | None:
+        return any(_key_name(k) == self.name for k in pos.path)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -224,11 +293,21 @@ class _Combination(Filter):
     def structural(self) -> bool:  # type: ignore[override]
         return all(f.structural for f in self.filters)
 
+    @property
+    def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return tuple(dict.fromkeys(t for f in self.filters for t in f.node_types))
+
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         masks = [f.mask(ctx) for f in self.filters]
         if not masks:  # any() of nothing is False, all() of nothing is True
             return (type(self)._reduce(()),) * len(ctx.leaves)
         return tuple(map(type(self)._reduce, zip(*masks)))
+
+    def node_test(self, pos: Position) -> bool | None:
+        # Filters that only look at leaves (None) are left out; the leaves below a node
+        # are checked one by one before the node is selected as a whole.
+        known = [v for v in (f.node_test(pos) for f in self.filters) if v is not None]
+        return type(self)._reduce(known) if known else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.filters))})"
@@ -259,8 +338,16 @@ class Not(Filter):
     def structural(self) -> bool:  # type: ignore[override]
         return self.filter.structural
 
+    @property
+    def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return self.filter.node_types
+
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         return tuple(not b for b in self.filter.mask(ctx))
+
+    def node_test(self, pos: Position) -> bool | None:
+        v = self.filter.node_test(pos)
+        return None if v is None else not v
 
     def __repr__(self) -> str:
         return f"Not({self.filter!r})"

@@ -31,13 +31,13 @@ from ._nodes import (
     where,
 )
 
-__all__ = ["aligned", "is_single_leaf", "put_focus", "select"]
+__all__ = ["aligned", "is_single_leaf", "outer_kind", "put_focus", "select"]
 
 _SELECTIONS = BoundedCache(maxsize=4096)
 _DEEP = depth_guard("lens")
 
 
-def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
+def outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
     """The kind every leaf of the focus has because of a field (or marker) above it."""
     for parent, code, token in trail:
         if code == TREECLASS:
@@ -173,7 +173,7 @@ def select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, 
     trail: list[Any] = []
     node = walk(root, steps[:split], state, trail)
     try:
-        ctx, sel = _selection(node, steps[split:], _outer_kind(trail), state, split)
+        ctx, sel = _selection(node, steps[split:], outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:
         _DEEP.__exit__(type(e), e, e.__traceback__)  # raises TreeTooDeepError if it is one
         raise
