@@ -33,6 +33,7 @@ from ._merge import tree_partition as tree_partition
 from ._methods import tree_equal as tree_equal
 from ._optim import Optimizer as Optimizer
 from ._shard import tree_shardings as tree_shardings
+from ._show import tree_aliases as tree_aliases
 from ._show import tree_diagram as tree_diagram
 from ._show import tree_summary as tree_summary
 from ._treeclass import TreeClass as TreeClass
@@ -66,6 +67,7 @@ __all__ = [
     "field",
     "fields",
     "is_treeclass",
+    "tree_aliases",
     "tree_diagram",
     "tree_equal",
     "tree_filter",
