@@ -89,7 +89,9 @@ def bench_surgery(settings: Settings, sizes: Sequence[int]) -> Section:
     sec.check(
         "node selection <= 2x the by-hand rebuild at every L", f"worst {worst:.2f}x", worst <= 2
     )
-    sec.notes.append("x ours: this row's time / the pytreeclass row's time (higher: ours is faster)")
+    sec.notes.append(
+        "x ours: this row's time / the pytreeclass row's time (higher: ours is faster)"
+    )
     sec.notes.append(
         "eqx.tree_at is timed as Equinox users run it (on the Equinox model, like section 3) "
         "and on our model, whose flatten is faster; ours flattens the model once per call "

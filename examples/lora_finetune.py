@@ -21,15 +21,14 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import pytreeclass as ptc
-from pytreeclass import Parameter, field, treeclass
+from pytreeclass import Parameter, field
 
 
 class Adapter(Parameter):
     """The kind of the low-rank factors: trainable while everything else is frozen."""
 
 
-@treeclass
-class Linear:
+class Linear(ptc.TreeClass):
     w: jax.Array = field(kind=Parameter)
     b: jax.Array = field(kind=Parameter)
 
@@ -42,8 +41,7 @@ class Linear:
         return x @ self.w + self.b
 
 
-@treeclass
-class LoRA:
+class LoRA(ptc.TreeClass):
     """`base(x) + scale * x @ a @ b`; `b` starts at zero, so the model starts unchanged."""
 
     base: Linear
@@ -64,8 +62,7 @@ class LoRA:
         return self.base.at.w.apply(lambda w: w + self.scale * self.a @ self.b)
 
 
-@treeclass
-class MLP:
+class MLP(ptc.TreeClass):
     layers: list
     mean: jax.Array = field(kind=ptc.State)
     std: jax.Array = field(kind=ptc.State)
@@ -77,10 +74,12 @@ class MLP:
         return self.layers[-1](x)
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_data() -> list[np.ndarray]:
+    """[x_train, x_test, y_train, y_test]: 1797 8x8 images, bundled with scikit-learn."""
     x, y = load_digits(return_X_y=True)
     x = x.astype(np.float32) / 16.0
-    return train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    split = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    return [np.asarray(a) for a in split]
 
 
 def noisy(x: np.ndarray, seed: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from ._instance import FLAT, check_static
 from ._kinds import foreign_kind
 from ._lens_select import outer_kind
 from ._nodes import (
+    _TC,
     ALL,
     DATACLASS,
     DICT,
@@ -46,7 +47,6 @@ from ._nodes import (
     NONE,
     TREECLASS,
     TUPLE,
-    _TC,
     FilterStep,
     _tc_info,
     listing,
@@ -326,9 +326,13 @@ def _freeze(trie: Any) -> Any:
     code = next(iter(trie))[0]
     entries = tuple((tok, _freeze(sub)) for (_, tok), sub in trie.items())
     every = -1
-    if code == LIST and all(sub is _END for _, sub in entries):
-        if [tok for tok, _ in entries] == list(range(len(entries))):
-            every = len(entries)
+    tokens = [tok for tok, _ in entries]
+    if (
+        code == LIST
+        and all(sub is _END for _, sub in entries)
+        and tokens == list(range(len(tokens)))
+    ):
+        every = len(entries)
     return (code, entries, every)
 
 
@@ -359,11 +363,11 @@ def _runner(trie: Any) -> Callable[[Any, Callable[[Any], Any]], Any]:
 
         return each
     if code == TREECLASS and len(subs) == 1 and subs[0][0] is not None:
-        (tok, run), = subs
+        ((tok, run),) = subs
 
         def one_field(node: Any, fn: Callable[[Any], Any]) -> Any:
             cls = type(node)
-            fields, static, flatten = _TC.get(cls) or _tc_info(cls)  # type: ignore[misc]
+            _, static, flatten = _TC.get(cls) or _tc_info(cls)  # type: ignore[misc]
             value = run(node.__dict__[tok], fn)
             if tok in static:
                 check_static(cls, tok, value)
@@ -411,7 +415,7 @@ def _plan(
     for c in cursors:
         covered[c.lo : c.lo + c.n] = [True] * c.n
     plan = (_runner(_trie([c.hops for c in cursors])) if cursors else None, tuple(covered))
-    if key is not None:
+    if key is not None and memo is not None:
         _PLANS.put(key, plan)
         memo[:] = key[0], key[1], plan
     return trail, focus, *plan

@@ -89,11 +89,18 @@ def _selection(
             names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
             metas = [getattr(type(n), "__ptc_meta__", None) for n, _, _ in cursors]
             hint = ""
-            if any(m is not None and step.key in m.static_names for m in metas):
+            owners = [
+                type(n).__name__
+                for (n, _, _), m in zip(cursors, metas)
+                if m is not None and step.key in m.static_names
+            ]
+            if owners:
                 one = where(state, at + j + 1).replace("[...]", "[0]")
                 hint = (
-                    f"; {step!r} is a static field, which a selection does not reach (it "
-                    f"selects leaves): update it one path at a time, e.g. {one}"
+                    f"; {step!r} is a static field, which a selection of leaves does not "
+                    f"reach: select the nodes by type, e.g. "
+                    f".at[ptc.OfType({owners[0]})]{step!r}, or update one path at a "
+                    f"time, e.g. {one}"
                 )
             raise step.error(
                 f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "

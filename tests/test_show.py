@@ -212,7 +212,15 @@ def test_tree_summary_of_abstract_and_traced_trees_and_a_root_leaf() -> None:
     assert ptc.tree_summary(abstract).totals["all"] == (28, 112)  # lr became f32[]
     seen = []
     jax.jit(lambda m: seen.append(ptc.tree_summary(m)) or 0)(make_mlp())
-    assert seen[0].rows[0][:7] == (".layers[0].w", "Linear", "Parameter", "Array", "f32[3,4]", 12, 48)
+    assert seen[0].rows[0][:7] == (
+        ".layers[0].w",
+        "Linear",
+        "Parameter",
+        "Array",
+        "f32[3,4]",
+        12,
+        48,
+    )
     root = ptc.tree_summary(jnp.ones(3))
     assert root.rows == (("<root>", "-", "-", "Array", "f32[3]", 3, 12, None),)
 

@@ -20,15 +20,14 @@ from hypothesis import strategies as st
 import pytreeclass as ptc
 from pytreeclass import Parameter, State, field, treeclass
 
-from .models import Linear
-
 
 class Frozen(Parameter):
     pass
 
 
 class Layer(abc.ABC):  # a user's own base class, mixed into treeclasses
-    pass
+    @abc.abstractmethod
+    def __call__(self, x): ...
 
 
 @treeclass
@@ -235,14 +234,22 @@ def test_get_items_and_paths_show_the_selection():
     assert got.head.w is None and got.blocks[0].scale is None
     items = m.at[Attention].items()
     assert [p for p, _ in items] == [
-        (jax.tree_util.GetAttrKey("blocks"), jax.tree_util.SequenceKey(i), jax.tree_util.GetAttrKey("attn"))
+        (
+            jax.tree_util.GetAttrKey("blocks"),
+            jax.tree_util.SequenceKey(i),
+            jax.tree_util.GetAttrKey("attn"),
+        )
         for i in range(2)
     ]
     assert [v for _, v in items] == [m.blocks[0].attn, m.blocks[1].attn]
     # items()/paths() work for every lens: one path, leaves, nodes, empty selections.
     assert m.at.blocks[1].mlp.paths() == [".blocks[1].mlp"]
     assert m.at.head[Parameter].paths() == [".head.w", ".head.b"]
-    assert m.at.blocks[0][Dense].paths() == [".blocks[0].attn.q", ".blocks[0].attn.k", ".blocks[0].mlp"]
+    assert m.at.blocks[0][Dense].paths() == [
+        ".blocks[0].attn.q",
+        ".blocks[0].attn.k",
+        ".blocks[0].mlp",
+    ]
     assert m.at[LoRA].items() == [] and m.at[LoRA].paths() == []
 
 
@@ -349,7 +356,7 @@ def test_empty_selection_leaves_the_tree_unchanged_and_an_optimizer_step_works()
     assert m.at[LoRA].apply(lambda _: 1 / 0) is m
     assert m.at[LoRA].set(1.0) is m
     assert m.at[LoRA].inference.set(True) is m  # a step after nothing: still nothing
-    params, rest = ptc.tree_partition(m, ptc.OfType(LoRA))
+    params, _ = ptc.tree_partition(m, ptc.OfType(LoRA))
     assert jax.tree_util.tree_leaves(params) == []
     opt = ptc.Optimizer.create(optax.adam(1e-2), params)
 
@@ -384,13 +391,22 @@ def test_a_node_selection_may_end_with_a_static_field():
 
 def test_static_switch_errors():
     m = model()
-    with pytest.raises(TypeError, match=r"static field 'inference' of Dropout holds an unhashable list"):
+    with pytest.raises(
+        TypeError, match=r"static field 'inference' of Dropout holds an unhashable list"
+    ):
         m.at[Dropout].inference.set([1])
-    with pytest.raises(TypeError, match=r"model\[.*Dropout\)\]\.rate\.x: .*static fields.*can only end there"):
+    with pytest.raises(
+        TypeError, match=r"model\[.*Dropout\)\]\.rate\.x: .*static fields.*can only end there"
+    ):
         m.at[Dropout].rate.x.set(1)
-    with pytest.raises(AttributeError, match=r"model\[.*Dropout\)\]\.nope: no child \.nope under any selected node; children there: \(none\)"):
+    with pytest.raises(
+        AttributeError,
+        match=r"model\[.*Dropout\)\]\.nope: no child \.nope under any selected node; children there: \(none\)",
+    ):
         m.at[Dropout].nope.set(1)
-    with pytest.raises(AttributeError, match=r"no child \.nope under any selected node; children there: \.q, \.k"):
+    with pytest.raises(
+        AttributeError, match=r"no child \.nope under any selected node; children there: \.q, \.k"
+    ):
         m.at[Attention].nope.get()
 
 
@@ -409,8 +425,13 @@ def test_equinox_modules_as_the_selected_nodes():
     # Static Equinox fields too (a new treedef).
     net3 = ptc.at(net)[eqx.nn.Linear].out_features.apply(str)
     assert net3[0].out_features == "4"
-    zeroed = ptc.at(net)[eqx.nn.Linear].apply(lambda lin: eqx.tree_at(lambda x: x.bias, lin, jnp.zeros_like(lin.bias)))
-    assert float(jnp.abs(zeroed[2]["out"].bias).sum()) == 0.0 and zeroed[2]["out"].weight is net[2]["out"].weight
+    zeroed = ptc.at(net)[eqx.nn.Linear].apply(
+        lambda lin: eqx.tree_at(lambda x: x.bias, lin, jnp.zeros_like(lin.bias))
+    )
+    assert (
+        float(jnp.abs(zeroed[2]["out"].bias).sum()) == 0.0
+        and zeroed[2]["out"].weight is net[2]["out"].weight
+    )
     mask = ptc.tree_mask(net, eqx.nn.Linear)
     assert mask[0].weight is True and mask[1].p is False
 
