@@ -161,18 +161,20 @@ class Lens(Generic[T]):
                 step = PathStep(str(key), False)
             elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
                 step = PathStep(int(key), False)
-            else:
-                try:  # filters that compare by value (kinds, types, names) are interned
-                    child = path.items[key] if _internable(key) else None
-                except (KeyError, TypeError):
-                    child = None
-                if child is None:
+            elif t in _FILTER_TYPES or isinstance(key, type):
+                # Filters that compare by value (kinds, types, names) are interned.
+                try:
+                    child = path.items[key]
+                except KeyError:
                     step = FilterStep(as_filter(key))
-                    table = path.items if _internable(key) else None
-                    child = path.extend(step, table, key)
+                    child = path.extend(step, path.items if _internable(key) else None, key)
+                except TypeError:  # unhashable
+                    child = path.extend(FilterStep(as_filter(key)), None, None)
                 new = _new(Lens)
                 _SET(new, (root, child))
                 return new
+            else:
+                step = FilterStep(as_filter(key))
             child = path.extend(step, None, None)
         new = _new(Lens)
         _SET(new, (root, child))
@@ -274,6 +276,9 @@ class Lens(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Lens({_where_all(self)})"
+
+
+_FILTER_TYPES = frozenset({OfType, OfKind, PathContains, All, Any_, Not})
 
 
 def _internable(key: Any) -> bool:

@@ -36,7 +36,6 @@ from ._instance import FLAT, check_static
 from ._kinds import foreign_kind
 from ._lens_select import outer_kind
 from ._nodes import (
-    _TC,
     ALL,
     DATACLASS,
     DICT,
@@ -48,7 +47,6 @@ from ._nodes import (
     TREECLASS,
     TUPLE,
     FilterStep,
-    _tc_info,
     listing,
     match,
     node_code,
@@ -362,20 +360,33 @@ def _runner(trie: Any) -> Callable[[Any, Callable[[Any], Any]], Any]:
             return general(node, fn)
 
         return each
-    if code == TREECLASS and len(subs) == 1 and subs[0][0] is not None:
+    if code == TREECLASS and len(subs) == 1:
         ((tok, run),) = subs
+        index: dict[type, int] = {}  # per class: the field's place among the children
 
         def one_field(node: Any, fn: Callable[[Any], Any]) -> Any:
+            # One field of a treeclass changes (a model's `layers`, say): copy its dict
+            # and swap that child in the stored flatten result, as compiled lens paths do.
             cls = type(node)
-            _, static, flatten = _TC.get(cls) or _tc_info(cls)  # type: ignore[misc]
+            i = index.get(cls)
+            if i is None:
+                names = cls.__ptc_meta__.child_names
+                i = index[cls] = names.index(tok) if tok in names else -1
             value = run(node.__dict__[tok], fn)
-            if tok in static:
-                check_static(cls, tok, value)
             out = _new(cls)
             d = out.__dict__
             d.update(node.__dict__)
             d[tok] = value
-            d[FLAT] = flatten(out)
+            flat = d.get(FLAT)
+            if i < 0 or flat is None:  # a static field, or an instance being edited
+                meta = cls.__ptc_meta__
+                if tok in meta.static_names:
+                    check_static(cls, tok, value)
+                d[FLAT] = meta.flatten(out)
+            else:
+                children = list(flat[0])
+                children[i] = value
+                d[FLAT] = (tuple(children), flat[1])
             return out
 
         return one_field
@@ -429,6 +440,18 @@ def node_update(
     state: tuple[Any, Any, int], value: Any, fn: Any, memo: list[Any] | None = None
 ) -> Any:
     """`.set(value)` (fn None) or `.apply(fn)` on a node selection."""
+    root = state[0]
+    # The hot case, inline: the lens starts at the root (no walk, no outer kind) and the
+    # tree has the structure of the path's last one.
+    if memo is not None and not state[2] and memo[1] is None and memo[0] == _flatten(root)[1]:
+        run = memo[2][0]
+        if run is None:
+            return root
+        try:
+            return run(root, _constant(value) if fn is None else fn)
+        except (RecursionError, SystemError) as e:
+            _DEEP.__exit__(type(e), e, e.__traceback__)
+            raise
     trail, focus, run, _ = _plan(state, memo)
     if run is None:
         return state[0]  # nothing selected: the tree, unchanged

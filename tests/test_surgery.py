@@ -500,3 +500,71 @@ def test_value_dependent_node_selections_are_not_cached_across_trees():
     assert m2.at[big].paths() == [".blocks[0].mlp", ".head"]
     applied = m2.at[big].apply(lambda d: None)
     assert applied.blocks[0].mlp is None and applied.blocks[1].mlp is not None
+
+
+# -- more node types, reserved names, deep trees ------------------------------------------------
+
+
+def test_flax_struct_and_registered_classes_are_node_types():
+    import flax.struct
+
+    @flax.struct.dataclass
+    class Head:
+        w: jax.Array
+        name: str = flax.struct.field(pytree_node=False, default="head")
+
+    @jax.tree_util.register_pytree_with_keys_class
+    class Pair:
+        def __init__(self, a, b):
+            self.a, self.b = a, b
+
+        def tree_flatten_with_keys(self):
+            return (
+                (jax.tree_util.GetAttrKey("a"), self.a),
+                (jax.tree_util.GetAttrKey("b"), self.b),
+            ), None
+
+        @classmethod
+        def tree_unflatten(cls, aux, children):
+            return cls(*children)
+
+    tree = {"head": Head(jnp.ones(2)), "pair": Pair(1.0, Head(jnp.zeros(2)))}
+    assert ptc.at(tree)[Head].paths() == ["['head']", "['pair'].b"]
+    renamed = ptc.at(tree)[Head].name.set("out")
+    assert renamed["head"].name == "out" and renamed["pair"].b.name == "out"
+    assert ptc.at(tree)[Pair].paths() == ["['pair']"]
+    swapped = ptc.at(tree)[Pair].apply(lambda p: Pair(p.b, p.a))
+    assert swapped["pair"].a is tree["pair"].b
+    inner = ptc.at(tree)[Pair].b.w.set(jnp.full(2, 5.0))  # through a generic node
+    assert float(inner["pair"].b.w[0]) == 5.0 and float(tree["pair"].b.w[0]) == 0.0
+    assert jax.tree_util.tree_leaves(ptc.tree_mask(tree, Pair)) == [False, True, True]
+
+
+def test_items_and_paths_are_reserved_lens_names_reachable_with_brackets():
+    @treeclass
+    class Box:
+        items: list
+        paths: float = 0.0
+
+    box = Box([1.0, 2.0])
+    assert box.at["items"][0].set(5.0).items == [5.0, 2.0]
+    assert box.at["paths"].set(1.0).paths == 1.0
+    assert box.at["items"].paths() == [".items"]
+
+
+def test_node_selection_repr_and_errors_name_the_path():
+    m = model()
+    assert repr(m.at[Dense]) == f"Lens(model[OfType({Dense.__module__}.Dense)])"
+    with pytest.raises(
+        IndexError,
+        match=r"model\[OfType\(.*Block\)\]\.attn\[3\]: no child \[3\] under any selected node; children there: \.q, \.k",
+    ):
+        m.at[Block].attn[3].get()
+
+
+def test_deep_node_selection_fails_cleanly():
+    tree: Any = 1.0
+    for _ in range(5000):
+        tree = Dense(tree, 0.0)
+    with pytest.raises(RecursionError):  # a TreeTooDeepError, which is one
+        ptc.at([tree])[Dropout].paths()
