@@ -136,6 +136,14 @@ class OfType(Filter):
     node that is an instance of it, and in a lens the nodes themselves, outermost first.
     A type of common leaves as well (`object`, `numbers.Number`, `Sequence`, ...) and a
     leaf type (`jax.Array`, `float`) test leaves only.
+
+    Example:
+        >>> import pytreeclass as ptc
+        >>> tree = {"a": [1.0, 2.0], "b": 3.0}
+        >>> ptc.tree_mask(tree, ptc.OfType(list))
+        {'a': [True, True], 'b': False}
+        >>> ptc.at(tree)[ptc.OfType(list)].apply(sum)
+        {'a': 3.0, 'b': 3.0}
     """
 
     type: type

@@ -243,7 +243,13 @@ class Lens(Generic[T]):
         Key paths are tuples of JAX keys from the root, as `jax.tree_util.keystr` and
         `tree_flatten_with_path` use them: one pair for a single path, one per selected
         leaf for a leaf selection, one per selected node (or leaf) for a node selection.
-        An empty list says that the lens selects nothing."""
+        An empty list says that the lens selects nothing.
+
+        Example:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": [1, 2], "b": (3,)})[list].items()
+            [((DictKey(key='a'),), [1, 2])]
+        """
         root, path = _GET(self)
         state = (root, path.steps, path.split)
         if path.split < 0:
@@ -259,7 +265,13 @@ class Lens(Generic[T]):
     def paths(self) -> list[str]:
         """The key paths of what the lens selects, as strings (`'.layers[0]'`).
 
-        The same as `[jax.tree_util.keystr(p) for p, _ in lens.items()]`."""
+        The same as `[jax.tree_util.keystr(p) for p, _ in lens.items()]`.
+
+        Example:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": [1, 2], "b": (3, [4])})[list].paths()
+            ["['a']", "['b'][1]"]
+        """
         return [jax.tree_util.keystr(p) for p, _ in self.items()]
 
     # -- misuse --
