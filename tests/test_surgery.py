@@ -568,3 +568,18 @@ def test_deep_node_selection_fails_cleanly():
         tree = Dense(tree, 0.0)
     with pytest.raises(RecursionError):  # a TreeTooDeepError, which is one
         ptc.at([tree])[Dropout].paths()
+
+
+def test_unions_of_node_and_leaf_types():
+    m = model()
+    both = ptc.OfType(Attention | Dropout)
+    assert m.at[both].paths() == [
+        ".blocks[0].attn",
+        ".blocks[0].drop",
+        ".blocks[1].attn",
+        ".blocks[1].drop",
+    ]
+    mixed = ptc.OfType(Dense | jax.Array)  # Dense nodes, and array leaves elsewhere
+    assert m.at[mixed].paths()[-3:] == [".blocks[1].mlp", ".blocks[1].scale", ".head"]
+    assert all(jax.tree_util.tree_leaves(ptc.tree_mask(m, mixed)))
+    assert "Attention | " in repr(both)
