@@ -30,10 +30,10 @@ from ._filters import All, Not, OfKind, OfType, PathContains, as_filter
 from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
 from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
-from ._lens_select import aligned, is_single_leaf, put_focus, select
-from ._nodes import ALL, FilterStep, PathStep, put, walk, where
+from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
+from ._lens_walk import ALL, FilterStep, PathStep, put, walk, where
 
-__all__ = ["Lens", "at"]
+__all__ = ["Lens", "at", "lens_on"]
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ class Lens(Generic[T]):
     `set`, `apply`, `items` or `paths` is reached with brackets (`["get"]`); names of
     the form `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> ptc.at({"a": [1, 2], "b": 3})["a"][-1].set(5)
         {'a': [1, 5], 'b': 3}
@@ -193,7 +193,7 @@ class Lens(Generic[T]):
             return walk(root, path.steps, state, [])
         if path.nodes:
             return node_get(state, path.memo)
-        _, ctx, sel = select(state)
+        _, ctx, sel = select_focus(state)
         return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 
     def set(self, value: Any) -> T:
@@ -211,7 +211,7 @@ class Lens(Generic[T]):
         state = (root, path.steps, path.split)
         if path.nodes:
             return node_update(state, value, None, path.memo)
-        trail, ctx, sel = select(state)
+        trail, ctx, sel = select_focus(state)
         if value is None or is_single_leaf(value):
             new = [value if s else x for x, s in zip(ctx.leaves, sel)]
         else:
@@ -234,7 +234,7 @@ class Lens(Generic[T]):
             return path.put(root, None, fn)
         if path.nodes:
             return node_update((root, path.steps, path.split), None, fn, path.memo)
-        trail, ctx, sel = select((root, path.steps, path.split))
+        trail, ctx, sel = select_focus((root, path.steps, path.split))
         return put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])
 
     def items(self) -> list[tuple[tuple[Any, ...], Any]]:
@@ -245,7 +245,7 @@ class Lens(Generic[T]):
         leaf for a leaf selection, one per selected node (or leaf) for a node selection.
         An empty list says that the lens selects nothing.
 
-        Example:
+        Examples:
             >>> import pytreeclass as ptc
             >>> ptc.at({"a": [1, 2], "b": (3,)})[list].items()
             [((DictKey(key='a'),), [1, 2])]
@@ -258,7 +258,7 @@ class Lens(Generic[T]):
             return [(tuple(hop_key(*hop) for hop in trail), value)]
         if path.nodes:
             return node_items(state)
-        trail, ctx, sel = select(state)
+        trail, ctx, sel = select_focus(state)
         prefix = tuple(hop_key(*hop) for hop in trail)
         return [((*prefix, *p), x) for x, p, s in zip(ctx.leaves, ctx.paths, sel) if s]
 
@@ -267,7 +267,7 @@ class Lens(Generic[T]):
 
         The same as `[jax.tree_util.keystr(p) for p, _ in lens.items()]`.
 
-        Example:
+        Examples:
             >>> import pytreeclass as ptc
             >>> ptc.at({"a": [1, 2], "b": (3, [4])})[list].paths()
             ["['a']", "['b'][1]"]
@@ -326,7 +326,7 @@ def at(tree: T, /) -> Lens[T]:
 
     `obj.at` is the same thing for a treeclass instance.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> params = {"dense": {"bias": 0.0, "kernel": 1.0}}
         >>> ptc.at(params)["dense"]["bias"].set(0.5)

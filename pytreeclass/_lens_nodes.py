@@ -30,12 +30,12 @@ import jax
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from ._cache import BoundedCache
-from ._errors import depth_guard
-from ._filters import Leaves, Position
-from ._instance import FLAT, check_static
+from ._errors import reraise_if_too_deep
+from ._filters import Position
 from ._kinds import foreign_kind
+from ._leaf_facts import Leaves
 from ._lens_select import outer_kind
-from ._nodes import (
+from ._lens_walk import (
     ALL,
     DATACLASS,
     DICT,
@@ -50,11 +50,12 @@ from ._nodes import (
     listing,
     match,
     node_code,
-    one_level_keyed,
     rebuild,
     walk,
     where,
 )
+from ._meta import meta_of, with_field
+from ._tree_util import one_level
 
 __all__ = [
     "hop_key",
@@ -65,7 +66,6 @@ __all__ = [
     "node_update",
 ]
 
-_DEEP = depth_guard("lens")
 # `jax.tree_util.tree_flatten` minus its Python frame (the registry's flatten is C++).
 _flatten = jax.tree_util.default_registry.flatten
 _PLANS = BoundedCache(maxsize=4096)
@@ -112,8 +112,12 @@ def _children(c: _Cursor) -> list[_Cursor]:
     code = node_code(node)
     if code in (LEAF, NONE):
         return []
-    keys, children, _ = one_level_keyed(node)
-    fields = type(node).__ptc_meta__.fields_by_name if code == TREECLASS else None
+    level = one_level(node)
+    if level is None:
+        return []
+    keys, children, _ = level
+    meta = meta_of(type(node)) if code == TREECLASS else None
+    fields = meta.fields_by_name if meta is not None else None
     marker = None if c.kind is not None or fields is not None else foreign_kind(node)
     outer = (*c.outer, type(node))
     out, lo = [], c.lo
@@ -135,7 +139,8 @@ def _static_child(c: _Cursor, name: Any) -> _Cursor | None:
     if type(name) is not str:
         return None
     if code == TREECLASS:
-        if name not in type(node).__ptc_meta__.static_names:
+        meta = meta_of(type(node))
+        if meta is None or name not in meta.static_names:
             return None
     elif code == DATACLASS:
         import dataclasses
@@ -185,7 +190,7 @@ def _positions(
     """The positions `steps` (all after the walk) select in `focus`."""
     ctx = Leaves(focus)
     if outer is not None:
-        ctx._kinds = (outer,) * len(ctx.leaves)
+        ctx.kinds = (outer,) * len(ctx.leaves)
     cursors = [_Cursor(focus, (), (), 0, len(ctx.leaves), outer, ())]
     for j, step in enumerate(steps):
         if any(c.static for c in cursors):
@@ -246,7 +251,7 @@ def _select(state: tuple[Any, Any, int]) -> tuple[list[Any], Any, Leaves, list[_
     try:
         ctx, cursors = _positions(focus, steps[split:], outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:
-        _DEEP.__exit__(type(e), e, e.__traceback__)  # raises TreeTooDeepError if it is one
+        reraise_if_too_deep("lens", e)
         raise
     return trail, focus, ctx, cursors
 
@@ -259,23 +264,16 @@ def _child(node: Any, code: int, token: Any) -> Any:
         d = node.__dict__
         return d[token] if token in d else getattr(node, token)
     if code == GENERIC:
-        return one_level_keyed(node)[1][token]
+        return one_level(node)[1][token]  # type: ignore[index]
     return node[token]
 
 
 def _rebuild_many(node: Any, code: int, new: dict[Any, Any]) -> Any:
     """A copy of `node` with the children at the tokens of `new` replaced, each once."""
     if code == TREECLASS:
-        cls = type(node)
-        meta = cls.__ptc_meta__
-        for token, value in new.items():
-            if token in meta.static_names:
-                check_static(cls, token, value)
-        out = _new(cls)
-        d = out.__dict__
-        d.update(node.__dict__)
-        d.update(new)
-        d[FLAT] = meta.flatten(out)
+        out = node
+        for token, value in new.items():  # a treeclass has few fields: one copy each
+            out = with_field(out, token, value)
         return out
     if code == DATACLASS:
         out = _new(type(node))
@@ -292,7 +290,7 @@ def _rebuild_many(node: Any, code: int, new: dict[Any, Any]) -> Any:
         for token, value in new.items():
             items[token] = value
         return tuple(items) if code == TUPLE else tuple.__new__(type(node), items)
-    _, children, treedef = one_level_keyed(node)
+    _, children, treedef = one_level(node)  # type: ignore[misc]
     children = list(children)
     for token, value in new.items():
         children[token] = value
@@ -362,32 +360,10 @@ def _runner(trie: Any) -> Callable[[Any, Callable[[Any], Any]], Any]:
         return each
     if code == TREECLASS and len(subs) == 1:
         ((tok, run),) = subs
-        index: dict[type, int] = {}  # per class: the field's place among the children
 
         def one_field(node: Any, fn: Callable[[Any], Any]) -> Any:
-            # One field of a treeclass changes (a model's `layers`, say): copy its dict
-            # and swap that child in the stored flatten result, as compiled lens paths do.
-            cls = type(node)
-            i = index.get(cls)
-            if i is None:
-                names = cls.__ptc_meta__.child_names
-                i = index[cls] = names.index(tok) if tok in names else -1
-            value = run(node.__dict__[tok], fn)
-            out = _new(cls)
-            d = out.__dict__
-            d.update(node.__dict__)
-            d[tok] = value
-            flat = d.get(FLAT)
-            if i < 0 or flat is None:  # a static field, or an instance being edited
-                meta = cls.__ptc_meta__
-                if tok in meta.static_names:
-                    check_static(cls, tok, value)
-                d[FLAT] = meta.flatten(out)
-            else:
-                children = list(flat[0])
-                children[i] = value
-                d[FLAT] = (tuple(children), flat[1])
-            return out
+            # One field of a treeclass changes (a model's `layers`, say).
+            return with_field(node, tok, run(node.__dict__[tok], fn))
 
         return one_field
     return general
@@ -441,24 +417,19 @@ def node_update(
 ) -> Any:
     """`.set(value)` (fn None) or `.apply(fn)` on a node selection."""
     root = state[0]
-    # The hot case, inline: the lens starts at the root (no walk, no outer kind) and the
-    # tree has the structure of the path's last one.
-    if memo is not None and not state[2] and memo[1] is None and memo[0] == _flatten(root)[1]:
-        run = memo[2][0]
-        if run is None:
-            return root
-        try:
-            return run(root, _constant(value) if fn is None else fn)
-        except (RecursionError, SystemError) as e:
-            _DEEP.__exit__(type(e), e, e.__traceback__)
-            raise
-    trail, focus, run, _ = _plan(state, memo)
-    if run is None:
-        return state[0]  # nothing selected: the tree, unchanged
     try:
+        # The hot case, inline: the lens starts at the root (no walk, no outer kind) and
+        # the tree has the structure of the path's last one.
+        hot = memo is not None and not state[2] and memo[1] is None
+        if hot and memo[0] == _flatten(root)[1]:  # type: ignore[index]
+            run = memo[2][0]  # type: ignore[index]
+            return root if run is None else run(root, _constant(value) if fn is None else fn)
+        trail, focus, run, _ = _plan(state, memo)
+        if run is None:
+            return root  # nothing selected: the tree, unchanged
         out = run(focus, _constant(value) if fn is None else fn)
     except (RecursionError, SystemError) as e:
-        _DEEP.__exit__(type(e), e, e.__traceback__)
+        reraise_if_too_deep("lens", e)
         raise
     for parent, code, token in reversed(trail):
         out = rebuild(parent, code, token, out)
@@ -467,7 +438,11 @@ def node_update(
 
 def node_get(state: tuple[Any, Any, int], memo: list[Any] | None = None) -> Any:
     """The focus with every leaf no selected position covers replaced by `None`."""
-    _, focus, _, covered = _plan(state, memo)
+    try:
+        _, focus, _, covered = _plan(state, memo)
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("lens", e)
+        raise
     leaves, treedef = jax.tree_util.tree_flatten(focus)
     return treedef.unflatten([x if s else None for x, s in zip(leaves, covered)])
 
@@ -482,7 +457,7 @@ def hop_key(node: Any, code: int, token: Any) -> Any:
         return DictKey(token)
     if code == NAMEDTUPLE:
         return GetAttrKey(type(node)._fields[token])
-    return one_level_keyed(node)[0][token[2]]
+    return one_level(node)[0][token[2]]  # type: ignore[index]
 
 
 def node_items(state: tuple[Any, Any, int]) -> list[tuple[tuple[Any, ...], Any]]:

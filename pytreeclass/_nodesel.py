@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from ._cache import BoundedCache
+from ._meta import meta_of
 
 __all__ = ["always_node", "inside_flags", "node_types", "type_members"]
 
@@ -78,7 +79,7 @@ def always_node(t: type) -> bool:
     flax.struct class or another registered class may have unregistered subclasses, whose
     instances JAX treats as leaves, so those are tested on leaves too.
     """
-    if t is type(None) or hasattr(t, "__ptc_meta__"):
+    if t is type(None) or meta_of(t) is not None:
         return True
     if t.__module__ == "pytreeclass._treeclass" and t.__name__ == "TreeClass":
         return True
