@@ -53,12 +53,27 @@ class Position:
 
 
 class Filter:
-    """Base of filter objects. `structural` filters depend on the treedef alone.
+    """Base of filter objects; functions that take filters turn their arguments into these.
 
-    `mask` says which leaves a filter selects. Filters that name node types
+    A filter may be given as any of:
+
+    1. a `Kind` subclass: leaves of that kind or a subkind (`OfKind`);
+    2. any other type: leaves that are instances of it (`OfType`); a pytree node type
+       (a treeclass, `dict`, an Equinox module, ...) selects whole subtrees;
+    3. a callable `leaf -> bool` (`Predicate`), e.g. `equinox.is_array`;
+    4. a string: leaves whose key path has a field, attribute or key of that name
+       (`PathContains`);
+    5. a pytree of bools with the tree's structure (a mask), a `bool` standing for a
+       whole subtree;
+    6. `Any(*filters)`, `All(*filters)`, `Not(filter)`.
+
+    Several filters passed to one call are combined with `All`. Filter objects are small,
+    hashable and have readable `repr`s. `structural` filters depend on the treedef alone,
+    so what they select is cached per treedef. Filters that name node types
     (`node_types`, e.g. `OfType(Linear)`) also judge whole nodes in a lens: `node_test`
     answers True or False for a node, or None where the filter only looks at leaves
-    (a callable, a mask, a leaf type, a kind that no field above the node sets)."""
+    (a callable, a mask, a leaf type, a kind that no field above the node sets).
+    """
 
     structural: bool = False
     node_types: tuple[type, ...] = ()
@@ -75,7 +90,23 @@ class Filter:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class OfKind(Filter):
-    """Leaves whose kind is `kind` or a subkind of it."""
+    """Leaves whose kind is `kind` or a subkind of it (a bare `Kind` subclass means this).
+
+    Args:
+        kind: a `Kind` subclass.
+
+    Raises:
+        TypeError: `kind` is not a `Kind` subclass.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Layer:
+        ...     w: float = ptc.field(kind=ptc.Parameter, default=1.0)
+        ...     mean: float = ptc.field(kind=ptc.BatchStat, default=0.0)
+        >>> ptc.tree_mask(Layer(), ptc.OfKind(ptc.State))
+        Layer(w=False, mean=True)
+    """
 
     kind: type[Kind]
     structural = True
@@ -95,14 +126,20 @@ class OfKind(Filter):
 class OfType(Filter):
     """Leaves that are instances of `type`; for a node type, whole subtrees rooted at one.
 
-    A node type (a treeclass, an Equinox module, a flax.struct dataclass, `dict`, `list`,
-    `tuple`, any registered node, or a base class of those) selects every leaf under a
-    node that is an instance of it, and in a lens the nodes themselves, outermost first.
-    A type of common leaves as well (`object`, `numbers.Number`, `Sequence`, ...) and a
-    leaf type (`jax.Array`, `float`) test leaves only.
+    A bare type that is not a kind means this filter. A node type (a treeclass, an
+    Equinox module, a flax.struct dataclass, `dict`, `list`, `tuple`, any registered
+    node, or a base class of those) selects every leaf under a node that is an instance
+    of it, and in a lens the nodes themselves, outermost first. A type of common leaves
+    as well (`object`, `numbers.Number`, `Sequence`, ...) and a leaf type (`jax.Array`,
+    `float`) test leaves only.
+
+    Args:
+        type: the class to match (or a union of classes).
 
     Examples:
         >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0}, ptc.OfType(float))
+        {'a': False, 'b': True}
         >>> tree = {"a": [1.0, 2.0], "b": 3.0}
         >>> ptc.tree_mask(tree, ptc.OfType(list))
         {'a': [True, True], 'b': False}
@@ -151,7 +188,19 @@ class OfType(Filter):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Predicate(Filter):
-    """Leaves for which `fn(leaf)` is true (e.g. `equinox.is_array`)."""
+    """Leaves for which `fn(leaf)` is true (e.g. `equinox.is_array`).
+
+    A bare callable filter means this. `fn` must return a Python `bool`: which leaves are
+    selected decides the output's structure, so it cannot depend on traced values.
+
+    Args:
+        fn: a function from a leaf to a Python `bool`.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask([1, -2, 3], ptc.Predicate(lambda x: x > 0))
+        [True, False, True]
+    """
 
     fn: Callable[[_Any], _Any]
 
@@ -179,7 +228,19 @@ class Predicate(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class PathContains(Filter):
-    """Leaves whose key path has a field, attribute or dict key named exactly `name`."""
+    """Leaves whose key path has a field, attribute or dict key named exactly `name`.
+
+    A bare string filter means this (except in a lens, where `["w"]` is a key step).
+
+    Args:
+        name: the field, attribute or key name.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> tree = {"w": 1.0, "block": {"w": 2.0, "b": 3.0}}
+        >>> ptc.tree_mask(tree, ptc.PathContains("w"))
+        {'block': {'b': False, 'w': True}, 'w': True}
+    """
 
     name: str
     structural = True
@@ -272,20 +333,48 @@ class _Combination(Filter):
 
 
 class Any(_Combination):
-    """Leaves selected by at least one of `filters`."""
+    """Leaves selected by at least one of `filters`.
+
+    Args:
+        *filters: filters in any form `Filter` lists.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0, "c": "x"}, ptc.Any(int, float))
+        {'a': True, 'b': True, 'c': False}
+    """
 
     _reduce = any
 
 
 class All(_Combination):
-    """Leaves selected by every one of `filters` (several filters in one call mean this)."""
+    """Leaves selected by every one of `filters` (several filters in one call mean this).
+
+    Args:
+        *filters: filters in any form `Filter` lists.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> tree = {"w": 1.0, "b": 2.0, "n": 3}
+        >>> ptc.tree_mask(tree, ptc.All(float, ptc.Not("b")))
+        {'b': False, 'n': False, 'w': True}
+    """
 
     _reduce = all
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False)
 class Not(Filter):
-    """Leaves not selected by `filter`."""
+    """Leaves not selected by `filter`.
+
+    Args:
+        filter: a filter in any form `Filter` lists.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0}, ptc.Not(float))
+        {'a': True, 'b': False}
+    """
 
     filter: Filter
 

@@ -31,7 +31,7 @@ from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
 from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
 from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
-from ._lens_walk import ALL, FilterStep, PathStep, put, walk, where
+from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, put, walk, where
 
 __all__ = ["Lens", "at", "lens_on"]
 
@@ -116,6 +116,12 @@ class Lens(Generic[T]):
     `set`, `apply`, `items` or `paths` is reached with brackets (`["get"]`); names of
     the form `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
 
+    Raises:
+        AttributeError: a `.name` step that does not exist, when the path is used; the
+            message has the whole path (`model.layerz: no field 'layerz'; ...`).
+        KeyError: a `["key"]` step that does not exist (likewise).
+        IndexError: an `[i]` step out of range (likewise).
+
     Examples:
         >>> import pytreeclass as ptc
         >>> ptc.at({"a": [1, 2], "b": 3})["a"][-1].set(5)
@@ -161,6 +167,8 @@ class Lens(Generic[T]):
                 step = PathStep(str(key), False)
             elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
                 step = PathStep(int(key), False)
+            elif isinstance(key, slice):
+                step = PathStep(SliceKey(key), False)
             elif t in _FILTER_TYPES or isinstance(key, type):
                 # Filters that compare by value (kinds, types, names) are interned.
                 try:
@@ -186,7 +194,17 @@ class Lens(Generic[T]):
         """The value at the path; with `[...]` or a filter, the focus with holes (`None`).
 
         For a node selection the selected nodes stand whole in the focus (every leaf
-        they hold is kept); `.items()` lists them one by one."""
+        they hold is kept); `.items()` lists them one by one.
+
+        Returns:
+            The leaf or subtree at the path; for a selection, the subtree at its start
+            with every unselected leaf replaced by `None` (as `ptc.tree_filter` does).
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+        """
         root, path = _GET(self)
         state = (root, path.steps, path.split)
         if path.split < 0:
@@ -199,7 +217,27 @@ class Lens(Generic[T]):
     def set(self, value: Any) -> T:
         """A copy of the root with `value` at the path (or at every selected leaf).
 
-        A node selection puts `value` (any object) in place of every selected node."""
+        A node selection puts `value` (any object) in place of every selected node.
+
+        Only the nodes on the path are rebuilt; everything else is shared with the root.
+
+        Args:
+            value: for a single path, what to put there (a leaf or a subtree). For a
+                selection, a single pytree leaf given to every selected leaf, or a tree with
+                `get()`'s structure where `None` keeps what is there.
+
+        Returns:
+            A new root of the same type; the root itself is unchanged.
+
+        Raises:
+            AttributeError: a step names a missing field, or a selection is followed by a
+                static field's name.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+            ValueError: for a selection, `value` has neither a leaf's nor `get()`'s
+                structure.
+            TypeError: a static field is given an array or an unhashable value.
+        """
         root, path = _GET(self)
         plan = path.plan  # the hot case, inline: a compiled update (only single-step paths)
         if plan is not None:
@@ -223,7 +261,20 @@ class Lens(Generic[T]):
         """A copy of the root with `fn` applied at the path (or to every selected leaf).
 
         A node selection calls `fn` once per selected node and puts what it returns
-        (any value or subtree) in the node's place."""
+        (any value or subtree) in the node's place.
+
+        Args:
+            fn: called on the value at the path (or on each selected leaf); its result
+                takes the value's place.
+
+        Returns:
+            A new root of the same type; the root itself is unchanged.
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+        """
         root, path = _GET(self)
         if path.split < 0:
             plan = path.plan
@@ -325,6 +376,13 @@ def at(tree: T, /) -> Lens[T]:
     """A lens on any pytree (dict, list, tuple, Equinox module, treeclass, ...).
 
     `obj.at` is the same thing for a treeclass instance.
+
+    Args:
+        tree: the root the lens starts from; it is never changed.
+
+    Returns:
+        A `Lens` on `tree`, to extend with steps and end with `.get()`, `.set(v)` or
+        `.apply(fn)`.
 
     Examples:
         >>> import pytreeclass as ptc

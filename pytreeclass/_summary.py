@@ -168,9 +168,16 @@ def tree_summary(tree: Any) -> TreeSummary:
     objects); `bytes` is what the arrays hold (`count * itemsize`; 0 for non-arrays).
     Non-array leaves show their short `repr` in the shape/dtype column. An array that
     appears at several paths (tied weights, see `ptc.tree_aliases`) is counted once: its
-    later rows show `= <first path>` and count 0. The result is a `str` with `rows` and
-    `totals` attributes, and an HTML table in notebooks. It works on abstract trees
+    later rows show `= <first path>` and count 0. It works on abstract trees
     (`jax.eval_shape`) and inside `jax.jit`.
+
+    Args:
+        tree: any pytree.
+
+    Returns:
+        The table as a `str` (print it), with the numbers as attributes too, `rows`
+        (one per leaf) and `totals` (a dict from kind name to `(count, bytes)`); an
+        HTML table in notebooks.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -179,7 +186,8 @@ def tree_summary(tree: Any) -> TreeSummary:
         ... class Linear:
         ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
         ...     n: jnp.ndarray
-        >>> print(ptc.tree_summary(Linear(jnp.ones((3, 4)), jnp.zeros((), "int32"))))
+        >>> layer = Linear(jnp.ones((3, 4)), jnp.zeros((), "int32"))
+        >>> print(ptc.tree_summary(layer))
         path   node    kind       type   shape/dtype  count  bytes
         -----  ------  ---------  -----  -----------  -----  -----
         .w     Linear  Parameter  Array  f32[3,4]        12     48
@@ -240,9 +248,15 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
     """A text tree (box-drawing characters) of `tree`'s structure, one line per node.
 
     Leaves show as `name: f32[3,4] (Parameter)`, with the field's `axes` when it sets
-    them; static fields as `name: value (static)`. Lists, tuples and dicts longer than
-    `max_items` show their first `max_items - 2` children, `...`, and the last one
-    (`max_items=None` shows all). The result is a `str` that prints unquoted at the prompt.
+    them; static fields as `name: value (static)`.
+
+    Args:
+        tree: any pytree.
+        max_items: lists, tuples and dicts longer than this show their first
+            `max_items - 2` children, `...`, and the last one; `None` shows all.
+
+    Returns:
+        The diagram, a `str` that prints unquoted at the prompt.
 
     Examples:
         >>> import jax.numpy as jnp

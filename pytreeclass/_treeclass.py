@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESERVED_NAME", "TREECLASS_OPTIONS_CONFLICT", "TreeClass", "treeclass"]
 
-_T = TypeVar("_T")
+T = TypeVar("T")
 
 _new = object.__new__
 _register_lock = threading.Lock()
@@ -80,9 +81,14 @@ def _install_init(cls: type, meta: ClassMeta, user_init: Callable[..., None] | N
         cls.__init__ = wrap_user_init(user_init)  # type: ignore[misc]
         return
     initvars = meta.options.get("_initvars", [])
-    source, ns = init_source(cls, meta.fields, initvars, meta.has_post_init)
-    init = compile_function("__init__", source, ns, cls.__qualname__)
+    source, ns, annotations = init_source(cls, meta.fields, initvars, meta.has_post_init)
+    module = sys.modules.get(cls.__module__)
+    init = compile_function(
+        "__init__", source, ns, cls.__qualname__, module_globals=vars(module) if module else {}
+    )
     init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__annotations__ = annotations
+    init.__ptc_post_init__ = meta.has_post_init  # type: ignore[attr-defined]
     cls.__init__ = init  # type: ignore[misc]
 
 
@@ -153,6 +159,10 @@ def _register_subclass(cls: type) -> None:
         meta = ClassMeta(cls, parent.fields, parent.options)
         if own_init is not None:
             _install_init(cls, meta, getattr(own_init, "__ptc_user_init__", own_init))
+        elif getattr(cls.__init__, "__ptc_post_init__", meta.has_post_init) != meta.has_post_init:
+            # The inherited generated __init__ does not call the __post_init__ this subclass
+            # defines; the TreeClass spelling would, and so does dataclasses: a new one does.
+            _install_init(cls, meta, None)
         # else: the parent's __init__ (generated or wrapped) works as is for the subclass.
         _register(cls, meta)
 
@@ -214,26 +224,42 @@ def _install_subclass_hook(owner: type) -> None:
 
 
 @overload
-def treeclass(cls: type[_T], /) -> type[_T]: ...
+def treeclass(cls: type[T], /) -> type[T]: ...
 @overload
 def treeclass(
     *, kw_only: bool = False, order: bool = False, match_args: bool = True
-) -> Callable[[type[_T]], type[_T]]: ...
+) -> Callable[[type[T]], type[T]]: ...
 # No `frozen_default`: type checkers would then reject `self.x = ...` inside a user-written
 # `__init__` and inside `value_and_tree` functions, the two places assignment is allowed.
 @dataclass_transform(field_specifiers=(field, Field, dataclasses.field))
 def treeclass(
-    cls: type[_T] | None = None,
+    cls: type[T] | None = None,
     /,
     *,
     kw_only: bool = False,
     order: bool = False,
     match_args: bool = True,
-) -> Any:
+) -> type[T] | Callable[[type[T]], type[T]]:
     """Make an annotated class an immutable dataclass that is a JAX pytree.
 
     Non-static fields are the pytree's children (with `GetAttrKey` paths); static fields
     live in the treedef. Unflatten never runs `__init__`, `__post_init__` or converters.
+    Use it bare (`@treeclass`) or with options (`@treeclass(kw_only=True)`).
+
+    Args:
+        cls: the class to decorate (given when used bare, as `@treeclass`).
+        kw_only: make every field of the generated `__init__` keyword-only.
+        order: generate `<`, `<=`, `>`, `>=` comparing fields in order, as dataclasses do.
+        match_args: set `__match_args__` for `match` statements.
+
+    Returns:
+        The class itself, now a frozen dataclass registered as a JAX pytree; with options
+        and no class, a decorator that makes one.
+
+    Raises:
+        TypeError: `cls` is not a class, defines `__slots__`, is already a treeclass, uses
+            a reserved field name (`at`, ...), has a static field whose default is an array
+            or unhashable, or is a `TreeClass` subclass defined with other options.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -249,7 +275,7 @@ def treeclass(
     """
     options = {"kw_only": kw_only, "order": order, "match_args": match_args}
 
-    def wrap(c: type[_T]) -> type[_T]:
+    def wrap(c: type[T]) -> type[T]:
         if not isinstance(c, type):
             raise TypeError(f"@treeclass decorates classes, not {type(c).__name__} objects.")
         if own_meta(c) is not None:
@@ -302,6 +328,10 @@ class TreeClass:
     `isinstance(obj, ptc.TreeClass)` tells instances of its subclasses. Decorating a
     subclass with `@treeclass` as well is harmless (it is already one); asking the decorator
     for options the class was not given is an error.
+
+    Raises:
+        TypeError: `ptc.TreeClass()` itself is called, or a subclass breaks a rule of
+            `@treeclass` (see there).
 
     Examples:
         >>> import jax, jax.numpy as jnp
