@@ -1,10 +1,10 @@
-"""LoRA fine-tuning with lens calls: inject adapters, train them, merge them back.
+"""LoRA fine-tuning with lenses: inject adapters, train them, merge them back.
 
 1. Train a small MLP on scikit-learn's digits.
 2. Surgery: `model.at[ptc.OfType(Linear)].apply(...)` wraps every `Linear` in a
    `LoRA` whose low-rank factors have their own kind, `Adapter`.
 3. Fine-tune on noisy digits (and the clean ones): the optimizer sees only the
-   `Adapter` leaves (a partition by kind), so the base weights stay as they were.
+   `Adapter` leaves (a partition by kind): the base weights stay as they were.
 4. Surgery again: `model.at[ptc.OfType(LoRA)].apply(LoRA.merge)` folds each
    adapter into its weights, giving back a plain MLP of the original shape.
 
@@ -42,7 +42,7 @@ class Linear(ptc.TreeClass):
 
 
 class LoRA(ptc.TreeClass):
-    """`base(x) + scale * x @ a @ b`; `b` starts at zero: nothing changes yet."""
+    """`base(x) + scale * x @ a @ b`; `b` starts at zero: no change yet."""
 
     base: Linear
     a: jax.Array = field(kind=Adapter)
@@ -122,7 +122,7 @@ def train(
 
 
 def count(tree: object, *filters: object) -> int:
-    """How many numbers the leaves `filters` select hold (all without filters)."""
+    """How many numbers the leaves `filters` select hold (all: no filters)."""
     return sum(
         int(np.size(x))
         for x in jax.tree_util.tree_leaves(ptc.tree_filter(tree, *filters))
@@ -152,7 +152,7 @@ def main(
     acc = {"base": accuracy(base, x_test, y_test)}
     acc["base noisy"] = accuracy(base, noisy(x_test, 1), y_test)
 
-    # Surgery 1: every Linear becomes a LoRA around it (fn runs once per Linear).
+    # Surgery 1: every Linear becomes a LoRA around it (fn: once per Linear).
     lora_keys = iter(jax.random.split(k_lora, len(base.layers)))
     lora = base.at[ptc.OfType(Linear)].apply(
         lambda lin: LoRA.wrap(lin, next(lora_keys), rank)
@@ -160,7 +160,7 @@ def main(
     counts["lora"] = report("with adapters", lora, Adapter)
     print("adapters at", lora.at[ptc.OfType(LoRA)].paths())
 
-    # The new domain is noisy digits; the clean ones in the mix keep what it knew.
+    # The new domain: noisy digits; the clean ones in the mix keep what it knew.
     x_tune = np.concatenate([x_train, noisy(x_train, 0)])
     tuned = train(
         lora, Adapter, x_tune, np.concatenate([y_train, y_train]), tune_steps
