@@ -294,7 +294,15 @@ class Lens(Generic[T]):
         Key paths are tuples of JAX keys from the root, as `jax.tree_util.keystr` and
         `tree_flatten_with_path` use them: one pair for a single path, one per selected
         leaf for a leaf selection, one per selected node (or leaf) for a node selection.
-        An empty list says that the lens selects nothing.
+
+        Returns:
+            A list of `(key path, value)` pairs; an empty list when the lens selects
+            nothing.
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
 
         Examples:
             >>> import pytreeclass as ptc
@@ -316,7 +324,9 @@ class Lens(Generic[T]):
     def paths(self) -> list[str]:
         """The key paths of what the lens selects, as strings (`'.layers[0]'`).
 
-        The same as `[jax.tree_util.keystr(p) for p, _ in lens.items()]`.
+        Returns:
+            `[jax.tree_util.keystr(p) for p, _ in lens.items()]`: one string per
+            selected value, relative to the root.
 
         Examples:
             >>> import pytreeclass as ptc

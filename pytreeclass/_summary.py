@@ -126,6 +126,13 @@ def tree_aliases(tree: Any) -> list[tuple[str, ...]]:
     shared array once and derive the other use from it (a property or method); this
     finds accidental ties. Only arrays count (a small int is the same object everywhere).
 
+    Args:
+        tree: any pytree.
+
+    Returns:
+        One tuple of key paths (as `jax.tree_util.keystr` writes them) per array that
+        sits at two or more paths, in leaf order; an empty list when nothing is shared.
+
     Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
