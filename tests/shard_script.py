@@ -88,6 +88,9 @@ def train_step(model: Model, tokens: jax.Array, targets: jax.Array) -> tuple[Mod
 
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
+    # The default from jax 0.5 on; older jax draws different random numbers under a sharded
+    # jit unless it is set, and the init check below compares with an unsharded init.
+    jax.config.update("jax_threefry_partitionable", True)
     # Auto axes: the classic jit(in_shardings=..., out_shardings=...) workflow, where XLA
     # propagates shardings through the step (Explicit axes would need annotations inside).
     # (jax < 0.5.3 has no AxisType: its meshes behave as Auto, so none is passed there.)
