@@ -19,7 +19,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._instance import _EDIT, _MUTABLE, FLAT, check_static
+from ._instance import _EDIT, _MUTABLE, FLAT, check_static, drop_derived
 from ._nodes import (
     CODES,
     DICT,
@@ -73,6 +73,9 @@ def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
         d.pop(FLAT, None)  # stale once fn assigns a field; `_freeze` stores it again
         for name, value in zip(fr.aux, out):
             d[name] = value
+        meta = type(node).__ptc_meta__
+        if len(d) >= meta.size:  # more than the fields: derived values stay behind
+            drop_derived(d, meta.fields_by_name)
         made.append((node, new))
         return new
     if code == LIST:
@@ -142,11 +145,15 @@ def _freeze(made: list[tuple[Any, Any]]) -> None:
         d = copy.__dict__
         if len(d) - (FLAT in d) != len(meta.fields):
             missing = [f.name for f in meta.fields if f.name not in d]
-            raise TypeError(
-                f"value_and_tree: fn deleted field(s) {', '.join(map(repr, missing))} of a "
-                f"{cls.__qualname__}; a treeclass instance must keep every field. Assign a "
-                "new value instead of deleting it."
-            )
+            if missing:
+                raise TypeError(
+                    f"value_and_tree: fn deleted field(s) {', '.join(map(repr, missing))} of a "
+                    f"{cls.__qualname__}; a treeclass instance must keep every field. Assign a "
+                    "new value instead of deleting it."
+                )
+            # Values derived while fn ran (a cached_property read after fn's last
+            # assignment): the frozen copy carries fields only, like every other copy.
+            drop_derived(d, meta.fields_by_name)
         od = original.__dict__
         for name in meta.static_names:
             if d[name] is not od[name]:

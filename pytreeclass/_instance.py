@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._field import Field
     from ._treeclass import _Meta
 
-__all__ = ["FLAT", "check_static", "seal"]
+__all__ = ["FLAT", "check_static", "drop_derived", "seal"]
 
 # Instances that may be assigned to right now: id(obj) -> mode. `_INIT` while a constructor
 # runs (converters apply), `_EDIT` while `value_and_tree` runs a function on a copy.
@@ -57,6 +57,20 @@ def seal(obj: Any) -> None:
     """Store `obj`'s flatten result in its `__dict__` (after its fields changed)."""
     if id(obj) not in _MUTABLE:
         obj.__dict__[FLAT] = type(obj).__ptc_meta__.flatten(obj)
+
+
+def drop_derived(d: dict[str, Any], names: Any) -> None:
+    """Remove from the instance dict `d` every entry that is not a field in `names` (nor
+    the stored flatten result).
+
+    Whatever else an instance's `__dict__` holds (a `functools.cached_property` value, an
+    attribute set with `object.__setattr__`) was derived from the fields of the instance
+    it was computed on: it must not travel into a copy whose fields differ. Callers copy
+    the whole dict (one C-level `update`) and call this only when `len(d)` says there is
+    more in it than fields and `FLAT`.
+    """
+    for key in [k for k in d if k not in names and k != FLAT]:
+        del d[key]
 
 
 # Values that are always fine in a static field; anything else is checked.
@@ -120,6 +134,8 @@ def _setattr(self: Any, name: str, value: Any) -> None:
     d = self.__dict__
     d[name] = value
     d.pop(FLAT, None)
+    if mode == _EDIT and len(d) >= meta.size:  # more than the fields (FLAT is gone)
+        drop_derived(d, meta.fields_by_name)  # e.g. a cached_property read before this write
 
 
 def _delattr(self: Any, name: str) -> None:

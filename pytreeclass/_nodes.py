@@ -16,7 +16,7 @@ import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._filters import Filter
-from ._instance import FLAT, check_static
+from ._instance import FLAT, check_static, drop_derived
 from ._repr import leaf_repr
 
 # -- what kind of node is this? (decided once per type) -----------------------------------------
@@ -259,13 +259,16 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
     """A copy of `node` with the child at `token` (from `descend`) replaced by `value`."""
     if code == TREECLASS:
         cls = type(node)
-        if token in cls.__ptc_meta__.static_names:
+        meta = cls.__ptc_meta__
+        if token in meta.static_names:
             check_static(cls, token, value)
         new = _new(cls)
         d = new.__dict__
         d.update(node.__dict__)
         d[token] = value
-        d[FLAT] = cls.__ptc_meta__.flatten(new)
+        d[FLAT] = meta.flatten(new)
+        if len(d) > meta.size:  # derived values (a cached_property) stay behind
+            drop_derived(d, meta.fields_by_name)
         return new
     if code in (LIST, DICT):
         new = node.copy()  # keeps OrderedDict / defaultdict (and its factory)
@@ -278,6 +281,9 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
         d = new.__dict__
         d.update(node.__dict__)
         d[token] = value
+        names = _FIELD_NAMES[type(node)]
+        if len(d) > len(names):  # as for treeclasses: fields only
+            drop_derived(d, names)
         return new
     if code == NAMEDTUPLE:
         items = list(node)
@@ -313,17 +319,17 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
     return None
 
 
-# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten)`. One dict
-# lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + three attribute reads.
-_TC: dict[type, tuple[Any, Any, Any]] = {}
+# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten, dict size)`.
+# One dict lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + four attribute reads.
+_TC: dict[type, tuple[Any, Any, Any, int]] = {}
 
 
-def _tc_info(cls: type) -> tuple[Any, Any, Any] | None:
+def _tc_info(cls: type) -> tuple[Any, Any, Any, int] | None:
     """`_TC[cls]`, filled in on first sight of a treeclass; None for any other type."""
     meta = getattr(cls, "__ptc_meta__", None)
     if meta is None:
         return None
-    info = (meta.fields_by_name, frozenset(meta.static_names), meta.flatten)
+    info = (meta.fields_by_name, frozenset(meta.static_names), meta.flatten, meta.size)
     if len(_TC) < 8192:
         _TC[cls] = info
     return info
@@ -379,7 +385,7 @@ def put(
         # Inline the commonest rebuilds (a treeclass field, a list item); same as `rebuild`.
         if code == TREECLASS:
             cls = type(parent)
-            _, static, flatten = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
+            names, static, flatten, size = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
             if token in static:
                 check_static(cls, token, value)
             new = _new(cls)
@@ -387,6 +393,8 @@ def put(
             d.update(parent.__dict__)
             d[token] = value
             d[FLAT] = flatten(new)  # the cached flatten must match the new fields
+            if len(d) > size:  # derived values (a cached_property) stay behind
+                drop_derived(d, names)
             value = new
         elif code == LIST:
             new = parent.copy()

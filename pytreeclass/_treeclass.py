@@ -24,6 +24,7 @@ from ._instance import (
     _setattr,
     _wrap_user_init,
     check_static,
+    drop_derived,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class _Meta:
         "has_post_init",
         "keys",
         "options",
+        "size",
         "static_names",
     )
 
@@ -63,6 +65,9 @@ class _Meta:
         self.child_kinds = tuple(f.kind for f in fields if not f.static)
         self.static_names = tuple(f.name for f in fields if f.static)
         self.keys = tuple(GetAttrKey(n) for n in self.child_names)
+        # What an instance's __dict__ holds when it carries nothing but its fields and the
+        # stored flatten result; more means derived values (see `drop_derived`).
+        self.size = len(fields) + 1
         self.has_post_init = hasattr(cls, "__post_init__")
         self.options = options
 
@@ -102,6 +107,8 @@ def replace_fields(obj: Any, changes: dict[str, Any]) -> Any:
     d.update(obj.__dict__)
     d.update(changes)
     d[FLAT] = meta.flatten(new)
+    if len(d) > meta.size:
+        drop_derived(d, meta.fields_by_name)
     return new
 
 
