@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["BoundedCache", "constant_tree"]
+__all__ = ["BoundedCache", "constant_tree", "strict_key", "strict_treedef", "type_tag"]
 
 # Leaf types whose values cannot change: safe to share between calls.
 _IMMUTABLE_LEAVES = frozenset({bool, int, float, complex, str, bytes, type(None), type})
@@ -27,13 +27,22 @@ class BoundedCache:
     Reads take no lock (a dict lookup and a tuple read are atomic in CPython); writes do,
     so eviction never races with another writer. Values must be immutable, since readers
     share them. An unhashable or incomparable key is simply not cached.
+
+    `strict=True` is for caches whose values embed the structure of the tree they were
+    made from (a mask, the two sides of a partition, a merge plan, key paths): the stored
+    key is then `strict_key(key)`, so a tree whose dict keys or foreign aux data are
+    `==`-equal but of other types (`1` vs `1.0` vs `True`) misses instead of getting the
+    first tree's. Lookups stay one `==`; only trees with dict keys or foreign aux data pay
+    a Python-level comparison per key. Caches whose values are per-leaf facts (kinds,
+    axes, selected-or-not) depend on the node types alone and need no strictness.
     """
 
-    __slots__ = ("_count", "_data", "_lock", "maxsize", "per_hash")
+    __slots__ = ("_count", "_data", "_lock", "maxsize", "per_hash", "strict")
 
-    def __init__(self, maxsize: int, per_hash: int = 8) -> None:
+    def __init__(self, maxsize: int, per_hash: int = 8, strict: bool = False) -> None:
         self.maxsize = maxsize
         self.per_hash = per_hash
+        self.strict = strict
         self._data: dict[int, tuple[tuple[Any, Any], ...]] = {}
         self._count = 0
         self._lock = threading.Lock()
@@ -52,7 +61,9 @@ class BoundedCache:
     def put(self, key: Any, value: Any) -> None:
         try:
             h = hash(key)
-        except TypeError:
+            if self.strict:
+                key = strict_key(key)
+        except Exception:  # unhashable, or a structure strict_key cannot rebuild: no caching
             return
         with self._lock:
             data = self._data
@@ -111,3 +122,84 @@ def constant_tree(treedef: Any, leaves: list[Any]) -> Callable[[], Any]:
     parts, coarse = jax.tree_util.tree_flatten(template, is_leaf=frozen)
     parts = tuple(parts)
     return lambda: coarse.unflatten(parts)
+
+
+# -- strict keys ------------------------------------------------------------------------------
+# JAX compares treedefs with `==`: the static values and dict keys of two trees that are
+# `1`, `1.0`, `True`, `np.int64(1)` or an IntEnum member count as the same structure. A
+# cache whose values embed a treedef (a mask, a partition, a merge plan) would then hand a
+# tree the static values and keys of the first such tree it saw. Treeclass aux data carries
+# the types of its values itself (`type_tag`, in the generated flatten), so those compare
+# by type in C; `strict_key` makes a cache key tell the rest apart too: dict keys and the
+# aux data of other node types (Equinox modules, flax.struct, register_dataclass).
+
+
+def type_tag(value: Any) -> Any:
+    """`type(value)`, or for a tuple the tags of its items too: what `==` does not compare."""
+    t = type(value)
+    if isinstance(value, tuple):
+        return (t, *map(type_tag, value))
+    return t
+
+
+class _Typed:
+    """A value in a stored cache key that equals only values of its own type (deeply)."""
+
+    __slots__ = ("tag", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value, self.tag = value, type_tag(value)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is self.tag:  # the common case: a plain value of the same type
+            return bool(self.value == other)
+        if type(other) is _Typed:
+            return self.tag == other.tag and bool(self.value == other.value)
+        return type_tag(other) == self.tag and bool(self.value == other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __lt__(self, other: object) -> bool:  # dict keys are kept sorted
+        return bool(self.value < (other.value if type(other) is _Typed else other))
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_PyTreeDef = type(jax.tree_util.tree_structure(0))
+
+
+def strict_treedef(treedef: Any) -> Any:
+    """A treedef equal to `treedef` and to trees whose dict keys and non-treeclass aux data
+    have the same types; `treedef` itself when it has neither. For cache keys only: it is
+    never unflattened. Raises (RecursionError, or a node type JAX cannot rebuild) when it
+    cannot be made; callers then do not cache."""
+    node = treedef.node_data()
+    if node is None:  # a leaf
+        return treedef
+    children = treedef.children()
+    strict = [strict_treedef(c) for c in children]
+    typ, data = node
+    if data is None or hasattr(typ, "__ptc_meta__"):  # no aux, or a treeclass (typed already)
+        if all(a is b for a, b in zip(strict, children)):
+            return treedef
+    elif type(data) is list:  # a dict's sorted keys
+        data = [_Typed(k) for k in data]
+    else:
+        data = _Typed(data)
+    return _PyTreeDef.from_node_data_and_children(
+        jax.tree_util.default_registry, (typ, data), strict
+    )
+
+
+def strict_key(key: Any) -> Any:
+    """`key` with every treedef in it (at the top or inside tuples) made strict."""
+    if type(key) is _PyTreeDef:
+        return strict_treedef(key)
+    if type(key) is tuple:
+        return tuple(map(strict_key, key))
+    return key

@@ -59,7 +59,8 @@ class Leaves:
         return self._paths
 
 
-_PATHS_CACHE = BoundedCache(maxsize=4096)
+# Strict: key paths hold dict keys, which must be this tree's (`1` is not `True`).
+_PATHS_CACHE = BoundedCache(maxsize=4096, strict=True)
 
 
 def leaf_paths(tree: _Any, treedef: _Any = None) -> tuple[tuple[_Any, ...], ...]:

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from . import _errors
+from ._cache import type_tag
 
 if TYPE_CHECKING:
     from ._field import Field
@@ -226,9 +227,20 @@ _FACTORY = _FactorySentinel()
 def _init_source(
     cls: type, fields: tuple[Field, ...], initvars: list[Any], has_post_init: bool
 ) -> tuple[str, dict[str, Any]]:
-    ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": _PLAIN_STATIC, "__ptc_cls": cls}
-    ns["__ptc_check_static"] = check_static
-    ns["__ptc_run_post_init"] = _run_post_init
+    # Fields are the parameters of the generated function, so a field may be called `type`,
+    # `len`, `self`, ...: the body uses no builtin and no plain name, only `__ptc_*` names
+    # bound in its namespace (a field cannot be called that: the class body mangles it).
+    ns: dict[str, Any] = {
+        "__ptc_FACTORY": _FACTORY,
+        "__ptc_PLAIN": _PLAIN_STATIC,
+        "__ptc_cls": cls,
+        "__ptc_check_static": check_static,
+        "__ptc_run_post_init": _run_post_init,
+        "__ptc_type": type,
+        "__ptc_tag": type_tag,
+        "__ptc_id": id,
+        "__ptc_MUTABLE": _MUTABLE,
+    }
     positional, keyword, body = [], [], []
     seen_default = None
     for f in [*fields, *initvars]:
@@ -251,6 +263,8 @@ def _init_source(
         if not f.kw_only and param != name:
             seen_default = name
         (keyword if f.kw_only else positional).append(param)
+    tags = []  # per static field, the local holding its type tag (see `flatten_sources`)
+    all_set = True  # whether this function sets every field (then it stores FLAT itself)
     for f in fields:
         name = f.name
         if f.init:
@@ -265,27 +279,43 @@ def _init_source(
             ns[f"__ptc_factory_{name}"] = f.default_factory
             value = f"__ptc_factory_{name}()"
         else:
+            all_set = False
             continue  # init=False without a default: __post_init__ must set it
         if f.converter is not None:
             ns[f"__ptc_conv_{name}"] = f.converter
             value = f"__ptc_conv_{name}({value})"
         if f.static:
+            t = f"__ptc_t{len(tags)}"
+            tags.append(t)
             body.append(f"    __ptc_v = {value}")
+            body.append(f"    {t} = __ptc_type(__ptc_v)")
             body.append(
-                f"    if type(__ptc_v) not in __ptc_PLAIN: __ptc_check_static(__ptc_cls, {name!r}, __ptc_v)"
+                f"    if {t} not in __ptc_PLAIN: "
+                f"__ptc_check_static(__ptc_cls, {name!r}, __ptc_v); {t} = __ptc_tag(__ptc_v)"
             )
             value = "__ptc_v"
         body.append(f"    __ptc_d[{name!r}] = {value}")
     if has_post_init:
-        body.append("    __ptc_run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")")
-    elif any(not f.init and f.default is f.default_factory is dataclasses.MISSING for f in fields):
-        ns["__ptc_finish_init"] = _finish_init
-        body.append("    __ptc_finish_init(self)")  # reports the field that nothing sets
-    ns["__ptc_seal"] = seal
-    body.append("    __ptc_seal(self)")
-    params = ["self", *positional, *(["*", *keyword] if keyword else [])]
+        args = "".join(f", {f.name}" for f in initvars)
+        body.append(f"    __ptc_run_post_init(__ptc_self{args})")
+    if has_post_init or not all_set:
+        if not has_post_init:
+            ns["__ptc_finish_init"] = _finish_init
+            body.append("    __ptc_finish_init(__ptc_self)")  # reports the field nothing sets
+        ns["__ptc_seal"] = seal
+        body.append("    __ptc_seal(__ptc_self)")
+    else:
+        # What `seal` would store (`type(self).__ptc_meta__.flatten(self)`), written out:
+        # children in field order, then the static values' tags and the values. Skipped
+        # while a subclass's own __init__ runs this one (it seals when it is done).
+        children = "".join(f"__ptc_d[{f.name!r}], " for f in fields if not f.static)
+        statics = "".join(f"__ptc_d[{f.name!r}], " for f in fields if f.static)
+        aux = f"({''.join(t + ', ' for t in tags)}{statics})" if tags else "None"
+        body.append("    if __ptc_id(__ptc_self) not in __ptc_MUTABLE:")
+        body.append(f"        __ptc_d[{FLAT!r}] = (({children}), {aux})")
+    params = ["__ptc_self", *positional, *(["*", *keyword] if keyword else [])]
     source = (
-        f"def __init__({', '.join(params)}):\n    __ptc_d = self.__dict__\n"
+        f"def __init__({', '.join(params)}):\n    __ptc_d = __ptc_self.__dict__\n"
         + "\n".join(body)
         + "\n"
     )

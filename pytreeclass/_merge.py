@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from ._cache import BoundedCache, constant_tree
+from ._cache import BoundedCache, constant_tree, type_tag
 from ._errors import depth_guard, reraise_if_too_deep
 from ._filters import All, _cacheable, as_filter, select
 from ._kinds import leaf_kinds
@@ -36,10 +36,14 @@ _flatten = jax.tree_util.default_registry.flatten
 # eqx.is_array) are evaluated on every call. Each side of a partition is rebuilt from a
 # C-level itemgetter over the leaves and the treedef of that side (holes are None nodes),
 # so a call runs no Python loop over the leaves.
-_SELECTIONS = BoundedCache(maxsize=4096)
+# Every cache here holds treedefs (the sides, the masks, the merged structure), so all are
+# strict: a tree whose static values or dict keys are `==` but not of the same types
+# misses instead of getting the first tree's (see `BoundedCache`).
+_SELECTIONS = BoundedCache(maxsize=4096, strict=True)
 # Per (treedef, filters) for structure-only filters: a maker of the mask (`constant_tree`).
-_MASKS = BoundedCache(maxsize=4096)
-_LABELS = BoundedCache(maxsize=1024)  # the same for tree_labels, per (treedef, mapping)
+_MASKS = BoundedCache(maxsize=4096, strict=True)
+# The same for tree_labels, per (treedef, mapping, the mapping's label types).
+_LABELS = BoundedCache(maxsize=1024, strict=True)
 
 
 def _getter(indices: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
@@ -242,7 +246,7 @@ class _Marker:
         self.tree, self.leaf = tree, leaf
 
 
-_PLANS = BoundedCache(maxsize=4096)
+_PLANS = BoundedCache(maxsize=4096, strict=True)
 
 
 def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, Any]:
@@ -355,7 +359,11 @@ def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
         )
     with _GUARD_LABELS:
         treedef = jax.tree_util.tree_structure(tree)
-        key = (treedef, None if mapping is None else tuple(mapping.items()))
+        if mapping is None:
+            key: Any = treedef
+        else:  # labels `1` and `1.0` are `==`: the key says which types they are
+            items = tuple(mapping.items())
+            key = (treedef, items, tuple(type_tag(v) for _, v in items))
         make = _LABELS.get(key)  # None for unhashable labels: computed every call
         if make is not None:
             return make()

@@ -688,3 +688,52 @@ def test_treeclass_base_itself_is_not_instantiable():
             self.n = n
 
     assert Counted(3).n == 3
+
+
+# -- fields named like builtins (issue 17, point 5) ---------------------------------------------
+# The generated __init__ takes fields as parameters, so a field called `type` or `len`
+# shadows that builtin inside it: generated code must use none of them by their plain name.
+
+BUILTIN_NAMES = [
+    "type", "len", "hash", "object", "isinstance", "id", "tuple", "dict", "list", "str",
+    "int", "float", "bool", "set", "print", "getattr", "setattr", "super", "iter", "next",
+    "callable", "repr", "map", "zip", "min", "max", "range", "self", "cls", "_new", "d",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_a_field_named_like_a_builtin_works_everywhere(name: str) -> None:
+    ns = {
+        "__annotations__": {name: int, "n": int, "conv": int, "k": tuple},
+        "n": field(static=True, default=2),
+        "conv": field(converter=lambda v: v * 10, default=1),
+        "k": field(static=True, default_factory=lambda: (1, 2)),
+    }
+    A = treeclass(type("A", (), ns))
+    a = A(**{name: 5})
+    assert getattr(a, name) == 5 and a.n == 2 and a.conv == 10 and a.k == (1, 2)
+    b = A(5, 3, 4, (3,))  # positionally too
+    assert (getattr(b, name), b.n, b.conv, b.k) == (5, 3, 40, (3,))
+    # the static check still runs: an unhashable static value is refused, naming the field
+    with pytest.raises(TypeError, match="'n'"):
+        A(**{name: 5, "n": [1]})
+    leaves, treedef = jax.tree_util.tree_flatten(a)
+    assert treedef.unflatten(leaves) == a
+    assert a.at[name].set(7) == A(**{name: 7})
+
+
+@pytest.mark.parametrize("name", ["type", "len", "hash", "object", "isinstance", "self"])
+def test_builtin_named_static_fields_and_post_init(name: str) -> None:
+    def post_init(self: object) -> None:
+        assert getattr(self, name) == "x"
+
+    ns = {
+        "__annotations__": {name: str, "m": int},
+        name: field(static=True, default="x"),
+        "m": field(default=0),
+        "__post_init__": post_init,
+    }
+    A = treeclass(type("A", (), ns))
+    assert getattr(A(), name) == "x"
+    with pytest.raises(TypeError, match=repr(name)):
+        A(**{name: ["unhashable"]})
