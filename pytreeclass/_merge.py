@@ -192,11 +192,11 @@ def _static_difference(a: Any, b: Any) -> str:
     meta = getattr(type(a), "__ptc_meta__", None)
     if meta is None:
         return "their pytree aux data"
-    diffs = [
-        f"{name}: {a.__dict__.get(name)!r} vs {b.__dict__.get(name)!r}"
-        for name in meta.static_names
-        if a.__dict__.get(name) != b.__dict__.get(name)
-    ]
+    diffs = []
+    for name in meta.static_names:
+        x, y = a.__dict__.get(name), b.__dict__.get(name)
+        if x != y or type_tag(x) != type_tag(y):  # `1` and `1.0` differ (typed aux data)
+            diffs.append(f"{name}: {x!r} vs {y!r}")
     return "; ".join(diffs) or "their pytree aux data"
 
 

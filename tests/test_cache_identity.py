@@ -279,3 +279,10 @@ def test_the_flatten_init_stores_is_what_flatten_computes() -> None:
         (tuple, int, (tuple, float, str)),
         Color,
     )
+
+
+def test_merging_halves_whose_statics_differ_in_type_names_the_field() -> None:
+    a = Cfg(jnp.ones(2), None, 1)  # type: ignore[arg-type]
+    b = Cfg(None, jnp.zeros(2), 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"static parts differ \(fill: 1 vs 1\.0\)"):
+        ptc.tree_merge(a, b)
