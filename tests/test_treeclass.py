@@ -737,3 +737,38 @@ def test_builtin_named_static_fields_and_post_init(name: str) -> None:
     assert getattr(A(), name) == "x"
     with pytest.raises(TypeError, match=repr(name)):
         A(**{name: ["unhashable"]})
+
+
+# -- new-style PRNG keys in == and tree_equal (issue 17, point 4) -------------------------------
+
+
+@treeclass
+class Dropout:
+    key: jax.Array = field(kind=ptc.Rng)
+    rate: float = field(static=True, default=0.5)
+
+
+def test_equality_compares_new_style_prng_keys_by_their_data() -> None:
+    k0, k1 = jax.random.key(0), jax.random.key(1)
+    assert Dropout(k0) == Dropout(jax.random.key(0))
+    assert Dropout(k0) != Dropout(k1)
+    assert ptc.tree_equal({"k": k0}, {"k": jax.random.key(0)})
+    assert not ptc.tree_equal({"k": k0}, {"k": k1})
+    assert ptc.tree_equal(jax.random.split(k0, 3), jax.random.split(k0, 3))
+    assert not ptc.tree_equal(jax.random.split(k0, 3), jax.random.split(k0, 2))
+    # the same bits under another implementation are another key
+    rbg = jax.random.key(0, impl="rbg")
+    assert not ptc.tree_equal({"k": k0}, {"k": rbg})
+    # a key is not its raw data (nor an old-style uint32 key)
+    assert not ptc.tree_equal(k0, jax.random.key_data(k0))
+    assert not ptc.tree_equal(jax.random.key_data(k0), k0)
+
+
+def test_equality_of_prng_keys_under_jit_points_to_the_fix() -> None:
+    @jax.jit
+    def f(k: jax.Array) -> jax.Array:
+        same = Dropout(k) == Dropout(jax.random.key(0))
+        return k if same else k
+
+    with pytest.raises(TypeError, match="jnp.array_equal"):
+        f(jax.random.key(0))
