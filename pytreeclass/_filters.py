@@ -9,6 +9,8 @@ list pass and two unflattens.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any as _Any
 from typing import ClassVar
@@ -100,16 +102,17 @@ class OfKind(Filter):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class OfType(Filter):
-    """Leaves that are instances of `type`."""
+    """Leaves that are instances of `type` (a class, or a tuple of them: a union)."""
 
-    type: type
+    type: type | tuple[type, ...]
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         t = self.type
         return tuple(isinstance(leaf, t) for leaf in ctx.leaves)
 
     def __repr__(self) -> str:
-        return f"OfType({self.type.__module__}.{self.type.__qualname__})"
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        return f"OfType({' | '.join(f'{t.__module__}.{t.__qualname__}' for t in types)})"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -296,10 +299,35 @@ def _is_bool_leaf(b: _Any) -> bool:
     )
 
 
+def _union_filter(f: _Any) -> Filter:
+    """`int | float` or `typing.Union[int, float]`: what `isinstance` accepts, as a filter."""
+    members = typing.get_args(f)
+    if not all(isinstance(m, type) and typing.get_origin(m) is None for m in members):
+        for m in members:
+            as_filter(m)  # raises for the member that is not a filter (e.g. list[int])
+    kinds = [m for m in members if isinstance(m, type) and issubclass(m, Kind)]
+    if not kinds:
+        return OfType(tuple(members))
+    return Any(*members)
+
+
 def as_filter(f: _Any) -> Filter:
     """Turn any accepted filter form into a `Filter` object (see the module docs)."""
     if isinstance(f, Filter):
         return f
+    origin = typing.get_origin(f)
+    if origin is not None:
+        if origin is typing.Union or origin is types.UnionType:
+            return _union_filter(f)
+        # `list[int]` is callable (it builds a list) and, on some Pythons, an instance of
+        # `type`: without this it would select every leaf `list(leaf)` makes non-empty.
+        name = getattr(origin, "__qualname__", repr(origin))
+        raise TypeError(
+            f"{f!r} is a parametrized generic; a type filter is checked with isinstance, "
+            f"which cannot check what is inside a value. Use the bare type ({name}), a "
+            f"union of types (int | float), or a callable leaf -> bool. A filter is "
+            f"{_FILTER_FORMS}."
+        )
     if isinstance(f, type):
         out = _TYPE_FILTERS.get(f)
         if out is None:

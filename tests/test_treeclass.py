@@ -766,9 +766,8 @@ def test_equality_compares_new_style_prng_keys_by_their_data() -> None:
 
 def test_equality_of_prng_keys_under_jit_points_to_the_fix() -> None:
     @jax.jit
-    def f(k: jax.Array) -> jax.Array:
-        same = Dropout(k) == Dropout(jax.random.key(0))
-        return k if same else k
+    def f(k: jax.Array) -> bool:
+        return Dropout(k) == Dropout(jax.random.key(0))
 
-    with pytest.raises(TypeError, match="jnp.array_equal"):
+    with pytest.raises(TypeError, match=r"jnp\.array_equal"):
         f(jax.random.key(0))
