@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.tree_util import DictKey
 
 from ._cache import BoundedCache
 from ._errors import depth_guard
@@ -68,7 +69,7 @@ def _selection(
         if type(step) is FilterStep:
             sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
             continue
-        found, seen = [], []
+        found, seen, keyed = [], [], False
         for node, treedef, lo in cursors:
             keys, children, _ = one_level_keyed(node)
             if not children:  # a leaf or an empty node: nothing below it to select
@@ -82,6 +83,7 @@ def _selection(
                 found.extend(zip(children, subdefs, starts))
                 continue
             seen.extend(keys)
+            keyed = keyed or any(type(k) is DictKey for k in keys)
             c = match(step, node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
@@ -97,7 +99,8 @@ def _selection(
                 )
             raise step.error(
                 f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "
-                f"children there: {listing(names)}{hint}"
+                f"children there: {listing(names)}{hint}",
+                mapping=keyed,
             )
         cursors = found
     inside = [False] * len(sel)

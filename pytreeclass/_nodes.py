@@ -116,10 +116,16 @@ class PathStep(_Step):
     def __hash__(self) -> int:
         return hash((self.key, self.attr))
 
-    def error(self, message: str) -> Exception:
+    def error(self, message: str, mapping: bool = False) -> Exception:
+        """The exception for this step not existing: a missing attribute, key or index.
+
+        `mapping`: the node is keyed (a dict, or a foreign node with `DictKey` children),
+        so any missing `[key]`, an int one included, is a missing key (API.md section 4)."""
         if self.attr:
             return AttributeError(message)
-        return LensKeyError(message) if type(self.key) is str else IndexError(message)
+        if mapping or type(self.key) is str:
+            return LensKeyError(message)
+        return IndexError(message)
 
 
 class _Everything(_Step):
@@ -193,7 +199,7 @@ def _missing(
             return step.error(
                 f"{path}: {typ} has keys, not attributes; write [{key!r}] (keys: {keys})"
             )
-        return step.error(f"{path}: no key {key!r}; keys: {keys}")
+        return step.error(f"{path}: no key {key!r}; keys: {keys}", mapping=True)
     if code in (LIST, TUPLE, NAMEDTUPLE):
         if step.attr or type(key) is not int:
             return step.error(f"{path}: {typ} is indexed by int (len {len(node)}), not by name")
@@ -201,7 +207,8 @@ def _missing(
     if code == GENERIC:
         keys = one_level_keyed(node)[0]
         children = listing(jax.tree_util.keystr((k,)) for k in keys)
-        return step.error(f"{path}: {typ} has no child {step!r}; children: {children}")
+        keyed = any(type(k) is DictKey for k in keys)
+        return step.error(f"{path}: {typ} has no child {step!r}; children: {children}", keyed)
     if code == NONE:
         return step.error(f"{path}: the value at {where(state, i)} is None, which has no children")
     hint = (
