@@ -888,3 +888,27 @@ def test_a_missing_int_key_in_a_foreign_mapping_node_is_a_key_error() -> None:
 
     with pytest.raises(KeyError, match=r"FrozenDict has no child \[2\]"):
         ptc.at(FrozenDict({1: 1.0}))[2].get()
+
+
+def test_a_filter_lens_takes_the_outermost_kind_on_its_path() -> None:
+    """`inner` is declared kind=State, so every leaf under it is State (the outermost field
+    that sets a kind wins), even `inner.w`, whose own field says Parameter."""
+
+    @treeclass
+    class Inner:
+        w: jax.Array = field(kind=ptc.Parameter)
+        v: jax.Array
+
+    @treeclass
+    class Outer:
+        inner: Inner = field(kind=ptc.State)
+        p: jax.Array = field(kind=ptc.Parameter)
+
+    o = Outer(Inner(jnp.ones(2), jnp.ones(2)), jnp.ones(2))
+    assert ptc.tree_kinds(o).inner.w is ptc.State
+    assert o.at.inner.w[ptc.Parameter].get() is None  # nothing selected
+    assert o.at.inner.w[ptc.Parameter].apply(lambda x: x * 0) == o
+    assert o.at.inner.w[ptc.State].get() is o.inner.w
+    out = o.at.inner[ptc.State].apply(lambda x: x * 3)
+    assert float(out.inner.w[0]) == 3.0 and float(out.inner.v[0]) == 3.0
+    assert o.at.inner[ptc.Parameter].get() == Inner(None, None)  # type: ignore[arg-type]

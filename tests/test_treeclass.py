@@ -771,3 +771,17 @@ def test_equality_of_prng_keys_under_jit_points_to_the_fix() -> None:
 
     with pytest.raises(TypeError, match=r"jnp\.array_equal"):
         f(jax.random.key(0))
+
+
+def test_equality_and_hash_skip_fields_with_compare_false() -> None:
+    @treeclass
+    class Tagged:
+        x: int
+        note: str = field(default="", compare=False)
+        cache: object = field(default=None, compare=False)
+
+    assert Tagged(1, "a") == Tagged(1, "b")
+    assert Tagged(1, "a", [1]) == Tagged(1, "a", [2])  # not compared, not even hashable
+    assert Tagged(1, "a") != Tagged(2, "a")
+    assert hash(Tagged(1, "a")) == hash(Tagged(1, "b"))
+    assert ptc.tree_equal(Tagged(1, "a"), Tagged(1, "a"))
