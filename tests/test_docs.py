@@ -7,7 +7,8 @@ What runs:
 * every ```` ```pycon ```` block (`>>>` prompts with expected output) of those pages, as a
   doctest in that same namespace, in page order with the python blocks;
 * the doctest examples in the docstrings of every `pytreeclass` module;
-* `mkdocs build --strict` (skipped only when mkdocs is not installed; while a page named in
+* `mkdocs build --strict` (mkdocs is in the `test` extra that the README's test command
+  installs, so it runs wherever the suite does; skipped only when mkdocs is missing; while a page named in
   the nav does not exist yet, the others are built strictly and the test xfails);
 * a check that `docs/api.md` has a `::: pytreeclass.NAME` entry for exactly the names in
   `pytreeclass.__all__`, each with a docstring.
@@ -247,7 +248,7 @@ def _nav_files(nav: object) -> list[str]:
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install pytreeclass[dev])")
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install pytreeclass[test])")
     pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed")
     import yaml
 
