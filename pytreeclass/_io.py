@@ -324,7 +324,7 @@ def _load_leaf(zf: zipfile.ZipFile, target: str, p: str, entry: dict[str, Any], 
         if sig is None:
             return type(leaf)(value.item())
         cast = value.astype(sig[1])
-        if want in "iu" and cast.item() != value.item():  # a saved int the dtype cannot hold
+        if want in ("i", "u") and cast.item() != value.item():  # a saved int the dtype cannot hold
             raise ValueError(
                 f"tree_load: value mismatch at {_show(p)}: the file has the Python int "
                 f"{value.item()}, which does not fit {sig[1]}, the template's dtype. Load it "
