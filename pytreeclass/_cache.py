@@ -157,7 +157,11 @@ class _Typed:
             return self.tag == other.tag and bool(self.value == other.value)
         return type_tag(other) == self.tag and bool(self.value == other)
 
+    # JAX compares a treedef's dict keys with `!=`, once per key on every lookup: one
+    # frame, no call to __eq__, for the common case.
     def __ne__(self, other: object) -> bool:
+        if type(other) is self.tag:
+            return bool(self.value != other)
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
