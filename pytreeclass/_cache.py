@@ -1,4 +1,4 @@
-"""A small bounded, thread-safe cache for per-treedef results."""
+"""Bounded caches: `BoundedCache` for per-treedef results, `TypeTable` for per-type facts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["BoundedCache", "constant_tree", "strict_key", "strict_treedef", "type_tag"]
-
-# Leaf types whose values cannot change: safe to share between calls.
-_IMMUTABLE_LEAVES = frozenset({bool, int, float, complex, str, bytes, type(None), type})
+__all__ = ["BoundedCache", "TypeTable", "strict_key", "strict_treedef", "type_tag"]
 
 
 class BoundedCache:
@@ -28,9 +25,10 @@ class BoundedCache:
     so eviction never races with another writer. Values must be immutable, since readers
     share them. An unhashable or incomparable key is simply not cached.
 
-    `strict=True` is for caches whose values embed the structure of the tree they were
-    made from (a mask, the two sides of a partition, a merge plan, key paths): the stored
-    key is then `strict_key(key)`, so a tree whose dict keys or foreign aux data are
+    `strict` is for caches whose values embed the structure of the tree they were made
+    from (a mask, the two sides of a partition, a merge plan, key paths): a predicate on
+    node types, true for those whose aux data compares by type already (treeclasses). The
+    stored key is then `strict_key(key, strict)`, so a tree whose dict keys or aux data are
     `==`-equal but of other types (`1` vs `1.0` vs `True`) misses instead of getting the
     first tree's. Lookups stay one `==`; only trees with dict keys or foreign aux data pay
     a Python-level comparison per key. Caches whose values are per-leaf facts (kinds,
@@ -39,7 +37,9 @@ class BoundedCache:
 
     __slots__ = ("_count", "_data", "_lock", "maxsize", "per_hash", "strict")
 
-    def __init__(self, maxsize: int, per_hash: int = 8, strict: bool = False) -> None:
+    def __init__(
+        self, maxsize: int, per_hash: int = 8, strict: Callable[[type], bool] | None = None
+    ) -> None:
         self.maxsize = maxsize
         self.per_hash = per_hash
         self.strict = strict
@@ -61,8 +61,8 @@ class BoundedCache:
     def put(self, key: Any, value: Any) -> None:
         try:
             h = hash(key)
-            if self.strict:
-                key = strict_key(key)
+            if self.strict is not None:
+                key = strict_key(key, self.strict)
         except Exception:  # unhashable, or a structure strict_key cannot rebuild: no caching
             return
         with self._lock:
@@ -88,40 +88,27 @@ class BoundedCache:
         return self._count
 
 
-def constant_tree(treedef: Any, leaves: list[Any]) -> Callable[[], Any]:
-    """A maker of fresh copies of `treedef.unflatten(leaves)`, for immutable `leaves`.
+class TypeTable(dict):  # type: ignore[type-arg]
+    """A dict from types to facts about them, bounded in size.
 
-    Masks, labels and kinds are the same tree on every call for one structure. Each call
-    of the maker gives new lists, dicts and other containers a caller may mutate, but
-    shares every subtree that nothing can mutate (treeclass instances, tuples and
-    namedtuples of immutable parts): those come out of one C-level unflatten of a coarser
-    treedef whose leaves are the shared subtrees. A tree made only of such parts is
-    returned as is.
+    Facts per type (how to take a node apart, which filter a type means) are read on hot
+    paths, so reads are plain `dict` reads, at C speed, with no lock (a type's fact never
+    changes, so a racing writer stores the same value). Past `maxsize` entries a new fact is
+    computed every time instead of stored: a program that makes classes in a loop cannot
+    grow the table without bound.
     """
-    from ._instance import FLAT, _setattr  # late: keeps this module free of package imports
 
-    template = treedef.unflatten(leaves)
-    memo: dict[int, bool] = {}
+    __slots__ = ("maxsize",)
 
-    def frozen(x: Any) -> bool:
-        known = memo.get(id(x))
-        if known is not None:
-            return known
-        t = type(x)
-        if t.__setattr__ is _setattr:  # a treeclass: its aux data is hashable, so frozen
-            out = all(frozen(c) for c in x.__dict__[FLAT][0])
-        elif isinstance(x, tuple) and (t is tuple or hasattr(t, "_fields")):
-            out = all(frozen(c) for c in x)
-        else:
-            out = t in _IMMUTABLE_LEAVES
-        memo[id(x)] = out
-        return out
+    def __init__(self, maxsize: int, initial: dict[type, Any] | None = None) -> None:
+        super().__init__(initial or {})
+        self.maxsize = maxsize
 
-    if frozen(template):
-        return lambda: template
-    parts, coarse = jax.tree_util.tree_flatten(template, is_leaf=frozen)
-    parts = tuple(parts)
-    return lambda: coarse.unflatten(parts)
+    def remember(self, key: type, value: Any) -> Any:
+        """Store `value` under `key` unless the table is full; return `value`."""
+        if len(self) < self.maxsize:
+            self[key] = value
+        return value
 
 
 # -- strict keys ------------------------------------------------------------------------------
@@ -131,7 +118,9 @@ def constant_tree(treedef: Any, leaves: list[Any]) -> Callable[[], Any]:
 # tree the static values and keys of the first such tree it saw. Treeclass aux data carries
 # the types of its values itself (`type_tag`, in the generated flatten), so those compare
 # by type in C; `strict_key` makes a cache key tell the rest apart too: dict keys and the
-# aux data of other node types (Equinox modules, flax.struct, register_dataclass).
+# aux data of other node types (Equinox modules, flax.struct, register_dataclass). Which
+# node types carry typed aux data already is the caller's to say (`typed`): this module
+# knows nothing of treeclasses.
 
 
 def type_tag(value: Any) -> Any:
@@ -177,18 +166,19 @@ class _Typed:
 _PyTreeDef = type(jax.tree_util.tree_structure(0))
 
 
-def strict_treedef(treedef: Any) -> Any:
-    """A treedef equal to `treedef` and to trees whose dict keys and non-treeclass aux data
-    have the same types; `treedef` itself when it has neither. For cache keys only: it is
-    never unflattened. Raises (RecursionError, or a node type JAX cannot rebuild) when it
-    cannot be made; callers then do not cache."""
+def strict_treedef(treedef: Any, typed: Callable[[type], bool]) -> Any:
+    """A treedef equal to `treedef` and to trees whose dict keys and aux data have the
+    same types; `treedef` itself when it has neither (or only aux data of node types for
+    which `typed` holds). For cache keys only: it is never unflattened. Raises
+    (RecursionError, or a node type JAX cannot rebuild) when it cannot be made; callers
+    then do not cache."""
     node = treedef.node_data()
     if node is None:  # a leaf
         return treedef
     children = treedef.children()
-    strict = [strict_treedef(c) for c in children]
+    strict = [strict_treedef(c, typed) for c in children]
     typ, data = node
-    if data is None or hasattr(typ, "__ptc_meta__"):  # no aux, or a treeclass (typed already)
+    if data is None or typed(typ):  # no aux, or aux data that compares by type already
         if all(a is b for a, b in zip(strict, children)):
             return treedef
     elif type(data) is list:  # a dict's sorted keys
@@ -200,10 +190,10 @@ def strict_treedef(treedef: Any) -> Any:
     )
 
 
-def strict_key(key: Any) -> Any:
+def strict_key(key: Any, typed: Callable[[type], bool]) -> Any:
     """`key` with every treedef in it (at the top or inside tuples) made strict."""
     if type(key) is _PyTreeDef:
-        return strict_treedef(key)
+        return strict_treedef(key, typed)
     if type(key) is tuple:
-        return tuple(map(strict_key, key))
+        return tuple(strict_key(k, typed) for k in key)
     return key

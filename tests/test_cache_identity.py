@@ -236,7 +236,7 @@ def test_tree_shardings_errors_name_this_trees_keys() -> None:
 
 def test_equal_trees_still_share_one_cache_entry() -> None:
     """The stricter key must not make every call a miss: same types, same plan."""
-    from pytreeclass import _merge
+    from pytreeclass import _partition as _merge
 
     ptc.tree_partition(cfg(1.5), Parameter)
     before = len(_merge._SELECTIONS)
