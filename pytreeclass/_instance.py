@@ -189,14 +189,23 @@ def wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
 def _run_post_init(self: Any, *args: Any) -> None:
     key = id(self)
     if key in MUTABLE:
+        # A generated `__init__` called by `super().__init__(...)` from a subclass's own
+        # `__init__`: `__post_init__` runs now, as with dataclasses, and the outermost
+        # `__init__` checks for missing fields and freezes the instance when it returns.
         self.__post_init__(*args)
-    else:
-        MUTABLE[key] = INIT
-        try:
-            self.__post_init__(*args)
-        finally:
-            del MUTABLE[key]
+        return
+    MUTABLE[key] = INIT
+    try:
+        self.__post_init__(*args)
+    finally:
+        del MUTABLE[key]
     _finish_init(self)
+
+
+def _finish_outermost_init(self: Any) -> None:
+    """`_finish_init`, unless an outer `__init__` is still running (it finishes then)."""
+    if id(self) not in MUTABLE:
+        _finish_init(self)
 
 
 # -- the generated __init__ --------------------------------------------------------------------
@@ -212,10 +221,17 @@ _FACTORY = _FactorySentinel()
 
 def init_source(
     cls: type, fields: tuple[Field, ...], initvars: list[Any], has_post_init: bool
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """`(source, namespace, annotations)` of the generated `__init__`.
+
+    Parameters come in declaration order, `InitVar`s among the fields (as dataclasses
+    does), keyword-only ones last. The instance is called `self` unless a field is (then
+    `__ptc_self`, so a field named `self` works as with dataclasses).
+    """
     # Fields are the parameters of the generated function, so a field may be called `type`,
-    # `len`, `self`, ...: the body uses no builtin and no plain name, only `__ptc_*` names
-    # bound in its namespace (a field cannot be called that: the class body mangles it).
+    # `len`, `id`, ...: the body uses no builtin and no plain name other than the
+    # instance's, only `__ptc_*` names bound in its namespace (a field cannot be called
+    # that: the class body mangles it).
     ns: dict[str, Any] = {
         "__ptc_FACTORY": _FACTORY,
         "__ptc_PLAIN": PLAIN_STATIC,
@@ -227,12 +243,18 @@ def init_source(
         "__ptc_id": id,
         "__ptc_MUTABLE": MUTABLE,
     }
+    order = {name: i for i, name in enumerate(cls.__dataclass_fields__)}  # type: ignore[attr-defined]
+    params = sorted([*fields, *initvars], key=lambda f: order.get(f.name, len(order)))
+    initvar_names = {f.name for f in initvars}
+    me = "__ptc_self" if any(f.name == "self" for f in params) else "self"
     positional, keyword, body = [], [], []
+    annotations: dict[str, Any] = {}
     seen_default = None
-    for f in [*fields, *initvars]:
+    for f in params:
         name = f.name
         if not f.init:
             continue
+        annotations[name] = f.type
         if f.default is not dataclasses.MISSING:
             ns[f"__ptc_dflt_{name}"] = f.default
             param = f"{name}=__ptc_dflt_{name}"
@@ -241,14 +263,16 @@ def init_source(
         else:
             param = name
             if not f.kw_only and seen_default is not None:
+                what = "InitVar" if name in initvar_names else "field"
                 raise TypeError(
-                    f"{cls.__name__}: field {name!r} has no default but follows field "
+                    f"{cls.__name__}: {what} {name!r} has no default but follows field "
                     f"{seen_default!r}, which has one. Give {name!r} a default, reorder the "
                     "fields, or make it keyword-only with field(kw_only=True)."
                 )
         if not f.kw_only and param != name:
             seen_default = name
         (keyword if f.kw_only else positional).append(param)
+    annotations["return"] = None
     tags = []  # per static field, the local holding its type tag (see `flatten_sources`)
     all_set = True  # whether this function sets every field (then it stores FLAT itself)
     for f in fields:
@@ -282,14 +306,14 @@ def init_source(
             value = "__ptc_v"
         body.append(f"    __ptc_d[{name!r}] = {value}")
     if has_post_init:
-        args = "".join(f", {f.name}" for f in initvars)
-        body.append(f"    __ptc_run_post_init(__ptc_self{args})")
+        args = "".join(f", {f.name}" for f in params if f.name in initvar_names)
+        body.append(f"    __ptc_run_post_init({me}{args})")
+    elif not all_set:
+        ns["__ptc_finish_init"] = _finish_outermost_init
+        body.append(f"    __ptc_finish_init({me})")  # reports the field that nothing sets
     if has_post_init or not all_set:
-        if not has_post_init:
-            ns["__ptc_finish_init"] = _finish_init
-            body.append("    __ptc_finish_init(__ptc_self)")  # reports the field nothing sets
         ns["__ptc_seal"] = seal
-        body.append("    __ptc_seal(__ptc_self)")
+        body.append(f"    __ptc_seal({me})")
     else:
         # What `seal` would store (`type(self).__ptc_meta__.flatten(self)`), written out:
         # children in field order, then the static values' tags and the values. Skipped
@@ -297,12 +321,12 @@ def init_source(
         children = "".join(f"__ptc_d[{f.name!r}], " for f in fields if not f.static)
         statics = "".join(f"__ptc_d[{f.name!r}], " for f in fields if f.static)
         aux = f"({''.join(t + ', ' for t in tags)}{statics})" if tags else "None"
-        body.append("    if __ptc_id(__ptc_self) not in __ptc_MUTABLE:")
+        body.append(f"    if __ptc_id({me}) not in __ptc_MUTABLE:")
         body.append(f"        __ptc_d[{FLAT!r}] = (({children}), {aux})")
-    params = ["__ptc_self", *positional, *(["*", *keyword] if keyword else [])]
+    params_src = [me, *positional, *(["*", *keyword] if keyword else [])]
     source = (
-        f"def __init__({', '.join(params)}):\n    __ptc_d = __ptc_self.__dict__\n"
+        f"def __init__({', '.join(params_src)}):\n    __ptc_d = {me}.__dict__\n"
         + "\n".join(body)
         + "\n"
     )
-    return source, ns
+    return source, ns, annotations

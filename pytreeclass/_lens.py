@@ -26,7 +26,7 @@ import numpy as np
 from ._filters import as_filter
 from ._lens_compile import MISS, compile_put
 from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
-from ._lens_walk import ALL, FilterStep, PathStep, put, walk, where
+from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, put, walk, where
 
 __all__ = ["Lens", "at", "lens_on"]
 
@@ -147,6 +147,8 @@ class Lens(Generic[T]):
                 step = PathStep(str(key), False)
             elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
                 step = PathStep(int(key), False)
+            elif isinstance(key, slice):
+                step = PathStep(SliceKey(key), False)
             else:
                 step = FilterStep(as_filter(key))
             child = path.extend(step, None, None)

@@ -18,7 +18,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._cache import TypeTable
 from ._meta import drop_derived, meta_of, with_field
-from ._tree_util import leaf_repr, one_level
+from ._tree_util import has_shape_dtype, leaf_repr, one_level
 
 if TYPE_CHECKING:
     from ._filters import Filter
@@ -40,6 +40,8 @@ __all__ = [
     "LensKeyError",
     "NodeCode",
     "PathStep",
+    "SLICE",
+    "SliceKey",
     "listing",
     "match",
     "node_code",
@@ -69,6 +71,7 @@ class NodeCode(enum.IntEnum):
 
 # Module-level names: the hot paths compare against globals, not enum attribute lookups.
 LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = NodeCode
+SLICE = 11  # not a node type: the code of a list/tuple slice hop in a lens trail
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
 CODES = TypeTable(
@@ -135,8 +138,33 @@ class _Step:
     multi = False
 
 
+class SliceKey:
+    """The key of a `[a:b]` step: a hashable stand-in for a `slice` (unhashable before 3.12)."""
+
+    __slots__ = ("slice",)
+
+    def __init__(self, s: slice) -> None:
+        self.slice = s
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is SliceKey and _parts(other.slice) == _parts(self.slice)
+
+    def __hash__(self) -> int:
+        return hash(_parts(self.slice))
+
+    def __repr__(self) -> str:
+        s = self.slice
+        text = ("" if s.start is None else str(s.start)) + ":"
+        text += "" if s.stop is None else str(s.stop)
+        return text if s.step is None else f"{text}:{s.step}"
+
+
+def _parts(s: slice) -> tuple[Any, Any, Any]:
+    return (s.start, s.stop, s.step)
+
+
 class PathStep(_Step):
-    """`.name` (attr=True) or `["key"]` / `[i]` (attr=False)."""
+    """`.name` (attr=True) or `["key"]` / `[i]` / `[a:b]` (attr=False)."""
 
     __slots__ = ("attr", "key")
 
@@ -257,12 +285,59 @@ def _missing(
     )
 
 
+def _describe(x: Any) -> str:
+    if has_shape_dtype(x):
+        return f"an array {leaf_repr(x)}"
+    return f"{type(x).__name__} {leaf_repr(x)}"
+
+
+def _slice_child(
+    node: Any, code: int, s: slice, state: tuple[Any, Any, int], i: int
+) -> tuple[Any, int, Any]:
+    """`[a:b]` on a list or tuple: the sub-sequence, and the indices it came from."""
+    if code not in (LIST, TUPLE):
+        fix = (
+            "To change array elements use .apply(lambda a: a.at[1:3].set(v))."
+            if hasattr(node, "shape")
+            else "Use a key, an index or [...] there."
+        )
+        raise TypeError(
+            f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
+            f"at {where(state, i)} is {_describe(node)}. {fix}"
+        )
+    return node[s], SLICE, (range(len(node))[s], where(state, i + 1))
+
+
+def _splice(node: Any, token: tuple[range, str], value: Any) -> Any:
+    """`node` with the items at the slice's indices replaced by `value`'s, in order."""
+    indices, path = token
+    n = len(indices)
+    fix = f"Set it to (or return from apply) a list or tuple of {n} item(s), one per index."
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{path}: a slice is replaced item by item, so the value must be a list or "
+            f"tuple; got {_describe(value)}. {fix}"
+        )
+    if len(value) != n:
+        shown = listing(map(str, indices), 8)
+        raise ValueError(
+            f"{path}: the slice selects {n} item(s) (indices {shown} of {len(node)}), "
+            f"but the value has {len(value)}. {fix}"
+        )
+    items = list(node)
+    for k, v in zip(indices, value):
+        items[k] = v
+    return items if type(node) is list else tuple(items)
+
+
 def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[Any, int, Any]:
     """`(child, code, token)`: the child `step` names in `node`, and how to put one back."""
     code = CODES.get(type(node))
     if code is None:
         code = _classify(node)
     key = step.key
+    if type(key) is SliceKey:
+        return _slice_child(node, code, key.slice, state, i)
     if code == TREECLASS:
         if type(key) is str and key in meta_of(type(node)).fields_by_name:  # type: ignore[union-attr]
             return node.__dict__[key], code, key
@@ -308,6 +383,8 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
         return new
     if code == TUPLE:
         return (*node[:token], value, *node[token + 1 :])
+    if code == SLICE:
+        return _splice(node, token, value)
     if code == DATACLASS:
         new = _new(type(node))
         d = new.__dict__
