@@ -109,7 +109,9 @@ def _classify(x: Any) -> NodeCode:
             # Equinox modules, flax.struct and other dataclass pytrees: children are
             # fields kept in __dict__, so a copy is `object.__new__` + a dict update.
             code = DATACLASS
-            DATACLASS_FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name in names)
+            DATACLASS_FIELDS[cls] = tuple(
+                f.name for f in dataclasses.fields(cls) if f.name in names
+            )
         else:
             code = GENERIC
     return CODES.remember(cls, code)  # registration is per type, so the answer is too
