@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import bench_scaling  # noqa: E402
+import bench_surgery  # noqa: E402
 import bench_train  # noqa: E402
 import bench_tree  # noqa: E402
 import equinox  # noqa: E402
@@ -38,7 +39,7 @@ METHOD = (
     "Every library is timed in the same process, on the same models (L layers of "
     "(w: f32[8,8], b: f32[8], static int)). Each number is the minimum time per call over "
     "interleaved repeats (timeit, garbage collector off while timing, after warm-up). "
-    "Sections 1-3 and 5 count this process's CPU time (`time.process_time`), which "
+    "Sections 1-3, 5 and 6 count this process's CPU time (`time.process_time`), which "
     "other processes on a shared machine do not inflate; section 4 shows wall time and "
     "CPU time. Ratios compare rows of the same table."
 )
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: bench_tree.bench_update(settings, layers),
         lambda: [bench_train.bench_train(settings)],
         lambda: [bench_scaling.bench_scaling(settings, leaves)],
+        lambda: [bench_surgery.bench_surgery(settings, layers)],
     ]
     for run in runs:
         t0 = time.perf_counter()

@@ -25,6 +25,7 @@ SECTIONS = [
     "== 3. single-leaf update",
     "== 4. jitted training step",
     "== 5. scaling",
+    "== 6. model surgery",
     "== summary:",
 ]
 

@@ -490,7 +490,7 @@ def test_the_reference_shows_no_private_names_and_one_signature_each(site: Path)
 _ANY_RETURN_OK = {"field", "Lens.get"}
 # Filters' `mask(ctx)` is the protocol the selection functions call, not an API for
 # users; the reference does not render it (`members: false`).
-_NOT_RENDERED = {"mask"}
+_NOT_RENDERED = {"mask", "node_test"}  # the filter protocol, not rendered
 
 
 def _public_callables() -> list[tuple[str, object]]:

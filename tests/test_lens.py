@@ -234,8 +234,9 @@ def test_missing_step_after_a_selection():
     with pytest.raises(
         AttributeError,
         match=r"model\.layers\[\.\.\.\]\.features: no child \.features under any selected node; "
-        r"children there: \.w, \.b; \.features is a static field, which a selection does not "
-        r"reach \(it selects leaves\): update it one path at a time, e\.g\. model\.layers\[0\]\.features",
+        r"children there: \.w, \.b; \.features is a static field, which a selection of leaves "
+        r"does not reach: select the nodes by type, e\.g\. \.at\[ptc\.OfType\(Linear\)\]\.features, "
+        r"or update one path at a time, e\.g\. model\.layers\[0\]\.features",
     ):
         m.at.layers[...].features.set(8)
 
