@@ -240,6 +240,8 @@ def _reference_entries() -> dict[str, list[str]]:
     entries: dict[str, list[str]] = {}
     for page in sorted(REFERENCE.glob("*.md")):
         text = page.read_text(encoding="utf-8")
+        if page.name == "index.md":
+            continue
         for name in re.findall(r"^::: pytreeclass\.(\w+)", text, flags=re.M):
             entries.setdefault(name, []).append(page.name)
     return entries
@@ -256,6 +258,17 @@ def test_every_public_name_has_a_docstring_and_one_reference_entry() -> None:
     assert not twice, f"documented on more than one reference page: {twice}"
     undocumented = [n for n in public if not (getattr(ptc, n).__doc__ or "").strip()]
     assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+def test_the_reference_index_lists_every_entry() -> None:
+    index = (REFERENCE / "index.md").read_text(encoding="utf-8")
+    unlisted = [
+        f"{page}: {name}"
+        for name, pages in _reference_entries().items()
+        for page in pages
+        if f"]({page}#pytreeclass.{name})" not in index
+    ]
+    assert not unlisted, "add to the table of docs/reference/index.md:\n" + "\n".join(unlisted)
 
 
 # -- what the pages show --------------------------------------------------------------------
