@@ -35,7 +35,7 @@ class Scaled:
 @treeclass
 class Holder:
     inner: Scaled
-    items: list
+    cells: list
 
 
 def _fresh() -> Scaled:
@@ -46,7 +46,7 @@ def _fresh() -> Scaled:
 
 def _holder() -> Holder:
     h = Holder(_fresh(), [_fresh()])
-    assert h.inner.total == 3.0 and h.items[0].total == 3.0
+    assert h.inner.total == 3.0 and h.cells[0].total == 3.0
     return h
 
 
@@ -84,8 +84,8 @@ def test_nested_lens_updates_drop_cached_values_on_every_rebuilt_node(attempt: i
     h = _holder()
     out = h.at.inner.scale.set(2.0)
     assert _fields_only(out.inner) and out.inner.total == 6.0
-    out = h.at.items[0].w.set(jnp.full(3, 2.0))
-    assert _fields_only(out.items[0]) and out.items[0].total == 6.0
+    out = h.at.cells[0].w.set(jnp.full(3, 2.0))
+    assert _fields_only(out.cells[0]) and out.cells[0].total == 6.0
     assert out.inner is h.inner  # untouched subtrees are still shared, cache and all
 
 
@@ -93,8 +93,8 @@ def test_filter_lens_updates_drop_cached_values() -> None:
     h = _holder()
     out = h.at.inner[Parameter].apply(lambda w: w * 2)
     assert out.inner.total == 6.0
-    out = ptc.at(h)["items"][...].w.set(jnp.zeros(3))
-    assert out.items[0].total == 0.0
+    out = ptc.at(h)["cells"][...].w.set(jnp.zeros(3))
+    assert out.cells[0].total == 0.0
 
 
 def test_a_wide_class_takes_the_copy_everything_path_and_still_drops_them() -> None:
