@@ -9,6 +9,8 @@ list pass and two unflattens.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any as _Any
 from typing import ClassVar
@@ -126,7 +128,8 @@ class OfKind(Filter):
 class OfType(Filter):
     """Leaves that are instances of `type`; for a node type, whole subtrees rooted at one.
 
-    A bare type that is not a kind means this filter. A node type (a treeclass, an
+    A bare type that is not a kind means this filter, and so does a union of such types
+    (`int | float`, `typing.Union[int, float]`). A node type (a treeclass, an
     Equinox module, a flax.struct dataclass, `dict`, `list`, `tuple`, any registered
     node, or a base class of those) selects every leaf under a node that is an instance
     of it, and in a lens the nodes themselves, outermost first. A type of common leaves
@@ -134,7 +137,7 @@ class OfType(Filter):
     `float`) test leaves only.
 
     Args:
-        type: the class to match (or a union of classes).
+        type: the class to match (or a tuple or union of classes).
 
     Examples:
         >>> import pytreeclass as ptc
@@ -147,7 +150,7 @@ class OfType(Filter):
         {'a': 3.0, 'b': 3.0}
     """
 
-    type: type
+    type: type | tuple[type, ...]
 
     @property
     def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
@@ -429,10 +432,35 @@ def _is_bool_leaf(b: _Any) -> bool:
     )
 
 
+def _union_filter(f: _Any) -> Filter:
+    """`int | float` or `typing.Union[int, float]`: what `isinstance` accepts, as a filter."""
+    members = typing.get_args(f)
+    if not all(isinstance(m, type) and typing.get_origin(m) is None for m in members):
+        for m in members:
+            as_filter(m)  # raises for the member that is not a filter (e.g. list[int])
+    kinds = [m for m in members if isinstance(m, type) and issubclass(m, Kind)]
+    if not kinds:
+        return OfType(tuple(members))
+    return Any(*members)
+
+
 def as_filter(f: _Any) -> Filter:
     """Turn any accepted filter form into a `Filter` object (see the module docs)."""
     if isinstance(f, Filter):
         return f
+    origin = typing.get_origin(f)
+    if origin is not None:
+        if origin is typing.Union or origin is types.UnionType:
+            return _union_filter(f)
+        # `list[int]` is callable (it builds a list) and, on some Pythons, an instance of
+        # `type`: without this it would select every leaf `list(leaf)` makes non-empty.
+        name = getattr(origin, "__qualname__", repr(origin))
+        raise TypeError(
+            f"{f!r} is a parametrized generic; a type filter is checked with isinstance, "
+            f"which cannot check what is inside a value. Use the bare type ({name}), a "
+            f"union of types (int | float), or a callable leaf -> bool. A filter is "
+            f"{_FILTER_FORMS}."
+        )
     if isinstance(f, type):
         out = _TYPE_FILTERS.get(f)
         if out is None:

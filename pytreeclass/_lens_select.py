@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax.tree_util import DictKey
 
 from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
@@ -68,7 +69,7 @@ def _focus_mask(
         if type(step) is FilterStep:
             sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
             continue
-        found, seen, sliced = [], [], False
+        found, seen, sliced, keyed = [], [], False, False
         for node, treedef, lo in cursors:
             level = one_level(node)
             if level is None or not level[1]:  # a leaf or an empty node: nothing to select
@@ -89,6 +90,7 @@ def _focus_mask(
                     found.extend((children[c], subdefs[c], starts[c]) for c in picked)
                 continue
             seen.extend(keys)
+            keyed = keyed or any(type(k) is DictKey for k in keys)
             c = match(step, node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
@@ -111,7 +113,8 @@ def _focus_mask(
                 )
             raise step.error(
                 f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "
-                f"children there: {listing(names)}{hint}"
+                f"children there: {listing(names)}{hint}",
+                mapping=keyed,
             )
         cursors = found
     inside = [False] * len(sel)

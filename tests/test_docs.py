@@ -11,7 +11,8 @@ What runs:
   link the API names they mention to the reference, and every name in
   `pytreeclass.__all__` has a docstring and one `::: pytreeclass.NAME` entry on a page of
   `docs/reference/`;
-* `mkdocs build --strict`, once per session (skipped only when mkdocs is not installed),
+* `mkdocs build --strict`, once per session (mkdocs is in the `test` extra, so this runs
+  wherever the README's test command does; skipped only when mkdocs is not installed),
   and checks on the built site: every page in the nav, a non-empty sitemap, every
   internal link and anchor resolving, backlinks from the reference to the guide, and a
   search index that finds API names (`tree_partition`, `vmap`, `OfType`) on every page
