@@ -62,3 +62,8 @@ needs_nnx_nodes = pytest.mark.skipif(
 )
 
 JAX_HAS_AXIS_TYPES = hasattr(jax.sharding, "AxisType")  # jax >= 0.5.3
+
+# `PyTreeDef.from_node_data_and_children` (not in jax 0.6.2, the newest for Python 3.10):
+# without it, the caches keyed by a strict treedef (masks, partitions, merge plans) do not
+# cache trees that hold a dict or foreign aux data; they are built anew on every call.
+JAX_BUILDS_TREEDEFS = hasattr(jax.tree_util.PyTreeDef, "from_node_data_and_children")
