@@ -34,6 +34,7 @@ from ._partition import tree_mask as tree_mask
 from ._partition import tree_merge as tree_merge
 from ._partition import tree_partition as tree_partition
 from ._shard import tree_shardings as tree_shardings
+from ._summary import tree_aliases as tree_aliases
 from ._summary import tree_diagram as tree_diagram
 from ._summary import tree_summary as tree_summary
 from ._treeclass import TreeClass as TreeClass
@@ -90,6 +91,7 @@ __all__ = [
     "field",
     "fields",
     "is_treeclass",
+    "tree_aliases",
     "tree_diagram",
     "tree_equal",
     "tree_filter",

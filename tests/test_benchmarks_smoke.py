@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .versions import needs_nnx_nodes
+
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 SECTIONS = [
@@ -25,11 +27,13 @@ SECTIONS = [
     "== 3. single-leaf update",
     "== 4. jitted training step",
     "== 5. scaling",
+    "== 6. model surgery",
     "== 7. saving and loading",
     "== summary:",
 ]
 
 
+@needs_nnx_nodes  # the benchmarks compare with flax.nnx's current API (nnx.List)
 def test_quick_run_prints_every_section(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     proc = subprocess.run(

@@ -25,6 +25,7 @@ from pytreeclass import BatchStat, Parameter, field, treeclass
 from pytreeclass._errors import TreeTooDeepError
 
 from .models import Linear
+from .versions import JAX_FLATTEN_RECURSES
 
 
 @treeclass
@@ -319,10 +320,14 @@ def test_too_deep_tree_gives_clear_error():
     deep: object = 1.0
     for _ in range(sys.getrecursionlimit() + 100):
         deep = [deep]
-    with pytest.raises(TreeTooDeepError, match=r"tree_mask: the tree is nested too deeply"):
-        ptc.tree_mask(deep, float)
+    # tree_merge's own walk recurses once per level: too deep with every JAX.
     with pytest.raises(RecursionError, match=r"sys\.setrecursionlimit"):
         ptc.tree_merge(deep, deep)
+    if not JAX_FLATTEN_RECURSES:  # newer JAX flattens it; then these work (tests/test_scale.py)
+        assert jax.tree_util.tree_leaves(ptc.tree_mask(deep, float)) == [True]
+        return
+    with pytest.raises(TreeTooDeepError, match=r"tree_mask: the tree is nested too deeply"):
+        ptc.tree_mask(deep, float)
     with pytest.raises(ValueError, match=r"tree_kinds: .*Make the nesting shallower"):
         ptc.tree_kinds(deep)
 

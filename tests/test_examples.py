@@ -17,6 +17,8 @@ import pytest
 
 import pytreeclass as ptc
 
+from .versions import needs_nnx_nodes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -40,6 +42,7 @@ def test_every_example_is_tested() -> None:
         "batchnorm_train_eval",
         "transfer_learning",
         "train_mlp",
+        "lora_finetune",
         "with_equinox",
         "with_flax",
     }
@@ -109,7 +112,7 @@ def test_train_mlp_matches_raw_dicts_and_optax_for_20_steps(tmp_path_factory) ->
 # -- interop ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["with_equinox", "with_flax"])
+@pytest.mark.parametrize("name", ["with_equinox", pytest.param("with_flax", marks=needs_nnx_nodes)])
 def test_foreign_module_example_trains(name: str) -> None:
     losses = example(name).main(steps=60)
     assert len(losses) == 60
@@ -171,3 +174,25 @@ def test_transfer_learning_freezes_the_encoder_and_trains_the_head() -> None:
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(tuned.head.w, start.head.w)
     assert not np.allclose(pretrained.encoder[0].w, fresh.encoder[0].w)
+
+
+def test_lora_finetune_trains_adapters_only_and_merges_them_back(capsys) -> None:
+    ex = example("lora_finetune")
+    res = ex.main()
+    out = capsys.readouterr().out
+    acc, counts = res["accuracy"], res["counts"]
+    assert acc["base"] >= 0.95
+    assert acc["tuned"] >= acc["base"] - 0.01  # within a point of the base model
+    assert acc["tuned noisy"] > acc["base noisy"] + 0.03  # and it learned the new domain
+    # Printed: trainable vs total before (all), with adapters (adapters only), after merging.
+    assert counts == {"base": (8970, 8970), "lora": (1320, 10290), "merged": (8970, 8970)}
+    assert "trainable  1,320 of 10,290 parameters" in out
+    assert f"test accuracy, tuned        {acc['tuned']:.4f}" in out
+    base, tuned, merged = res["base"], res["tuned"], res["merged"]
+    assert all(type(layer) is ex.LoRA for layer in tuned.layers)
+    assert all(type(layer) is ex.Linear for layer in merged.layers)
+    for layer, lora in zip(base.layers, tuned.layers):
+        assert lora.base is layer or ptc.tree_equal(lora.base, layer)  # frozen exactly
+        assert float(jnp.abs(lora.b).sum()) > 0  # the adapters trained
+    x = jnp.asarray(ex.load_data()[1][:32])
+    np.testing.assert_allclose(merged(x), tuned(x), rtol=1e-4, atol=1e-4)
