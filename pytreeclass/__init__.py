@@ -32,9 +32,14 @@ from ._merge import tree_merge as tree_merge
 from ._merge import tree_partition as tree_partition
 from ._methods import tree_equal as tree_equal
 from ._optim import Optimizer as Optimizer
+from ._rng import split_key as split_key
+from ._rng import tree_reseed as tree_reseed
 from ._shard import tree_shardings as tree_shardings
 from ._show import tree_diagram as tree_diagram
 from ._show import tree_summary as tree_summary
+from ._stack import scan_layers as scan_layers
+from ._stack import tree_stack as tree_stack
+from ._stack import tree_unstack as tree_unstack
 from ._treeclass import TreeClass as TreeClass
 from ._treeclass import is_treeclass as is_treeclass
 from ._treeclass import treeclass as treeclass
@@ -66,6 +71,8 @@ __all__ = [
     "field",
     "fields",
     "is_treeclass",
+    "scan_layers",
+    "split_key",
     "tree_diagram",
     "tree_equal",
     "tree_filter",
@@ -75,9 +82,12 @@ __all__ = [
     "tree_mask",
     "tree_merge",
     "tree_partition",
+    "tree_reseed",
     "tree_save",
     "tree_shardings",
+    "tree_stack",
     "tree_summary",
+    "tree_unstack",
     "treeclass",
     "value_and_tree",
 ]

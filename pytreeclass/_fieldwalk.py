@@ -33,15 +33,24 @@ def descend(node: Any, value: Any, out: list[Any], walk: Walk, stop: Callable[[A
         walk(part, value, out)
 
 
-def resolve(cache: BoundedCache, tree: Any, treedef: Any, walk: Walk, what: str) -> tuple[Any, ...]:
-    """One value per leaf of `tree` from `walk`, stored in `cache` under `treedef`.
+def resolve(
+    cache: BoundedCache,
+    tree: Any,
+    treedef: Any,
+    walk: Walk,
+    what: str,
+    start: Any = None,
+    finish: Callable[[Any], Any] | None = None,
+) -> tuple[Any, ...]:
+    """One value per leaf of `tree` from `walk` (from `start` at the root, each value passed
+    through `finish`), stored in `cache` under `treedef`.
 
     Callers look the cache up themselves first: a hit is then one `get`, with no call here
     (`leaf_kinds` runs on every filtered step).
     """
     out: list[Any] = []
-    walk(tree, None, out)
-    found = tuple(out)
+    walk(tree, start, out)
+    found = tuple(out) if finish is None else tuple(map(finish, out))
     # The walk reads treeclass fields directly and flattens everything else again, so a
     # custom node whose flatten changes between calls would misalign values and leaves.
     if len(found) != treedef.num_leaves:

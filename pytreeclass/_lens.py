@@ -26,7 +26,7 @@ import numpy as np
 from ._filters import as_filter
 from ._lens_compile import MISS, compile_put
 from ._lens_select import aligned, is_single_leaf, put_focus, select
-from ._nodes import ALL, FilterStep, PathStep, put, walk, where
+from ._nodes import ALL, FilterStep, PathStep, SliceKey, StackView, put, walk, where
 
 __all__ = ["Lens", "at"]
 
@@ -147,6 +147,8 @@ class Lens(Generic[T]):
                 step = PathStep(str(key), False)
             elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
                 step = PathStep(int(key), False)
+            elif isinstance(key, slice):
+                step = PathStep(SliceKey(key), False)
             else:
                 step = FilterStep(as_filter(key))
             child = path.extend(step, None, None)
@@ -161,7 +163,8 @@ class Lens(Generic[T]):
         root, path = _GET(self)
         state = (root, path.steps, path.split)
         if path.split < 0:
-            return walk(root, path.steps, state, [])
+            out = walk(root, path.steps, state, [])
+            return out.value() if type(out) is StackView else out
         _, ctx, sel = select(state)
         return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 

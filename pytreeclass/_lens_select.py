@@ -20,8 +20,11 @@ from ._kinds import foreign_kind
 from ._nodes import (
     ALL,
     LEAF,
+    SCATTER,
+    STACK,
     TREECLASS,
     FilterStep,
+    StackView,
     listing,
     match,
     node_code,
@@ -40,6 +43,8 @@ _DEEP = depth_guard("lens")
 def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
     """The kind every leaf of the focus has because of a field (or marker) above it."""
     for parent, code, token in trail:
+        if code >= STACK:  # stack rows and views add no kind
+            continue
         if code == TREECLASS:
             kind = type(parent).__ptc_meta__.fields_by_name[token].kind
         else:
@@ -172,6 +177,9 @@ def select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, 
     root, steps, split = state
     trail: list[Any] = []
     node = walk(root, steps[:split], state, trail)
+    if type(node) is StackView:  # the focus is layers of a stack: written back as rows
+        trail.append((node, SCATTER, None))
+        node = node.value()
     try:
         ctx, sel = _selection(node, steps[split:], _outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:

@@ -4,6 +4,11 @@ Every node type gets a small code, decided once per type: treeclasses, dicts, li
 tuples and namedtuples have fast paths; Equinox modules, flax.struct and other dataclass
 pytrees are copied with `object.__new__` and a `__dict__` update (no `__init__`); any
 other pytree node is taken apart one level with `tree_flatten_with_path` and unflattened.
+
+A field declared `field(stack=...)` holds a stack of layers; an int or slice step right
+after it is a STACK hop. The walk then stays on the stacked tree (later steps are the same
+on a stack as on one layer) and remembers the rows; `StackView` takes them out at the end,
+and the update writes them back with `x.at[rows].set(v)` per leaf (a SCATTER hop).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from ._filters import Filter
 from ._instance import FLAT, check_static
 from ._repr import leaf_repr
+from ._stack import scatter, stack_length, take
 
 # -- what kind of node is this? (decided once per type) -----------------------------------------
 
 LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = range(9)
+STACK, SCATTER = 9, 10  # hops made by a stack index (see the module docstring)
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
 CODES: dict[type, int] = {
@@ -99,8 +106,33 @@ class _Step:
     multi = False
 
 
+class SliceKey:
+    """The key of a `[a:b]` step: a hashable stand-in for a `slice` (unhashable before 3.12)."""
+
+    __slots__ = ("slice",)
+
+    def __init__(self, s: slice) -> None:
+        self.slice = s
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is SliceKey and _parts(other.slice) == _parts(self.slice)
+
+    def __hash__(self) -> int:
+        return hash(_parts(self.slice))
+
+    def __repr__(self) -> str:
+        s = self.slice
+        text = ("" if s.start is None else str(s.start)) + ":"
+        text += "" if s.stop is None else str(s.stop)
+        return text if s.step is None else f"{text}:{s.step}"
+
+
+def _parts(s: slice) -> tuple[Any, Any, Any]:
+    return (s.start, s.stop, s.step)
+
+
 class PathStep(_Step):
-    """`.name` (attr=True) or `["key"]` / `[i]` (attr=False)."""
+    """`.name` (attr=True) or `["key"]` / `[i]` / `[a:b]` (attr=False)."""
 
     __slots__ = ("attr", "key")
 
@@ -182,6 +214,12 @@ def _missing(
     path = where(state, i + 1)
     key = step.key
     typ = type(node).__name__
+    if type(key) is SliceKey:
+        return step.error(
+            f"{path}: a slice step picks layers of a stack, and the value at {where(state, i)} "
+            "is not a field declared field(stack=...). Index one item at a time, or "
+            "declare the field a stack (see ptc.tree_stack)."
+        )
     if code in (TREECLASS, DATACLASS, NAMEDTUPLE) and (type(key) is str or code != NAMEDTUPLE):
         names = _field_names(node, code)
         if type(key) is not str:
@@ -257,6 +295,10 @@ def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[
 
 def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
     """A copy of `node` with the child at `token` (from `descend`) replaced by `value`."""
+    if code == STACK:
+        return value  # the walk stayed on the stack: `value` is the updated stack already
+    if code == SCATTER:
+        return node.write(value)
     if code == TREECLASS:
         cls = type(node)
         if token in cls.__ptc_meta__.static_names:
@@ -299,7 +341,7 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
             ):
                 return j
         return None
-    if step.attr:
+    if step.attr or type(key) is not int:
         return None
     positional = isinstance(node, tuple) or (
         bool(keys) and type(keys[0]) in (SequenceKey, FlattenedIndexKey)
@@ -313,30 +355,77 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
     return None
 
 
-# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten)`. One dict
-# lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + three attribute reads.
-_TC: dict[type, tuple[Any, Any, Any]] = {}
+# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten, stacked names)`.
+# One dict lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + attribute reads.
+_TC: dict[type, tuple[Any, Any, Any, Any]] = {}
 
 
-def _tc_info(cls: type) -> tuple[Any, Any, Any] | None:
+def _tc_info(cls: type) -> tuple[Any, Any, Any, Any] | None:
     """`_TC[cls]`, filled in on first sight of a treeclass; None for any other type."""
     meta = getattr(cls, "__ptc_meta__", None)
     if meta is None:
         return None
-    info = (meta.fields_by_name, frozenset(meta.static_names), meta.flatten)
+    stacked = frozenset(f.name for f in meta.fields if f.stack is not None)
+    info = (meta.fields_by_name, frozenset(meta.static_names), meta.flatten, stacked)
     if len(_TC) < 8192:
         _TC[cls] = info
     return info
 
 
+class StackView:
+    """Where a walk through a stack index ended: rows `idx` of the stacked subtree `node`."""
+
+    __slots__ = ("idx", "node", "state", "upto")
+
+    def __init__(self, node: Any, idx: tuple[Any, ...], state: Any, upto: int) -> None:
+        self.node, self.idx, self.state, self.upto = node, idx, state, upto
+
+    def value(self) -> Any:
+        """The addressed layer(s): an ordinary tree (a stack again for a slice)."""
+        return take(self.node, self.idx)
+
+    def write(self, value: Any) -> Any:
+        """The stacked subtree with the addressed rows replaced by `value`."""
+        return scatter(self.node, self.idx, value, where(self.state, self.upto))
+
+
+def _stack_hop(
+    node: Any, key: Any, idx: tuple[Any, ...] | None, state: Any, i: int, trail: list[Any]
+) -> tuple[Any, ...]:
+    """Record the stack index `key` (int or SliceKey) into `node`; the rows so far + it."""
+    depth = 0 if idx is None else len(idx)
+    field = where(state, i)
+    n = stack_length(node, f"{where(state, i + 1)}", axis=depth, prefix=field)
+    if type(key) is int:
+        k = key + n if key < 0 else key
+        if not 0 <= k < n:
+            raise IndexError(
+                f"{where(state, i + 1)}: index out of range (the stack {field} has {n} layers)"
+            )
+        row: Any = k
+    else:
+        row = key.slice
+    trail.append((node, STACK, row))
+    return (row,) if idx is None else (*idx, row)
+
+
 def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]) -> Any:
-    """Follow path steps from `root`; record `(node, code, token)` per step in `trail`."""
+    """Follow path steps from `root`; record `(node, code, token)` per step in `trail`.
+
+    Returns the node reached, or a `StackView` when the path indexed a stack."""
     node = root
     tcs, codes = _TC, CODES
+    stacked = False  # whether `node` is the value of a field declared a stack
+    idx = None  # the stack rows picked so far
     for i, step in enumerate(steps):
         # The two commonest hops, inline: a treeclass field and a list index.
         cls = type(node)
         key = step.key
+        if stacked:
+            stacked = False
+            if (type(key) is int or type(key) is SliceKey) and not step.attr:
+                idx = _stack_hop(node, key, idx, state, i, trail)
+                continue
         info = tcs.get(cls)
         if info is None and codes.get(cls, TREECLASS) == TREECLASS:
             info = _tc_info(cls)
@@ -344,6 +433,7 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
             if key in info[0]:
                 trail.append((node, TREECLASS, key))
                 node = node.__dict__[key]
+                stacked = key in info[3]
                 continue
         elif type(key) is int and codes.get(cls) == LIST and not step.attr:
             n = len(node)
@@ -355,7 +445,7 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
         child, code, token = descend(node, step, state, i)
         trail.append((node, code, token))
         node = child
-    return node
+    return node if idx is None else StackView(node, idx, state, len(steps))
 
 
 def put(
@@ -372,6 +462,9 @@ def put(
     if trail is None:
         trail = []
     node = walk(root, steps, state, trail)
+    if type(node) is StackView:
+        trail.append((node, SCATTER, None))
+        node = node.value() if fn is not None else None
     if fn is not None:
         value = fn(node)
     tcs = _TC
@@ -379,7 +472,7 @@ def put(
         # Inline the commonest rebuilds (a treeclass field, a list item); same as `rebuild`.
         if code == TREECLASS:
             cls = type(parent)
-            _, static, flatten = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
+            _, static, flatten, _ = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
             if token in static:
                 check_static(cls, token, value)
             new = _new(cls)

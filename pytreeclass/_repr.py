@@ -15,6 +15,7 @@ import numpy as np
 __all__ = ["MAX_ITEMS", "Elided", "is_array", "leaf_repr", "node_children", "treeclass_repr"]
 
 _WIDTH = 88
+TIMES = "\u00d7"  # the multiplication sign in `Block x24` (ruff flags the glyph itself)
 MAX_ITEMS = 8  # longer lists/tuples/dicts show their first 6 items, "...(n more)", the last
 
 
@@ -38,6 +39,17 @@ def is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.generic, type))
 
 
+def _array_repr(dtype: Any, shape: tuple[int, ...]) -> str:
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        dt = "key"
+    else:
+        try:
+            dt = _dtype_short(dtype)
+        except TypeError:
+            dt = str(dtype)
+    return f"{dt}[{','.join(map(str, shape))}]"
+
+
 def leaf_repr(x: Any) -> str:
     """Short form of a leaf: arrays as `f32[3,4]`, classes by name, others by a short `repr`.
 
@@ -48,14 +60,7 @@ def leaf_repr(x: Any) -> str:
         ('f32[3,4]', 'bf16[2]')
     """
     if is_array(x):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            dt = "key"
-        else:
-            try:
-                dt = _dtype_short(x.dtype)
-            except TypeError:
-                dt = str(x.dtype)
-        return f"{dt}[{','.join(map(str, x.shape))}]"
+        return _array_repr(x.dtype, x.shape)
     if isinstance(x, type):
         return x.__name__
     r = repr(x)
@@ -90,12 +95,39 @@ def node_children(obj: Any) -> list[tuple[Any, Any]] | None:
     return [(path[0], child) for path, child in flat]
 
 
+class _Stack:
+    """A field declared `field(stack=...)`, for `_render`: shown as `Block x24(...)`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def stack_size(value: Any, axis: int) -> int | None:
+    """The size of dimension `axis` that every leaf of `value` shares, or None."""
+    n = None
+    for x in jax.tree_util.tree_leaves(value):
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
+            return None
+        n = shape[axis]
+    return n
+
+
 def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     """(open, close, separator, [(label, value)]) for containers we lay out; else None."""
     meta = getattr(type(obj), "__ptc_meta__", None)
     if meta is not None:
         d = obj.__dict__
-        items = [(f.name, d.get(f.name, _UNSET)) for f in meta.fields if f.repr]
+        items = [
+            (
+                f.name,
+                _Stack(d[f.name]) if f.stack is not None and f.name in d else d.get(f.name, _UNSET),
+            )
+            for f in meta.fields
+            if f.repr
+        ]
         return f"{type(obj).__name__}(", ")", "=", items
     if isinstance(obj, dict):
         return "{", "}", ": ", [(repr(k), v) for k, v in obj.items()]
@@ -118,15 +150,34 @@ def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     return f"{type(obj).__name__}(", ")", sep, items
 
 
-def _render(obj: Any, indent: int, seen: frozenset[int]) -> str:
+def _render(obj: Any, indent: int, seen: frozenset[int], strip: int = 0) -> str:
+    # `strip`: how many leading (stacked) dimensions array shapes leave out.
+    count = ""
+    if type(obj) is _Stack:
+        obj = obj.value
+        n = stack_size(obj, strip)
+        if n is not None:  # a broken stack shows as it is
+            count = f" {TIMES}{n}"
+            strip += 1
     parts = _items(obj)
     if parts is None:
+        if strip and is_array(obj) and len(obj.shape) >= strip:
+            return (
+                count.lstrip() + (" " if count else "") + _array_repr(obj.dtype, obj.shape[strip:])
+            )
         return leaf_repr(obj)
     if id(obj) in seen:
         return "<cycle>"
     seen = seen | {id(obj)}
     open_, close, sep, items = parts
-    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in _elide(items)]
+    if count:
+        name = type(obj).__name__
+        open_ = (
+            name + count + open_[len(name) :] if open_.startswith(name) else f"{count[1:]} {open_}"
+        )
+    rendered = [
+        (f"{k}{sep}" if k else "") + _render(v, indent + 2, seen, strip) for k, v in _elide(items)
+    ]
     flat = open_ + ", ".join(rendered) + close
     if len(flat) + indent <= _WIDTH and "\n" not in flat:
         return flat

@@ -9,6 +9,11 @@ Which axes a leaf gets: those of the NEAREST enclosing treeclass field that sets
 can re-kind a whole submodule, axes describe the dimensions of particular arrays, which
 the field closest to them knows best; an outer field's `axes` act as a default for leaves
 whose own fields set none.
+
+A field declared `field(stack="layers")` holds layers stacked along a leading axis: every
+leaf below it gets "layers" PREPENDED to the axes it has (stacks inside stacks prepend
+theirs in order, outermost first). A stacked leaf whose fields set no axes gets
+`("layers", ...)`: the stacked axis, then `None` for each remaining dimension.
 """
 
 from __future__ import annotations
@@ -28,14 +33,20 @@ __all__ = ["leaf_axes", "tree_shardings"]
 _AXES_CACHE = BoundedCache(maxsize=4096)
 
 
-def _walk(node: Any, axes: tuple[str | None, ...] | None, out: list[Any]) -> None:
+_Axes = tuple[str | None, ...]
+
+
+def _walk(node: Any, axes: tuple[_Axes, _Axes | None], out: list[Any]) -> None:
+    # `axes` is (stack axes from enclosing stacked fields, the nearest field's own axes).
     meta = getattr(type(node), "__ptc_meta__", None)
     if meta is not None:
         d = node.__dict__
         by_name = meta.fields_by_name
+        stacks, inherited = axes
         for name in meta.child_names:
-            own = by_name[name].axes
-            _walk(d[name], axes if own is None else own, out)
+            f = by_name[name]
+            own = inherited if f.axes is None else f.axes
+            _walk(d[name], (stacks if f.stack is None else (*stacks, f.stack), own), out)
         return
     # Any other pytree: its leaves inherit `axes`, except under treeclasses found below.
     descend(node, axes, out, _walk, _is_treeclass)
@@ -45,13 +56,23 @@ def _is_treeclass(x: Any) -> bool:
     return hasattr(type(x), "__ptc_meta__")
 
 
-def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[str | None, ...] | None, ...]:
-    """The logical axes of each leaf of `tree` (None where no field sets them); per treedef."""
+def _final(axes: tuple[_Axes, _Axes | None]) -> tuple[Any, ...] | None:
+    stacks, own = axes
+    if not stacks:
+        return own
+    return (*stacks, *((...,) if own is None else own))
+
+
+def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[Any, ...] | None, ...]:
+    """The logical axes of each leaf of `tree` (None where no field sets them); per treedef.
+
+    Under stacked fields a leaf's axes start with the stack names; a final `...` stands
+    for `None` over every remaining dimension (a stacked leaf whose field sets no axes)."""
     if treedef is None:
         treedef = jax.tree_util.tree_structure(tree)
     axes = _AXES_CACHE.get(treedef)
     if axes is None:
-        axes = resolve(_AXES_CACHE, tree, treedef, _walk, "axes")
+        axes = resolve(_AXES_CACHE, tree, treedef, _walk, "axes", ((), None), _final)
     return axes
 
 
@@ -104,14 +125,24 @@ def _normalize_rules(rules: Any, mesh: Any) -> dict[str, _RuleValue]:
 
 
 def _spec(
-    path: str, leaf: Any, axes: tuple[str | None, ...], rules: dict[str, _RuleValue]
+    path: str, leaf: Any, axes: tuple[Any, ...], rules: dict[str, _RuleValue]
 ) -> PartitionSpec:
     ndim = len(leaf.shape)
+    if axes[-1] is ...:  # stacked, with no axes of its own: None for the rest
+        if ndim >= len(axes) - 1:
+            axes = (*axes[:-1], *(None,) * (ndim - len(axes) + 1))
+        else:
+            raise ValueError(
+                f"tree_shardings: the leaf at {path} is {leaf_repr(leaf)} ({ndim} dims) but it "
+                f"sits in {len(axes) - 1} stacked field(s) ({axes[:-1]!r}), each of which "
+                "needs a leading dimension. Build stacks with ptc.tree_stack."
+            )
     if ndim != len(axes):
         raise ValueError(
             f"tree_shardings: the leaf at {path} is {leaf_repr(leaf)} ({ndim} dims) but its "
             f"field declares axes={axes!r} ({len(axes)} names). Give one logical name (or "
-            "None) per dimension."
+            "None) per dimension (the names of enclosing field(stack=...) axes come first "
+            "and count too)."
         )
     entries: list[_RuleValue] = []
     used: dict[str, str] = {}
