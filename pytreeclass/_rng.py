@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 def _as_key(key: Any, where: str) -> jax.Array:
     """A typed key from a typed key, a raw `uint32` key or an int seed."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    if type(key) is int or isinstance(key, np.integer):
         return jax.random.key(int(key))
     dtype = getattr(key, "dtype", None)
     if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):

@@ -245,11 +245,23 @@ def _indexed_shape(shape: tuple[int, ...], idx: tuple[Any, ...]) -> tuple[int, .
     return (*kept, *shape[len(idx) :])
 
 
+_NUMBERS = {bool: 0, int: 1, float: 2, complex: 3}
+
+
+def _category(dtype: Any) -> int:
+    for cat, kind in enumerate((np.bool_, np.integer, np.floating, np.complexfloating)):
+        if jnp.issubdtype(dtype, kind):
+            return cat
+    return -1
+
+
 def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
     """`tree` with the rows `idx` of every leaf replaced by the leaves of `value`.
 
     `value` must have the structure of `take(tree, idx)` (static fields included) and each
-    leaf that row's shape and dtype: a stack cannot hold layers of different shapes.
+    leaf that row's shape and dtype: a stack cannot hold layers of different shapes. A
+    Python number fills the rows (`bool` < `int` < `float` < `complex`: one the stack's
+    dtype holds without losing its kind).
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     vleaves, vdef = jax.tree_util.tree_flatten(value)
@@ -268,16 +280,19 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
     paths = None
     for j, (x, v) in enumerate(zip(leaves, vleaves)):
         want = _indexed_shape(x.shape, idx)
-        vshape = np.shape(v)
-        vdtype = getattr(v, "dtype", None)
-        if vshape != want or (vdtype is not None and vdtype != x.dtype):
+        if type(v) in _NUMBERS:  # a Python number fills the rows, if the dtype can hold it
+            ok = _NUMBERS[type(v)] <= _category(x.dtype)
+        else:
+            ok = np.shape(v) == want and getattr(v, "dtype", x.dtype) == x.dtype
+        if not ok:
             if paths is None:
                 paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(value)[0]]
             wanted = leaf_repr(jax.ShapeDtypeStruct(want, x.dtype))
+            what = f"'s leaf at {jax.tree_util.keystr(paths[j])}" if paths[j] else ""
             raise ValueError(
-                f"{where}.set(): the value's leaf at {_keystr(paths[j])} is "
-                f"{leaf_repr(v)}, where the stack holds {wanted} (a stack's layers share "
-                "shapes and dtypes; cast with .astype(...) or reshape first)."
+                f"{where}.set(): the value{what} is {leaf_repr(v)}, where the stack holds "
+                f"{wanted} (a stack's layers share shapes and dtypes; cast with "
+                ".astype(...) or reshape first)."
             )
         if isinstance(x, np.ndarray):
             y = x.copy()
