@@ -268,7 +268,7 @@ def sharded_vs_single(steps: int = 3) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Train a scanned transformer on characters.")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--sharded", action="store_true", help="compare 8 devices with 1")
     args = parser.parse_args()
