@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import bench_scaling  # noqa: E402
+import bench_stacks  # noqa: E402
 import bench_train  # noqa: E402
 import bench_tree  # noqa: E402
 import equinox  # noqa: E402
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: bench_tree.bench_update(settings, layers),
         lambda: [bench_train.bench_train(settings)],
         lambda: [bench_scaling.bench_scaling(settings, leaves)],
+        lambda: bench_stacks.bench_stacks(settings),
     ]
     for run in runs:
         t0 = time.perf_counter()

@@ -25,6 +25,9 @@ SECTIONS = [
     "== 3. single-leaf update",
     "== 4. jitted training step",
     "== 5. scaling",
+    "== 6a. layer stacks: compile time",
+    "== 6b. layer stacks: one compiled training step",
+    "== 6c. layer stacks: write one layer",
     "== summary:",
 ]
 
