@@ -46,14 +46,24 @@ def _as_key(key: Any, where: str) -> jax.Array:
 def split_key(key: Any, num: int | tuple[int, ...], /) -> jax.Array:
     """`num` independent keys stacked along a leading axis: the `Rng` leaf of a stack.
 
-    `key` is a typed key (`jax.random.key(0)`), a raw key (`jax.random.PRNGKey(0)`;
-    raw keys come back) or an int seed; `num` may be a shape, e.g. `(layers, heads)`.
+    Args:
+        key: a typed key (`jax.random.key(0)`), a raw key (`jax.random.PRNGKey(0)`;
+            then raw keys come back) or an int seed.
+        num: how many keys, or a shape such as `(layers, heads)`.
 
-    Example:
+    Returns:
+        The keys, one per layer along the leading axis (or axes).
+
+    Raises:
+        TypeError: `key` is not a key or an int seed.
+        ValueError: `key` is a batch of keys, not one.
+
+    Examples:
         >>> import jax
         >>> import pytreeclass as ptc
         >>> keys = ptc.split_key(jax.random.key(0), 4)
-        >>> keys.shape, bool((jax.random.key_data(keys[0]) != jax.random.key_data(keys[1])).any())
+        >>> data = jax.random.key_data(keys)
+        >>> keys.shape, bool((data[0] != data[1]).any())
         ((4,), True)
     """
     raw = getattr(key, "dtype", None) == jnp.uint32
@@ -86,7 +96,20 @@ def tree_reseed(tree: T, key: Any, /) -> T:
     their form (typed `key<...>` or raw `uint32` data). `Rng` leaves that are not keys
     (counters, e.g. flax's `RngCount`) are left as they are.
 
-    Example:
+    Args:
+        tree: any pytree; its leaves of kind `Rng` (or a subkind) that hold keys are
+            replaced.
+        key: a typed key, a raw key or an int seed.
+
+    Returns:
+        A copy of `tree` with fresh keys; every other leaf is shared.
+
+    Raises:
+        TypeError: `key` is not a key or an int seed.
+        ValueError: `key` is a batch of keys, or a key leaf uses another PRNG
+            implementation than `key`.
+
+    Examples:
         >>> import jax
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass

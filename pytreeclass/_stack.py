@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-C = TypeVar("C")
+C = TypeVar("C")  # a carry
+S = TypeVar("S")  # a stack of layers
 
 _BUILD = "Build a stack with ptc.tree_stack([layer, ...]) or jax.vmap(make_layer)(keys)."
 
@@ -53,9 +54,22 @@ def tree_stack(trees: Iterable[T], /) -> T:
 
     Works on any pytree (treeclasses, dicts, Equinox modules, ...). Static fields (and
     other pytree aux data) must be equal across the trees, as must each leaf's shape and
-    dtype; Python numbers become arrays. `tree_unstack` undoes it.
+    dtype; Python numbers become arrays. `tree_unstack` undoes it. The result is what a
+    field declared `field(stack="layers")` holds.
 
-    Example:
+    Args:
+        trees: a non-empty sequence (or iterable) of trees with one structure.
+
+    Returns:
+        One tree with the structure of `trees[0]`; each leaf is `jnp.stack` of the
+        trees' leaves at that position (leading axis: one row per tree).
+
+    Raises:
+        ValueError: no trees; a tree whose structure or static fields differ from the
+            first's (naming the first differing path); leaves at one path whose shapes
+            or dtypes differ, or that are not arrays or numbers (naming the path).
+
+    Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> s = ptc.tree_stack([{"w": jnp.zeros(3)}, {"w": jnp.ones(3)}])
@@ -115,12 +129,21 @@ def _stack_mismatch(column: tuple[Any, ...]) -> str | None:
 def tree_unstack(tree: T, /) -> list[T]:
     """Split a stacked tree along its leading axis: the list `tree_stack` was given.
 
-    Every leaf must be an array with the same leading dimension.
+    Args:
+        tree: a tree whose every leaf is an array with the same leading dimension.
 
-    Example:
+    Returns:
+        A list with one tree per row of the leading axis, each with `tree`'s structure.
+
+    Raises:
+        ValueError: `tree` has no leaves, a leaf has no leading axis, or the leaves'
+            leading dimensions differ (naming the leaves).
+
+    Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
-        >>> [t["w"].tolist() for t in ptc.tree_unstack({"w": jnp.arange(4.0).reshape(2, 2)})]
+        >>> stacked = {"w": jnp.arange(4.0).reshape(2, 2)}
+        >>> [t["w"].tolist() for t in ptc.tree_unstack(stacked)]
         [[0.0, 1.0], [2.0, 3.0]]
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
@@ -306,9 +329,35 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
 # -- scanning ---------------------------------------------------------------------------------
 
 
+@overload
 def scan_layers(
-    fn: Callable[[Any, C], Any],
-    layers: Any,
+    fn: Callable[[S, C], C],
+    layers: S,
+    carry: C,
+    /,
+    *,
+    stateful: Literal[False] = False,
+    remat: bool = False,
+    policy: Callable[..., Any] | None = None,
+    unroll: int | bool = 1,
+    reverse: bool = False,
+) -> C: ...
+@overload
+def scan_layers(
+    fn: Callable[[S, C], tuple[C, S]],
+    layers: S,
+    carry: C,
+    /,
+    *,
+    stateful: Literal[True],
+    remat: bool = False,
+    policy: Callable[..., Any] | None = None,
+    unroll: int | bool = 1,
+    reverse: bool = False,
+) -> tuple[C, S]: ...
+def scan_layers(
+    fn: Callable[[S, C], Any],
+    layers: S,
     carry: C,
     /,
     *,
@@ -317,18 +366,38 @@ def scan_layers(
     policy: Callable[..., Any] | None = None,
     unroll: int | bool = 1,
     reverse: bool = False,
-) -> Any:
+) -> C | tuple[C, S]:
     """Run a stack of layers over a carry with `jax.lax.scan`: one compiled step, any depth.
 
-    `fn(layer, carry)` gets one layer of the stack (an ordinary, unstacked tree such as a
-    `Block`) and returns the new carry. With `stateful=True` it returns
-    `(carry, new_layer)` instead (for layers that update state: batch statistics, an RNG
-    key), and `scan_layers` returns `(carry, new_layers)`, the updated layers stacked
-    again. `remat=True` wraps `fn` in `jax.checkpoint` (with `policy`, e.g.
-    `jax.checkpoint_policies.dots_saveable`), trading compute for memory in the backward
-    pass; `unroll` and `reverse` are passed to `jax.lax.scan`.
+    The compiled program holds `fn` once, so compile time does not grow with the number
+    of layers; gradients are those of the unrolled Python loop.
 
-    Example:
+    Args:
+        fn: `fn(layer, carry) -> carry`, called with one layer of the stack (an
+            ordinary, unstacked tree such as a `Block`). With `stateful=True`:
+            `fn(layer, carry) -> (carry, new_layer)`.
+        layers: the stacked layers (e.g. `model.blocks`): any tree whose leaves share
+            a leading axis; a tuple `(blocks, keys)` scans several stacks together.
+        carry: the initial carry (e.g. the activations).
+        stateful: layers with state (batch statistics, an RNG key): `fn` also returns
+            the updated layer, and the updated layers come back stacked.
+        remat: wrap `fn` in `jax.checkpoint`: recompute its activations in the
+            backward pass instead of storing them.
+        policy: with `remat=True`, what to save anyway, e.g.
+            `jax.checkpoint_policies.dots_saveable`.
+        unroll: passed to `jax.lax.scan` (layers per loop iteration; `True`: all).
+        reverse: run the last layer first.
+
+    Returns:
+        The final carry; with `stateful=True`, `(carry, new_layers)`.
+
+    Raises:
+        ValueError: `policy` without `remat=True`; leaves of `layers` that do not share
+            a leading axis; with `stateful=True`, a layer returned with another
+            structure.
+        TypeError: with `stateful=True`, `fn` returned something other than a pair.
+
+    Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> layers = ptc.tree_stack([{"w": jnp.float32(2)}, {"w": jnp.float32(3)}])
