@@ -1,10 +1,10 @@
 """pytreeclass: immutable dataclasses that are JAX pytrees, with kinds, filters and lenses."""
 
-from ._edit import value_and_tree as value_and_tree
+from ._equal import tree_equal as tree_equal
 from ._errors import FrozenInstanceError as FrozenInstanceError
+from ._errors import TreeTooDeepError as TreeTooDeepError
 from ._field import Field as Field
 from ._field import field as field
-from ._field import fields as fields
 from ._filters import All as All
 from ._filters import Any as Any
 from ._filters import Filter as Filter
@@ -22,29 +22,50 @@ from ._kinds import OptState as OptState
 from ._kinds import Parameter as Parameter
 from ._kinds import Rng as Rng
 from ._kinds import State as State
-from ._kinds import tree_kinds as tree_kinds
+from ._labels import tree_labels as tree_labels
+from ._leaf_facts import tree_kinds as tree_kinds
 from ._lens import Lens as Lens
 from ._lens import at as at
-from ._merge import tree_filter as tree_filter
-from ._merge import tree_labels as tree_labels
-from ._merge import tree_mask as tree_mask
-from ._merge import tree_merge as tree_merge
-from ._merge import tree_partition as tree_partition
-from ._methods import tree_equal as tree_equal
+from ._meta import fields as fields
+from ._meta import is_treeclass as is_treeclass
 from ._optim import Optimizer as Optimizer
+from ._partition import tree_filter as tree_filter
+from ._partition import tree_mask as tree_mask
+from ._partition import tree_merge as tree_merge
+from ._partition import tree_partition as tree_partition
 from ._rng import split_key as split_key
 from ._rng import tree_reseed as tree_reseed
 from ._shard import tree_shardings as tree_shardings
-from ._show import tree_diagram as tree_diagram
-from ._show import tree_summary as tree_summary
 from ._stack import scan_layers as scan_layers
 from ._stack import tree_stack as tree_stack
 from ._stack import tree_unstack as tree_unstack
+from ._summary import tree_diagram as tree_diagram
+from ._summary import tree_summary as tree_summary
 from ._treeclass import TreeClass as TreeClass
-from ._treeclass import is_treeclass as is_treeclass
 from ._treeclass import treeclass as treeclass
+from ._value_and_tree import value_and_tree as value_and_tree
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version; in a source checkout that is not installed
+    (tests run with PYTHONPATH), the one pyproject.toml next to the package declares."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pytreeclass")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        try:
+            found = re.search(r'(?m)^version\s*=\s*"([^"]+)"', pyproject.read_text())
+        except OSError:
+            found = None
+        return found.group(1) if found else "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "All",
@@ -67,6 +88,7 @@ __all__ = [
     "Rng",
     "State",
     "TreeClass",
+    "TreeTooDeepError",
     "at",
     "field",
     "fields",

@@ -1,17 +1,11 @@
-"""A small bounded, thread-safe cache for per-treedef results."""
+"""Bounded caches: `BoundedCache` for per-treedef results, `TypeTable` for per-type facts."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
-import jax
-
-__all__ = ["BoundedCache", "constant_tree"]
-
-# Leaf types whose values cannot change: safe to share between calls.
-_IMMUTABLE_LEAVES = frozenset({bool, int, float, complex, str, bytes, type(None), type})
+__all__ = ["BoundedCache", "TypeTable"]
 
 
 class BoundedCache:
@@ -77,37 +71,24 @@ class BoundedCache:
         return self._count
 
 
-def constant_tree(treedef: Any, leaves: list[Any]) -> Callable[[], Any]:
-    """A maker of fresh copies of `treedef.unflatten(leaves)`, for immutable `leaves`.
+class TypeTable(dict):  # type: ignore[type-arg]
+    """A dict from types to facts about them, bounded in size.
 
-    Masks, labels and kinds are the same tree on every call for one structure. Each call
-    of the maker gives new lists, dicts and other containers a caller may mutate, but
-    shares every subtree that nothing can mutate (treeclass instances, tuples and
-    namedtuples of immutable parts): those come out of one C-level unflatten of a coarser
-    treedef whose leaves are the shared subtrees. A tree made only of such parts is
-    returned as is.
+    Facts per type (how to take a node apart, which filter a type means) are read on hot
+    paths, so reads are plain `dict` reads, at C speed, with no lock (a type's fact never
+    changes, so a racing writer stores the same value). Past `maxsize` entries a new fact is
+    computed every time instead of stored: a program that makes classes in a loop cannot
+    grow the table without bound.
     """
-    from ._instance import FLAT, _setattr  # late: keeps this module free of package imports
 
-    template = treedef.unflatten(leaves)
-    memo: dict[int, bool] = {}
+    __slots__ = ("maxsize",)
 
-    def frozen(x: Any) -> bool:
-        known = memo.get(id(x))
-        if known is not None:
-            return known
-        t = type(x)
-        if t.__setattr__ is _setattr:  # a treeclass: its aux data is hashable, so frozen
-            out = all(frozen(c) for c in x.__dict__[FLAT][0])
-        elif isinstance(x, tuple) and (t is tuple or hasattr(t, "_fields")):
-            out = all(frozen(c) for c in x)
-        else:
-            out = t in _IMMUTABLE_LEAVES
-        memo[id(x)] = out
-        return out
+    def __init__(self, maxsize: int, initial: dict[type, Any] | None = None) -> None:
+        super().__init__(initial or {})
+        self.maxsize = maxsize
 
-    if frozen(template):
-        return lambda: template
-    parts, coarse = jax.tree_util.tree_flatten(template, is_leaf=frozen)
-    parts = tuple(parts)
-    return lambda: coarse.unflatten(parts)
+    def remember(self, key: type, value: Any) -> Any:
+        """Store `value` under `key` unless the table is full; return `value`."""
+        if len(self) < self.maxsize:
+            self[key] = value
+        return value

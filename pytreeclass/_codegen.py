@@ -11,7 +11,7 @@ import linecache
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["compile_function"]
+__all__ = ["compile_function", "flatten_sources", "unflatten_source"]
 
 _counter = itertools.count()
 

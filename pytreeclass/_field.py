@@ -1,4 +1,7 @@
-"""`field()` and `Field`: dataclass fields that also know their kind, staticness and axes."""
+"""`field()` and `Field`: dataclass fields that also know their kind, staticness and axes.
+
+(`fields(cls)`, which reads a class's fields, is `_meta.fields`.)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
-__all__ = ["Field", "field", "fields"]
+from ._kinds import check_kind
+
+__all__ = ["Field", "field"]
 
 _T = TypeVar("_T")
 
@@ -164,7 +169,7 @@ def field(
             for `tree_shardings`. A lens index or slice right after the field picks layers
             (`model.at.blocks[3]`), displays show the layer count. See `ptc.tree_stack`.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
         ... class Linear:
@@ -173,8 +178,6 @@ def field(
         >>> Linear().features
         4
     """
-    from ._kinds import check_kind
-
     if default is not dataclasses.MISSING and default_factory is not dataclasses.MISSING:
         raise ValueError("field(): pass `default` or `default_factory`, not both.")
     if kind is not None:
@@ -230,29 +233,3 @@ def field(
         doc=doc,
         stack=stack,
     )
-
-
-def fields(obj_or_class: Any, /) -> tuple[Field, ...]:
-    """The fields of a treeclass (instance or class), as `Field` objects.
-
-    Example:
-        >>> import pytreeclass as ptc
-        >>> @ptc.treeclass
-        ... class Point:
-        ...     x: float
-        ...     y: float = ptc.field(kind=ptc.Parameter, default=0.0)
-        >>> [(f.name, f.kind) for f in ptc.fields(Point)]
-        [('x', None), ('y', <class 'pytreeclass._kinds.Parameter'>)]
-    """
-    cls = obj_or_class if isinstance(obj_or_class, type) else type(obj_or_class)
-    meta = getattr(cls, "__ptc_meta__", None)
-    if meta is None or meta.cls is not cls:
-        from ._treeclass import is_treeclass
-
-        if not is_treeclass(cls):
-            raise TypeError(
-                f"ptc.fields(): {cls.__qualname__} is not a treeclass. "
-                "Decorate it with @ptc.treeclass, or use dataclasses.fields for plain dataclasses."
-            )
-        meta = cls.__ptc_meta__
-    return meta.fields

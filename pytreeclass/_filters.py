@@ -17,8 +17,10 @@ import jax
 import numpy as np
 from jax.core import Tracer
 
-from ._cache import BoundedCache
-from ._kinds import Kind, leaf_kinds
+from ._cache import BoundedCache, TypeTable
+from ._kinds import Kind
+from ._leaf_facts import Leaves
+from ._tree_util import first_difference, key_name
 
 __all__ = [
     "All",
@@ -30,47 +32,10 @@ __all__ = [
     "PathContains",
     "Predicate",
     "as_filter",
-    "leaf_paths",
-    "select",
+    "combined",
+    "is_cacheable",
+    "select_leaves",
 ]
-
-
-class Leaves:
-    """One flattened tree, with its kinds and key paths computed only when asked for."""
-
-    __slots__ = ("_kinds", "_paths", "leaves", "tree", "treedef")
-
-    def __init__(self, tree: _Any, flat: tuple[list[_Any], _Any] | None = None) -> None:
-        self.tree = tree
-        self.leaves, self.treedef = jax.tree_util.tree_flatten(tree) if flat is None else flat
-        self._kinds: tuple[_Any, ...] | None = None
-        self._paths: tuple[tuple[_Any, ...], ...] | None = None
-
-    @property
-    def kinds(self) -> tuple[_Any, ...]:
-        if self._kinds is None:
-            self._kinds = leaf_kinds(self.tree, self.treedef)
-        return self._kinds
-
-    @property
-    def paths(self) -> tuple[tuple[_Any, ...], ...]:
-        if self._paths is None:
-            self._paths = leaf_paths(self.tree, self.treedef)
-        return self._paths
-
-
-_PATHS_CACHE = BoundedCache(maxsize=4096)
-
-
-def leaf_paths(tree: _Any, treedef: _Any = None) -> tuple[tuple[_Any, ...], ...]:
-    """The key path of every leaf of `tree`, in leaf order; cached per treedef."""
-    if treedef is None:
-        treedef = jax.tree_util.tree_structure(tree)
-    paths = _PATHS_CACHE.get(treedef)
-    if paths is None:
-        paths = tuple(p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
-        _PATHS_CACHE.put(treedef, paths)
-    return paths
 
 
 class Filter:
@@ -79,7 +44,10 @@ class Filter:
     structural: bool = False
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
-        raise NotImplementedError  # every concrete filter overrides it
+        raise NotImplementedError(
+            f"{type(self).__name__} subclasses ptc.Filter but does not define "
+            "mask(ctx). To filter with a function of the leaf, use ptc.Predicate(fn)."
+        )
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -139,14 +107,6 @@ class Predicate(Filter):
         return f"Predicate({getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
-def _key_name(key: _Any) -> _Any:
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.DictKey):
-        return key.key
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class PathContains(Filter):
     """Leaves whose key path has a field, attribute or dict key named exactly `name`."""
@@ -156,7 +116,7 @@ class PathContains(Filter):
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         name = self.name
-        return tuple(any(_key_name(k) == name for k in path) for path in ctx.paths)
+        return tuple(any(key_name(k) == name for k in path) for path in ctx.paths)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -179,8 +139,6 @@ class Mask(Filter):
             try:
                 subtrees = mask_def.flatten_up_to(ctx.tree)
             except (ValueError, TypeError) as e:
-                from ._merge import first_difference
-
                 where = first_difference(self.tree, ctx.tree)
                 raise ValueError(
                     f"mask filter does not match the tree: {where}. A mask must have the "
@@ -189,13 +147,9 @@ class Mask(Filter):
             counts = [jax.tree_util.tree_structure(s).num_leaves for s in subtrees]
         out: list[bool] = []
         for b, n in zip(bools, counts):
+            # `as_filter` makes a Mask only of a pytree of bools (`_bool_tree_status`).
             if b is None:
                 b = False
-            elif not _is_bool_leaf(b):
-                raise TypeError(
-                    f"mask filter holds {b!r}; every leaf of a mask must be a bool "
-                    "(True selects the leaf or subtree there)."
-                )
             elif isinstance(b, Tracer):
                 raise TypeError(
                     "mask filter holds a traced bool: the mask was passed through a JAX "
@@ -272,7 +226,7 @@ _FILTER_FORMS = (
     "ptc.Any/ptc.All/ptc.Not of those"
 )
 
-_TYPE_FILTERS: dict[type, Filter] = {}
+_TYPE_FILTERS = TypeTable(1024)
 
 
 def _bool_tree_status(x: _Any) -> str | None:
@@ -302,9 +256,7 @@ def as_filter(f: _Any) -> Filter:
     if isinstance(f, type):
         out = _TYPE_FILTERS.get(f)
         if out is None:
-            out = OfKind(f) if issubclass(f, Kind) else OfType(f)
-            if len(_TYPE_FILTERS) < 1024:
-                _TYPE_FILTERS[f] = out
+            out = _TYPE_FILTERS.remember(f, OfKind(f) if issubclass(f, Kind) else OfType(f))
         return out
     if isinstance(f, str):
         return PathContains(f)
@@ -329,7 +281,12 @@ _NONE_MASK = Mask(None)
 _MASK_CACHE = BoundedCache(maxsize=8192)
 
 
-def _cacheable(f: Filter) -> bool:
+def combined(filters: tuple[_Any, ...]) -> Filter:
+    """One `Filter` for the filters given in one call (a leaf must pass all of them)."""
+    return as_filter(filters[0]) if len(filters) == 1 else All(*filters)
+
+
+def is_cacheable(f: Filter) -> bool:
     if not f.structural:
         return False
     try:
@@ -339,7 +296,7 @@ def _cacheable(f: Filter) -> bool:
     return True
 
 
-def select(
+def select_leaves(
     tree: _Any, filters: tuple[_Any, ...], flat: tuple[list[_Any], _Any] | None = None
 ) -> tuple[Leaves, tuple[bool, ...]]:
     """Flatten `tree` (unless `flat` is its flatten already) and say which leaves all of
@@ -347,8 +304,8 @@ def select(
     ctx = Leaves(tree, flat)
     if not filters:
         return ctx, (True,) * len(ctx.leaves)
-    f = as_filter(filters[0]) if len(filters) == 1 else All(*filters)
-    if _cacheable(f):
+    f = combined(filters)
+    if is_cacheable(f):
         key = (ctx.treedef, f)
         sel = _MASK_CACHE.get(key)
         if sel is None:

@@ -4,12 +4,11 @@ Kept apart from class processing (`_treeclass.py`) because this is what runs per
 instance, on every construction and every attempted assignment, while that runs once per
 class. It holds:
 
-* `_MUTABLE`, the registry of instances that may be assigned to right now (a constructor
+* `MUTABLE`, the registry of instances that may be assigned to right now (a constructor
   is running, or `value_and_tree` is editing a copy), and the frozen `__setattr__` /
   `__delattr__` that consult it;
-* `FLAT` and `seal`: each instance's stored flatten result, which whatever writes fields
-  must refresh;
-* the static-field check every write of a static value goes through;
+* `seal`, which stores an instance's flatten result (`_meta.FLAT`) once it is frozen;
+* the error messages of assignment to a frozen instance and of an incomplete `__init__`;
 * the source of the generated `__init__`, and the wrapper that lets a user-written
   `__init__` (or `__post_init__`) assign fields and then checks that all were set.
 """
@@ -20,30 +19,64 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import jax
-import numpy as np
-
-from . import _errors
+from ._errors import FrozenInstanceError
+from ._meta import FLAT, PLAIN_STATIC, check_static
 
 if TYPE_CHECKING:
     from ._field import Field
-    from ._treeclass import _Meta
+    from ._meta import ClassMeta
 
-__all__ = ["FLAT", "check_static", "seal"]
+__all__ = [
+    "EDIT",
+    "FROZEN_DEL",
+    "FROZEN_SET",
+    "INIT",
+    "MISSING_FIELDS",
+    "MUTABLE",
+    "NOT_A_FIELD",
+    "FlatFallback",
+    "frozen_delattr",
+    "frozen_setattr",
+    "init_source",
+    "seal",
+    "wrap_user_init",
+]
 
-# Instances that may be assigned to right now: id(obj) -> mode. `_INIT` while a constructor
-# runs (converters apply), `_EDIT` while `value_and_tree` runs a function on a copy.
-_MUTABLE: dict[int, int] = {}
-_INIT, _EDIT = 1, 2
+# Instances that may be assigned to right now: id(obj) -> mode. `INIT` while a constructor
+# runs (converters apply), `EDIT` while `value_and_tree` runs a function on a copy.
+MUTABLE: dict[int, int] = {}
+INIT, EDIT = 1, 2
 
-# Every instance keeps its flatten result, `(children, aux)`, under this key: JAX's C++
-# flatten then reads it with a C-level `operator.attrgetter`, no Python frame per node.
-# Whatever writes fields must refresh it (`seal`); while an instance is being built or
-# edited the key is absent and `seal` adds it when the instance is frozen again.
-FLAT = "__ptc_flat__"
+FROZEN_SET = (
+    "cannot assign to field {name!r} of {cls}: treeclass instances are immutable.\n"
+    "Make an updated copy instead:\n"
+    "    obj = obj.at.{name}.set(value)\n"
+    "    obj = dataclasses.replace(obj, {name}=value)\n"
+    "or write the update in place inside ptc.value_and_tree(fn)(obj)."
+)
+
+FROZEN_DEL = (
+    "cannot delete field {name!r} of {cls}: treeclass instances are immutable.\n"
+    "Make an updated copy with obj.at.{name}.set(...) or dataclasses.replace(obj, ...)."
+)
+
+NOT_A_FIELD = (
+    "cannot set {name!r} on {cls}: it is not a field, so it would be silently dropped by "
+    "flatten/unflatten (jit, grad, vmap). Declare it in the class body, e.g. `{name}: Any`, "
+    "or use `field(static=True)` for non-array configuration. Fields: {fields}."
+)
+
+MISSING_FIELDS = (
+    "{cls}.__init__ returned without setting field(s) {names}. Assign them in __init__ "
+    "(`self.{first} = ...`) or give them a default in the class body."
+)
+
+# The stored flatten result (`_meta.FLAT`) is refreshed by `seal` after a constructor or an
+# edit; while an instance is being built or edited the key is absent, and this fallback
+# computes it.
 
 
-class _FlatFallback:
+class FlatFallback:
     """Class attribute `__ptc_flat__` for instances that have none stored (being built or
     edited): a non-data descriptor, so a stored value in `__dict__` wins when present."""
 
@@ -55,65 +88,32 @@ class _FlatFallback:
 
 def seal(obj: Any) -> None:
     """Store `obj`'s flatten result in its `__dict__` (after its fields changed)."""
-    if id(obj) not in _MUTABLE:
+    if id(obj) not in MUTABLE:
         obj.__dict__[FLAT] = type(obj).__ptc_meta__.flatten(obj)
-
-
-# Values that are always fine in a static field; anything else is checked.
-_PLAIN_STATIC = frozenset({int, float, bool, str, type(None), complex, bytes})
-
-
-# -- static field checks ----------------------------------------------------------------------
-
-
-def _short(value: Any) -> str:
-    from ._repr import leaf_repr
-
-    return leaf_repr(value)
-
-
-def check_static(cls: type, name: str, value: Any) -> None:
-    """Raise if `value` cannot live in a static field (it must be hashable, not an array)."""
-    if type(value) in _PLAIN_STATIC:
-        return
-    if isinstance(value, (jax.Array, np.ndarray)):
-        raise TypeError(
-            _errors.STATIC_ARRAY.format(name=name, cls=cls.__name__, value=_short(value))
-        )
-    try:
-        hash(value)
-    except TypeError:
-        raise TypeError(
-            _errors.STATIC_UNHASHABLE.format(
-                name=name, cls=cls.__name__, typ=type(value).__name__, value=_short(value)
-            )
-        ) from None
 
 
 # -- frozen instances -------------------------------------------------------------------------
 
 
-def _setattr(self: Any, name: str, value: Any) -> None:
-    mode = _MUTABLE.get(id(self))
+def frozen_setattr(self: Any, name: str, value: Any) -> None:
+    mode = MUTABLE.get(id(self))
     cls = type(self)
-    meta: _Meta = cls.__ptc_meta__
+    meta: ClassMeta = cls.__ptc_meta__
     f = meta.fields_by_name.get(name)
     if mode is None:
         if f is None and not hasattr(cls, name):
             # Not a field: say so (assignment would be lost by flatten/unflatten anyway).
-            raise _errors.FrozenInstanceError(
-                _errors.NOT_A_FIELD.format(
+            raise FrozenInstanceError(
+                NOT_A_FIELD.format(
                     name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
                 )
             )
-        raise _errors.FrozenInstanceError(_errors.FROZEN_SET.format(name=name, cls=cls.__name__))
+        raise FrozenInstanceError(FROZEN_SET.format(name=name, cls=cls.__name__))
     if f is None:
         raise AttributeError(
-            _errors.NOT_A_FIELD.format(
-                name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name)
-            )
+            NOT_A_FIELD.format(name=name, cls=cls.__name__, fields=", ".join(meta.fields_by_name))
         )
-    if mode == _INIT and f.converter is not None:
+    if mode == INIT and f.converter is not None:
         value = f.converter(value)
     if f.static:
         check_static(cls, name, value)
@@ -122,18 +122,18 @@ def _setattr(self: Any, name: str, value: Any) -> None:
     d.pop(FLAT, None)
 
 
-def _delattr(self: Any, name: str) -> None:
-    if id(self) in _MUTABLE and name in type(self).__ptc_meta__.fields_by_name:
+def frozen_delattr(self: Any, name: str) -> None:
+    if id(self) in MUTABLE and name in type(self).__ptc_meta__.fields_by_name:
         del self.__dict__[name]
         self.__dict__.pop(FLAT, None)
         return
-    raise _errors.FrozenInstanceError(_errors.FROZEN_DEL.format(name=name, cls=type(self).__name__))
+    raise FrozenInstanceError(FROZEN_DEL.format(name=name, cls=type(self).__name__))
 
 
 def _finish_init(self: Any) -> None:
     """After a user-written `__init__`: fill defaults, check that every field was set."""
     d = self.__dict__
-    meta: _Meta = type(self).__ptc_meta__
+    meta: ClassMeta = type(self).__ptc_meta__
     missing = []
     for f in meta.fields:
         if f.name in d:
@@ -152,7 +152,7 @@ def _finish_init(self: Any) -> None:
         d[f.name] = value
     if missing:
         raise TypeError(
-            _errors.MISSING_FIELDS.format(
+            MISSING_FIELDS.format(
                 cls=type(self).__name__,
                 names=", ".join(repr(n) for n in missing),
                 first=missing[0],
@@ -160,20 +160,20 @@ def _finish_init(self: Any) -> None:
         )
 
 
-def _wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
+def wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
     """Let a user-written `__init__` assign fields, then check that it set all of them."""
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         key = id(self)
-        if key in _MUTABLE:  # a super().__init__ call from a subclass's __init__
+        if key in MUTABLE:  # a super().__init__ call from a subclass's __init__
             user_init(self, *args, **kwargs)
             return
-        _MUTABLE[key] = _INIT
+        MUTABLE[key] = INIT
         try:
             user_init(self, *args, **kwargs)
             _finish_init(self)
         finally:
-            del _MUTABLE[key]
+            del MUTABLE[key]
         seal(self)
 
     __init__.__ptc_user_init__ = user_init  # type: ignore[attr-defined]
@@ -185,14 +185,14 @@ def _wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
 
 def _run_post_init(self: Any, *args: Any) -> None:
     key = id(self)
-    if key in _MUTABLE:
+    if key in MUTABLE:
         self.__post_init__(*args)
     else:
-        _MUTABLE[key] = _INIT
+        MUTABLE[key] = INIT
         try:
             self.__post_init__(*args)
         finally:
-            del _MUTABLE[key]
+            del MUTABLE[key]
     _finish_init(self)
 
 
@@ -207,10 +207,10 @@ class _FactorySentinel:
 _FACTORY = _FactorySentinel()
 
 
-def _init_source(
+def init_source(
     cls: type, fields: tuple[Field, ...], initvars: list[Any], has_post_init: bool
 ) -> tuple[str, dict[str, Any]]:
-    ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": _PLAIN_STATIC, "__ptc_cls": cls}
+    ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": PLAIN_STATIC, "__ptc_cls": cls}
     ns["__ptc_check_static"] = check_static
     ns["__ptc_run_post_init"] = _run_post_init
     positional, keyword, body = [], [], []

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
+from ._tree_util import has_shape_dtype
+
 __all__ = ["tree_load", "tree_save"]
 
 _FORMAT = "pytreeclass.tree"
@@ -49,7 +51,7 @@ def _show(path: str) -> str:
     return path or "<root>"
 
 
-def _describe(shape: Any, dtype: str) -> str:
+def _shape_dtype(shape: Any, dtype: str) -> str:
     return f"{dtype}[{','.join(map(str, shape))}]"
 
 
@@ -58,7 +60,7 @@ def _encode(path: str, leaf: Any) -> tuple[dict[str, Any], np.ndarray]:
     if type(leaf) in (bool, int, float, complex):
         arr = np.asarray(leaf)
         return {"shape": [], "dtype": arr.dtype.name, "python": type(leaf).__name__}, arr
-    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+    if not has_shape_dtype(leaf):
         raise TypeError(
             f"tree_save: the leaf at {_show(path)} is a {type(leaf).__name__}; only arrays and "
             "Python numbers can be saved. Make it a static field, or save "
@@ -101,7 +103,7 @@ def tree_save(path: str | os.PathLike[str], tree: Any) -> None:
     hold no leaves, so partitioned trees save and load as they are. Static fields are not
     saved: the template passed to `tree_load` supplies them.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
@@ -239,14 +241,14 @@ def _read_array(zf: zipfile.ZipFile, path: str, entry: dict[str, Any]) -> np.nda
         raise
     except ValueError as e:
         raise _corrupt(path, f"the data for {where} is damaged ({e})") from None
-    expect = _describe(
+    expect = _shape_dtype(
         entry.get("stored_shape", entry.get("shape", ())),
         entry.get("stored_dtype", entry.get("dtype", "?")),
     )
-    if _describe(arr.shape, arr.dtype.name) != expect:
+    if _shape_dtype(arr.shape, arr.dtype.name) != expect:
         raise _corrupt(
             path,
-            f"the data for {where} is {_describe(arr.shape, arr.dtype.name)} but the "
+            f"the data for {where} is {_shape_dtype(arr.shape, arr.dtype.name)} but the "
             f"manifest says {expect}",
         )
     return arr
@@ -264,7 +266,7 @@ def _template_sig(leaf: Any) -> tuple[tuple[int, ...], str] | None:
     """(shape, dtype name) of a template leaf; None for a Python number."""
     if type(leaf) in (bool, int, float, complex):
         return None
-    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+    if not has_shape_dtype(leaf):
         raise TypeError(
             f"tree_load: the template holds a {type(leaf).__name__} leaf; templates hold "
             "arrays, jax.ShapeDtypeStruct or Python numbers."
@@ -302,14 +304,14 @@ def _load_leaf(zf: zipfile.ZipFile, target: str, p: str, entry: dict[str, Any], 
     in_file = (
         f"a Python {python}"
         if python
-        else _describe(entry.get("shape", ()), str(entry.get("dtype")))
+        else _shape_dtype(entry.get("shape", ()), str(entry.get("dtype")))
     )
     if sig is None or python:
         # Python numbers and 0-d arrays of the same kind (bool, int, float, complex) load
         # into each other: `jax.eval_shape` and `jax.jit` turn Python numbers into arrays.
         want = np.asarray(leaf).dtype.kind if sig is None else _kind_of(sig[1])
         if entry["shape"] != [] or want is None or _kind_of(entry["dtype"]) != want:
-            wanted = f"a Python {type(leaf).__name__}" if sig is None else _describe(*sig)
+            wanted = f"a Python {type(leaf).__name__}" if sig is None else _shape_dtype(*sig)
             raise _mismatch(p, "type", in_file, wanted)
         value = _read_array(zf, target, entry)
         if sig is None:
@@ -317,9 +319,9 @@ def _load_leaf(zf: zipfile.ZipFile, target: str, p: str, entry: dict[str, Any], 
         return _like(leaf, value.astype(sig[1]))
     shape, dtype = sig
     if list(shape) != list(entry.get("shape", ())):
-        raise _mismatch(p, "shape", in_file, _describe(shape, dtype))
+        raise _mismatch(p, "shape", in_file, _shape_dtype(shape, dtype))
     if dtype != entry.get("dtype"):
-        raise _mismatch(p, "dtype", in_file, _describe(shape, dtype))
+        raise _mismatch(p, "dtype", in_file, _shape_dtype(shape, dtype))
     return _like(leaf, _decode(entry, _read_array(zf, target, entry)))
 
 
@@ -343,7 +345,7 @@ def tree_load(path: str | os.PathLike[str], *, like: Any) -> Any:
     number (the file's value must then be a 0-d array of the same kind: bool, int, float,
     complex).
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc

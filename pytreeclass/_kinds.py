@@ -1,19 +1,13 @@
 """Kinds say what a leaf is (a parameter, a batch statistic, a key, ...); filters select by them.
 
-The kind of a leaf is the `kind` of the OUTERMOST enclosing field that sets one. Resolving
-it walks the tree once per tree structure; the result is cached by treedef.
+This module defines the kinds themselves (and maps flax.nnx Variable types onto them).
+Which kind each leaf of a tree has is `_leaf_facts.leaf_kinds`.
 """
 
 from __future__ import annotations
 
 import sys
 from typing import Any
-
-import jax
-
-from ._cache import BoundedCache
-from ._errors import depth_guard
-from ._fieldwalk import descend, resolve
 
 __all__ = [
     "BatchStat",
@@ -24,8 +18,7 @@ __all__ = [
     "Rng",
     "State",
     "check_kind",
-    "leaf_kinds",
-    "tree_kinds",
+    "foreign_kind",
 ]
 
 
@@ -34,7 +27,7 @@ class Kind:
 
     Kinds are never instantiated: the class itself is the marker.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> class Frozen(ptc.Parameter): ...
         >>> issubclass(Frozen, ptc.Kind)
@@ -118,65 +111,3 @@ def foreign_kind(node: Any) -> type[Kind] | None:
         if kind is not None:
             return kind
     return None
-
-
-def _kind_fields(node: Any) -> tuple[tuple[Any, type[Kind] | None], ...] | None:
-    """For a treeclass node: (child value, field kind) per child field; else None."""
-    meta = getattr(type(node), "__ptc_meta__", None)
-    if meta is None:
-        return None
-    d = node.__dict__
-    return tuple((d[name], kind) for name, kind in zip(meta.child_names, meta.child_kinds))
-
-
-def _is_marked(x: Any) -> bool:
-    return hasattr(type(x), "__ptc_meta__") or foreign_kind(x) is not None
-
-
-def _walk(node: Any, kind: type[Kind] | None, out: list[Any]) -> None:
-    if kind is not None:
-        out.extend([kind] * len(jax.tree_util.tree_leaves(node)))
-        return
-    pairs = _kind_fields(node)
-    if pairs is not None:
-        for child, child_kind in pairs:
-            _walk(child, child_kind, out)
-        return
-    marker = foreign_kind(node)
-    if marker is not None:
-        out.extend([marker] * len(jax.tree_util.tree_leaves(node)))
-        return
-    # Any other pytree: descend until we meet a treeclass or a foreign marker.
-    descend(node, None, out, _walk, _is_marked)
-
-
-_KINDS_CACHE: BoundedCache = BoundedCache(maxsize=4096)
-_GUARD_KINDS = depth_guard("tree_kinds")
-
-
-def leaf_kinds(tree: Any, treedef: Any = None) -> tuple[type[Kind] | None, ...]:
-    """The kind of each leaf of `tree`, in `tree_leaves` order; cached per treedef."""
-    if treedef is None:
-        treedef = jax.tree_util.tree_structure(tree)
-    kinds = _KINDS_CACHE.get(treedef)
-    if kinds is None:
-        kinds = resolve(_KINDS_CACHE, tree, treedef, _walk, "kinds")
-    return kinds
-
-
-def tree_kinds(tree: Any) -> Any:
-    """Replace every leaf by its kind class (or `None` for leaves under no kinded field).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import pytreeclass as ptc
-        >>> @ptc.treeclass
-        ... class Linear:
-        ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
-        ...     n: jnp.ndarray
-        >>> ptc.tree_kinds(Linear(jnp.ones(2), jnp.zeros(())))
-        Linear(w=Parameter, n=None)
-    """
-    with _GUARD_KINDS:
-        treedef = jax.tree_util.tree_structure(tree)
-        return treedef.unflatten(leaf_kinds(tree, treedef))

@@ -25,10 +25,10 @@ import numpy as np
 
 from ._filters import as_filter
 from ._lens_compile import MISS, compile_put
-from ._lens_select import aligned, is_single_leaf, put_focus, select
-from ._nodes import ALL, FilterStep, PathStep, SliceKey, StackView, put, walk, where
+from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
+from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, StackView, put, walk, where
 
-__all__ = ["Lens", "at"]
+__all__ = ["Lens", "at", "lens_on"]
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ class Lens(Generic[T]):
     `apply` is reached with `["get"]`, `["set"]`, `["apply"]`; names of the form
     `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> ptc.at({"a": [1, 2], "b": 3})["a"][-1].set(5)
         {'a': [1, 5], 'b': 3}
@@ -165,7 +165,7 @@ class Lens(Generic[T]):
         if path.split < 0:
             out = walk(root, path.steps, state, [])
             return out.value() if type(out) is StackView else out
-        _, ctx, sel = select(state)
+        _, ctx, sel = select_focus(state)
         return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 
     def set(self, value: Any) -> T:
@@ -179,7 +179,7 @@ class Lens(Generic[T]):
         if path.split < 0:
             return path.put(root, value, None)
         state = (root, path.steps, path.split)
-        trail, ctx, sel = select(state)
+        trail, ctx, sel = select_focus(state)
         if value is None or is_single_leaf(value):
             new = [value if s else x for x, s in zip(ctx.leaves, sel)]
         else:
@@ -197,7 +197,7 @@ class Lens(Generic[T]):
                 if out is not MISS:
                     return out
             return path.put(root, None, fn)
-        trail, ctx, sel = select((root, path.steps, path.split))
+        trail, ctx, sel = select_focus((root, path.steps, path.split))
         return put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])
 
     # -- misuse --
@@ -237,7 +237,7 @@ def at(tree: T, /) -> Lens[T]:
 
     `obj.at` is the same thing for a treeclass instance.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> params = {"dense": {"bias": 0.0, "kernel": 1.0}}
         >>> ptc.at(params)["dense"]["bias"].set(0.5)

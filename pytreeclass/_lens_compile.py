@@ -2,7 +2,7 @@
 
 `Lens.set` and `Lens.apply` first try the function `compile_put` wrote for their path; it
 returns `MISS` when the tree is not shaped as it was written for, and the general walk in
-`_nodes` (`put`) takes over. Treeclass, list, tuple, dict and dataclass-like (Equinox,
+`_lens_walk` (`put`) takes over. Treeclass, list, tuple, dict and dataclass-like (Equinox,
 flax.struct) hops are compiled: they are what model paths (`model.layers[3].w`) are made of.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._codegen import compile_function
-from ._instance import FLAT, check_static
-from ._nodes import DATACLASS, DICT, LIST, TREECLASS, TUPLE
+from ._lens_walk import DATACLASS, DICT, LIST, TREECLASS, TUPLE
+from ._meta import FLAT, check_static, meta_of
 
 __all__ = ["MISS", "compile_put"]
 
@@ -21,8 +21,11 @@ _new = object.__new__
 
 
 def _treeclass_rebuild(j: int, cls: type, name: str, static: bool) -> str:
-    """The lines (of `compile_put`) that copy treeclass `n{j}` with field `name` set to `value`."""
-    meta = cls.__ptc_meta__  # type: ignore[attr-defined]
+    """The lines (of `compile_put`) that copy treeclass `n{j}` with field `name` set to `value`.
+
+    The generated form of `_meta.with_field`; tests/test_layers.py checks they agree."""
+    meta = meta_of(cls)
+    assert meta is not None  # `compile_put` checked
     head = f"new = _new(_t{j}); o = n{j}.__dict__; d = new.__dict__"
     copy_all = ["d.update(o)", f"d[_k{j}] = value", f"d[_FLAT] = _f{j}(new)"]
     if static or len(meta.child_names) > 16:
@@ -76,7 +79,7 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
         ns[f"_t{j}"], ns[f"_k{j}"] = cls, step.key
         walk_lines.append(f"    if type(n{j}) is not _t{j}: return _MISS")
         if code == TREECLASS:
-            meta = getattr(cls, "__ptc_meta__", None)
+            meta = meta_of(cls)
             if meta is None:
                 return None
             ns[f"_f{j}"] = meta.flatten

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 
 from ._cache import BoundedCache
-from ._errors import depth_guard
-from ._filters import Leaves
+from ._errors import reraise_if_too_deep
 from ._kinds import foreign_kind
-from ._nodes import (
+from ._leaf_facts import Leaves
+from ._lens_walk import (
     ALL,
     LEAF,
     SCATTER,
@@ -28,16 +27,16 @@ from ._nodes import (
     listing,
     match,
     node_code,
-    one_level_keyed,
     rebuild,
     walk,
     where,
 )
+from ._meta import meta_of
+from ._tree_util import ARRAY_TYPES, first_difference, leaf_repr, one_level
 
-__all__ = ["aligned", "is_single_leaf", "put_focus", "select"]
+__all__ = ["aligned", "is_single_leaf", "put_focus", "select_focus"]
 
 _SELECTIONS = BoundedCache(maxsize=4096)
-_DEEP = depth_guard("lens")
 
 
 def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
@@ -46,7 +45,7 @@ def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
         if code >= STACK:  # stack rows and views add no kind
             continue
         if code == TREECLASS:
-            kind = type(parent).__ptc_meta__.fields_by_name[token].kind
+            kind = meta_of(type(parent)).fields_by_name[token].kind  # type: ignore[union-attr]
         else:
             kind = foreign_kind(parent)
         if kind is not None:
@@ -54,13 +53,13 @@ def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
     return None
 
 
-def _selection(
+def _focus_mask(
     focus: Any, steps: tuple[Any, ...], outer: Any, state: tuple[Any, Any, int], at: int
 ) -> tuple[Leaves, tuple[bool, ...]]:
     """Flatten the focus and say which of its leaves `steps` (all after the walk) select."""
     ctx = Leaves(focus)
     if outer is not None:
-        ctx._kinds = (outer,) * len(ctx.leaves)
+        ctx.kinds = (outer,) * len(ctx.leaves)
     cacheable = all(type(s) is not FilterStep or s.filter.structural for s in steps)
     key = (ctx.treedef, outer, steps) if cacheable else None
     if key is not None:
@@ -75,9 +74,10 @@ def _selection(
             continue
         found, seen = [], []
         for node, treedef, lo in cursors:
-            keys, children, _ = one_level_keyed(node)
-            if not children:  # a leaf or an empty node: nothing below it to select
+            level = one_level(node)
+            if level is None or not level[1]:  # a leaf or an empty node: nothing to select
                 continue
+            keys, children, _ = level
             subdefs = treedef.children()
             starts = []
             for sub in subdefs:
@@ -92,7 +92,7 @@ def _selection(
                 found.append((children[c], subdefs[c], starts[c]))
         if not found and cursors and step is not ALL:
             names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
-            metas = [getattr(type(n), "__ptc_meta__", None) for n, _, _ in cursors]
+            metas = [meta_of(type(n)) for n, _, _ in cursors]
             hint = ""
             if any(m is not None and step.key in m.static_names for m in metas):
                 one = where(state, at + j + 1).replace("[...]", "[0]")
@@ -118,7 +118,7 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-_LEAF_TYPES = (jax.Array, np.ndarray, np.generic, int, float, complex, bool, str)
+_LEAF_TYPES = (*ARRAY_TYPES, int, float, complex, bool, str)
 
 
 def is_single_leaf(v: Any) -> bool:
@@ -137,8 +137,6 @@ def aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
     try:
         subtrees = vdef.flatten_up_to(ctx.tree)
     except (ValueError, TypeError):
-        from ._merge import first_difference
-
         shape = ctx.treedef.unflatten([None] * ctx.treedef.num_leaves)
         diff = first_difference(shape, value).replace("tree 0", "the selection")
         raise ValueError(
@@ -156,8 +154,6 @@ def aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
         if v is None:
             out.extend([None] * count)
             continue
-        from ._repr import leaf_repr
-
         pairs = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_none)[0]
         at_path = jax.tree_util.keystr(pairs[j][0]) or "its root"
         there = (
@@ -172,7 +168,7 @@ def aligned(value: Any, ctx: Leaves, state: tuple[Any, Any, int]) -> list[Any]:
     return out
 
 
-def select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, ...]]:
+def select_focus(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, ...]]:
     """Walk to the focus, then select its leaves: `(trail to the focus, leaves, selection)`."""
     root, steps, split = state
     trail: list[Any] = []
@@ -181,9 +177,9 @@ def select(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[bool, 
         trail.append((node, SCATTER, None))
         node = node.value()
     try:
-        ctx, sel = _selection(node, steps[split:], _outer_kind(trail), state, split)
+        ctx, sel = _focus_mask(node, steps[split:], _outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:
-        _DEEP.__exit__(type(e), e, e.__traceback__)  # raises TreeTooDeepError if it is one
+        reraise_if_too_deep("lens", e)
         raise
     return trail, ctx, sel
 

@@ -1,11 +1,8 @@
 """Methods every treeclass gets: `==`, `hash`, `repr`, `.at`, notebook display.
 
 Equality rule (documented in docs/treeclass.md): two instances are equal when they have the
-same class and every field with `compare=True` is equal, where arrays are equal when they
-have the same shape, dtype and values (compared once, into a single Python bool, never an
-elementwise truth value), and any other value compares with `==`. Traced arrays cannot be
-compared to a Python bool; comparing two instances holding different tracers raises a
-`TypeError` that points to `jnp.array_equal`.
+same class and every field with `compare=True` is equal by `tree_equal` (`_equal`: arrays
+by shape, dtype and values into one Python bool; other values with `==`).
 
 Hashing matches: the hash of `(class, compare-fields)`. A treeclass holding arrays is
 therefore unhashable (arrays are), exactly like a frozen dataclass holding arrays; one
@@ -16,52 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import numpy as np
-from jax.core import Tracer
+from ._equal import tree_equal
+from ._errors import reraise_if_too_deep
+from ._lens import lens_on
+from ._meta import ClassMeta, meta_of
+from ._repr import html_repr, treeclass_repr
+from ._tree_util import leaf_repr
 
-from ._errors import depth_guard
-from ._lens import lens_on as _lens_on
-
-__all__ = ["install_methods", "tree_equal"]
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+__all__ = ["install_methods"]
 
 
-def _leaf_equal(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    if _is_array(a) or _is_array(b):
-        if not (_is_array(a) and _is_array(b)):
-            return False
-        if isinstance(a, Tracer) or isinstance(b, Tracer):
-            raise TypeError(
-                "cannot compare treeclass instances holding traced arrays with `==` inside "
-                "a JAX transformation (the answer would be traced, not a Python bool). "
-                "Compare the leaves with jnp.array_equal instead."
-            )
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=False))
-    return bool(a == b)
-
-
-_GUARD_EQUAL = depth_guard("tree_equal")
-_GUARD_REPR = depth_guard("repr")
-
-
-def tree_equal(a: Any, b: Any) -> bool:
-    """Whether two pytrees have equal structure and equal leaves (arrays by value)."""
-    if a is b:
-        return True
-    with _GUARD_EQUAL:
-        la, ta = jax.tree_util.tree_flatten(a)
-        lb, tb = jax.tree_util.tree_flatten(b)
-        if ta != tb:
-            return False
-        return all(_leaf_equal(x, y) for x, y in zip(la, lb))
+def _meta(obj: Any) -> ClassMeta:
+    meta = meta_of(type(obj))
+    assert meta is not None  # these methods are installed on treeclasses only
+    return meta
 
 
 def _eq(self: Any, other: Any) -> Any:
@@ -70,23 +35,23 @@ def _eq(self: Any, other: Any) -> Any:
     if self is other:
         return True
     d, e = self.__dict__, other.__dict__
-    for f in self.__ptc_meta__.fields:
+    for f in meta_of(self.__class__).fields:  # type: ignore[union-attr]
         if f.compare and not tree_equal(d[f.name], e[f.name]):
-            return False
-    return True
+            break
+    else:
+        return True
+    return False
 
 
 def _hash(self: Any) -> int:
     d = self.__dict__
     values = []
-    for f in self.__ptc_meta__.fields:
+    for f in _meta(self).fields:
         if not f.compare:
             continue
         try:
             values.append(hash(d[f.name]))
         except TypeError:
-            from ._repr import leaf_repr
-
             raise TypeError(
                 f"unhashable {type(self).__qualname__}: field {f.name!r} holds an unhashable "
                 f"value ({leaf_repr(d[f.name])}). A treeclass holding arrays cannot be hashed, "
@@ -97,20 +62,19 @@ def _hash(self: Any) -> int:
 
 
 def _repr(self: Any) -> str:
-    from ._repr import treeclass_repr
-
-    with _GUARD_REPR:
+    try:
         return treeclass_repr(self)
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("repr", e)
+        raise
 
 
 def _repr_html_(self: Any) -> str:
-    from ._show import html_repr
-
     return html_repr(self)
 
 
 # `obj.at` is the property getter itself: no wrapper frame, it runs on every update.
-_at = _lens_on
+_at = lens_on
 
 
 def install_methods(cls: type) -> None:

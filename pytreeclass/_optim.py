@@ -18,7 +18,8 @@ from typing_extensions import Self
 
 from ._field import field
 from ._kinds import OptState
-from ._treeclass import replace_fields, treeclass
+from ._meta import with_field
+from ._treeclass import treeclass
 
 if TYPE_CHECKING:
     import optax
@@ -58,7 +59,7 @@ class Optimizer:
     (`ptc.tree_partition(model, ptc.Parameter)[0]`); `optax.masked`,
     `optax.multi_transform`, `optax.chain` and schedules work as in optax.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> import pytreeclass as ptc
         >>> params = {"w": jnp.ones(3)}
@@ -94,4 +95,6 @@ class Optimizer:
         g, p = cast(Any, grads), cast(Any, params)  # any pytree: wider than optax's aliases
         updates, opt_state = self.tx.update(g, self.opt_state, p, **extra_args)
         new_params = optax.apply_updates(p, updates)  # keeps None holes as holes
-        return new_params, replace_fields(self, {"opt_state": opt_state, "step": self.step + 1})
+        return new_params, with_field(
+            with_field(self, "opt_state", opt_state), "step", self.step + 1
+        )

@@ -1,70 +1,23 @@
-"""Text for one value: short leaf forms (`f32[3,4]`) and the `repr` of treeclasses.
+"""The `repr` of a treeclass instance, and its notebook HTML.
 
-The lower layer of the display code: error messages across the library show leaves with
-`leaf_repr`, and `_show` builds its summaries, diagrams and HTML on these pieces.
+Leaves show in their short form (`_tree_util.leaf_repr`: `f32[3,4]`).
 """
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+from jax.tree_util import GetAttrKey
 
-__all__ = ["MAX_ITEMS", "Elided", "is_array", "leaf_repr", "node_children", "treeclass_repr"]
+from ._meta import is_treeclass, meta_of
+from ._stack import TIMES, stack_size
+from ._tree_util import elide, has_shape_dtype, key_name, leaf_repr, one_level
+
+__all__ = ["html_repr", "treeclass_repr"]
 
 _WIDTH = 88
-TIMES = "\u00d7"  # the multiplication sign in `Block x24` (ruff flags the glyph itself)
-MAX_ITEMS = 8  # longer lists/tuples/dicts show their first 6 items, "...(n more)", the last
-
-
-# -- leaves -------------------------------------------------------------------------------------
-
-
-def _dtype_short(dtype: Any) -> str:
-    # The names jaxprs use: f32, bf16, i8, u4, c64, f8_e4m3fn, ... (so they read the same).
-    if dtype == np.bool_:
-        return "bool"
-    name = np.dtype(dtype).name
-    if name == "bfloat16":
-        return "bf16"
-    return (
-        name.replace("float", "f").replace("uint", "u").replace("int", "i").replace("complex", "c")
-    )
-
-
-def is_array(x: Any) -> bool:
-    # jax.Array (tracers included), np.ndarray, jax.ShapeDtypeStruct; numpy scalars keep repr.
-    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (np.generic, type))
-
-
-def _array_repr(dtype: Any, shape: tuple[int, ...]) -> str:
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        dt = "key"
-    else:
-        try:
-            dt = _dtype_short(dtype)
-        except TypeError:
-            dt = str(dtype)
-    return f"{dt}[{','.join(map(str, shape))}]"
-
-
-def leaf_repr(x: Any) -> str:
-    """Short form of a leaf: arrays as `f32[3,4]`, classes by name, others by a short `repr`.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import pytreeclass as ptc
-        >>> ptc._repr.leaf_repr(jnp.zeros((3, 4))), ptc._repr.leaf_repr(jnp.ones(2, "bfloat16"))
-        ('f32[3,4]', 'bf16[2]')
-    """
-    if is_array(x):
-        return _array_repr(x.dtype, x.shape)
-    if isinstance(x, type):
-        return x.__name__
-    r = repr(x)
-    return r if len(r) <= 60 else r[:57] + "..."
 
 
 # -- repr -------------------------------------------------------------------------------------
@@ -80,19 +33,10 @@ _UNSET = _Unset()
 
 def _key_label(key: Any) -> tuple[str, str]:
     """(label, separator) of a child in a generic pytree node, from its key."""
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name, "="
-    if isinstance(key, jax.tree_util.DictKey):
-        return repr(key.key), ": "
-    return "", ""
-
-
-def node_children(obj: Any) -> list[tuple[Any, Any]] | None:
-    """One level of a pytree node as (key, child) pairs; None if `obj` is a leaf."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda y: y is not obj)
-    if len(flat) == 1 and flat[0][0] == () and flat[0][1] is obj:
-        return None
-    return [(path[0], child) for path, child in flat]
+    name = key_name(key)
+    if name is None:
+        return "", ""
+    return (name, "=") if isinstance(key, GetAttrKey) else (repr(name), ": ")
 
 
 class _Stack:
@@ -104,20 +48,9 @@ class _Stack:
         self.value = value
 
 
-def stack_size(value: Any, axis: int) -> int | None:
-    """The size of dimension `axis` that every leaf of `value` shares, or None."""
-    n = None
-    for x in jax.tree_util.tree_leaves(value):
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
-            return None
-        n = shape[axis]
-    return n
-
-
 def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     """(open, close, separator, [(label, value)]) for containers we lay out; else None."""
-    meta = getattr(type(obj), "__ptc_meta__", None)
+    meta = meta_of(type(obj))
     if meta is not None:
         d = obj.__dict__
         items = [
@@ -138,33 +71,33 @@ def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
         return "[", "]", "", [("", v) for v in obj]
     if isinstance(obj, tuple):
         return "(", ",)" if len(obj) == 1 else ")", "", [("", v) for v in obj]
-    if obj is None or is_array(obj) or isinstance(obj, (str, int, float, complex, type)):
+    if obj is None or has_shape_dtype(obj) or isinstance(obj, (str, int, float, complex, type)):
         return None
     # Any other pytree node (an Equinox module, an nnx Variable, ...): its keyed children.
-    children = node_children(obj)
-    if children is None:
+    level = one_level(obj)
+    if level is None:
         return None
-    labels = [_key_label(k) for k, _ in children]
+    labels = [_key_label(k) for k in level[0]]
     sep = next((s for _, s in labels if s), "")
-    items = [(label, child) for (label, _), (_, child) in zip(labels, children)]
+    items = [(label, child) for (label, _), child in zip(labels, level[1])]
     return f"{type(obj).__name__}(", ")", sep, items
 
 
 def _render(obj: Any, indent: int, seen: frozenset[int], strip: int = 0) -> str:
-    # `strip`: how many leading (stacked) dimensions array shapes leave out.
+    # `strip`: how many leading (stacked) dimensions array shapes leave out: a stack shows
+    # as `Block x24(w=f32[4,4])`, the shapes of one layer.
     count = ""
     if type(obj) is _Stack:
         obj = obj.value
         n = stack_size(obj, strip)
-        if n is not None:  # a broken stack shows as it is
+        if n is not None:  # a malformed stack shows as it is
             count = f" {TIMES}{n}"
             strip += 1
     parts = _items(obj)
     if parts is None:
-        if strip and is_array(obj) and len(obj.shape) >= strip:
-            return (
-                count.lstrip() + (" " if count else "") + _array_repr(obj.dtype, obj.shape[strip:])
-            )
+        if strip and has_shape_dtype(obj) and len(obj.shape) >= strip:
+            one = leaf_repr(jax.ShapeDtypeStruct(obj.shape[strip:], obj.dtype))
+            return f"{count[1:]} {one}" if count else one
         return leaf_repr(obj)
     if id(obj) in seen:
         return "<cycle>"
@@ -176,28 +109,13 @@ def _render(obj: Any, indent: int, seen: frozenset[int], strip: int = 0) -> str:
             name + count + open_[len(name) :] if open_.startswith(name) else f"{count[1:]} {open_}"
         )
     rendered = [
-        (f"{k}{sep}" if k else "") + _render(v, indent + 2, seen, strip) for k, v in _elide(items)
+        (f"{k}{sep}" if k else "") + _render(v, indent + 2, seen, strip) for k, v in elide(items)
     ]
     flat = open_ + ", ".join(rendered) + close
     if len(flat) + indent <= _WIDTH and "\n" not in flat:
         return flat
     pad = " " * (indent + 2)
     return open_ + "\n" + ",\n".join(pad + r for r in rendered) + "\n" + " " * indent + close
-
-
-class Elided:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __repr__(self) -> str:
-        return f"...({self.n} more)"
-
-
-def _elide(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    if len(items) <= MAX_ITEMS:
-        return items
-    head = MAX_ITEMS - 2
-    return [*items[:head], ("", Elided(len(items) - head - 1)), items[-1]]
 
 
 def treeclass_repr(obj: Any) -> str:
@@ -207,3 +125,36 @@ def treeclass_repr(obj: Any) -> str:
     6 items, `...(n more)` and the last one.
     """
     return _render(obj, 0, frozenset())
+
+
+# -- notebooks --------------------------------------------------------------------------------
+
+
+def _treescope_html(obj: Any) -> str:
+    import treescope
+
+    # treescope shows any node with `_repr_html_` by calling it, and ours calls treescope:
+    # skip that hook for treeclass instances so treescope renders them as dataclasses.
+    hook = treescope.handlers.append_repr_html_when_present
+
+    def skip_treeclasses(node: Any, path: Any, node_renderer: Any) -> Any:
+        if is_treeclass(node):
+            return NotImplemented
+        return hook(node, path, node_renderer)
+
+    base = treescope.active_renderer.get()
+    renderer = type(base)(
+        handlers=base.handlers,
+        wrapper_hooks=[skip_treeclasses if h is hook else h for h in base.wrapper_hooks],
+        context_builders=base.context_builders,
+    )
+    with treescope.active_renderer.set_scoped(renderer):
+        return treescope.render_to_html(obj, roundtrip_mode=False)
+
+
+def html_repr(obj: Any) -> str:
+    """Notebook display: treescope's rendering where installed, else the escaped `repr`."""
+    try:
+        return _treescope_html(obj)
+    except ImportError:
+        return f"<pre>{html.escape(treeclass_repr(obj))}</pre>"

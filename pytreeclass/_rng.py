@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._filters import Leaves
 from ._kinds import Rng
-from ._repr import leaf_repr
+from ._leaf_facts import Leaves
+from ._tree_util import leaf_repr
 
 __all__ = ["split_key", "tree_reseed"]
 

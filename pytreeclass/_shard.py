@@ -4,16 +4,15 @@ A field says what its array dimensions mean (`field(axes=("embed", "mlp"))`); ru
 how those logical names map onto a particular mesh (`{"embed": None, "mlp": "model"}`).
 The model code never names mesh axes, so the same model runs on any mesh.
 
-Which axes a leaf gets: those of the NEAREST enclosing treeclass field that sets `axes`
-(the innermost one). Unlike kinds, where the outermost field wins so that one declaration
+Which axes a leaf gets (`_leaf_facts.leaf_axes`): those of the NEAREST enclosing treeclass
+field that sets `axes` (the innermost one). Unlike kinds, where the outermost field wins so that one declaration
 can re-kind a whole submodule, axes describe the dimensions of particular arrays, which
 the field closest to them knows best; an outer field's `axes` act as a default for leaves
 whose own fields set none.
 
 A field declared `field(stack="layers")` holds layers stacked along a leading axis: every
-leaf below it gets "layers" PREPENDED to the axes it has (stacks inside stacks prepend
-theirs in order, outermost first). A stacked leaf whose fields set no axes gets
-`("layers", ...)`: the stacked axis, then `None` for each remaining dimension.
+leaf below it gets "layers" PREPENDED to its axes (see `leaf_axes`), so a rule decides
+whether the layer axis is replicated or sharded.
 """
 
 from __future__ import annotations
@@ -24,57 +23,10 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ._cache import BoundedCache
-from ._fieldwalk import descend, resolve
-from ._repr import leaf_repr
+from ._leaf_facts import leaf_axes, leaf_paths
+from ._tree_util import leaf_repr
 
-__all__ = ["leaf_axes", "tree_shardings"]
-
-_AXES_CACHE = BoundedCache(maxsize=4096)
-
-
-_Axes = tuple[str | None, ...]
-
-
-def _walk(node: Any, axes: tuple[_Axes, _Axes | None], out: list[Any]) -> None:
-    # `axes` is (stack axes from enclosing stacked fields, the nearest field's own axes).
-    meta = getattr(type(node), "__ptc_meta__", None)
-    if meta is not None:
-        d = node.__dict__
-        by_name = meta.fields_by_name
-        stacks, inherited = axes
-        for name in meta.child_names:
-            f = by_name[name]
-            own = inherited if f.axes is None else f.axes
-            _walk(d[name], (stacks if f.stack is None else (*stacks, f.stack), own), out)
-        return
-    # Any other pytree: its leaves inherit `axes`, except under treeclasses found below.
-    descend(node, axes, out, _walk, _is_treeclass)
-
-
-def _is_treeclass(x: Any) -> bool:
-    return hasattr(type(x), "__ptc_meta__")
-
-
-def _final(axes: tuple[_Axes, _Axes | None]) -> tuple[Any, ...] | None:
-    stacks, own = axes
-    if not stacks:
-        return own
-    return (*stacks, *((...,) if own is None else own))
-
-
-def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[Any, ...] | None, ...]:
-    """The logical axes of each leaf of `tree` (None where no field sets them); per treedef.
-
-    Under stacked fields a leaf's axes start with the stack names; a final `...` stands
-    for `None` over every remaining dimension (a stacked leaf whose field sets no axes)."""
-    if treedef is None:
-        treedef = jax.tree_util.tree_structure(tree)
-    axes = _AXES_CACHE.get(treedef)
-    if axes is None:
-        axes = resolve(_AXES_CACHE, tree, treedef, _walk, "axes", ((), None), _final)
-    return axes
-
+__all__ = ["tree_shardings"]
 
 _RuleValue = str | tuple[str, ...] | None
 
@@ -183,7 +135,7 @@ def tree_shardings(
     `tree`'s structure, for `jax.device_put` and `jax.jit(in_shardings=...,
     out_shardings=...)`. `tree` may be abstract (`jax.eval_shape`).
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
@@ -208,8 +160,6 @@ def tree_shardings(
             out.append(replicated)
             continue
         if paths is None:
-            from ._filters import leaf_paths
-
             paths = leaf_paths(tree, treedef)
         path = jax.tree_util.keystr(paths[i]) or "<root>"
         out.append(NamedSharding(mesh, _spec(path, leaf, ax, table)))

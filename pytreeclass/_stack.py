@@ -22,18 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from ._repr import leaf_repr
+from ._meta import meta_of
+from ._tree_util import first_difference, leaf_repr
 
 __all__ = [
+    "TIMES",
     "StackSite",
     "find_stacks",
     "scan_layers",
     "scatter",
+    "stack_fields",
     "stack_length",
+    "stack_size",
     "take",
     "tree_stack",
     "tree_unstack",
 ]
+
+TIMES = "\u00d7"  # the multiplication sign in `Block x24` (ruff flags the glyph itself)
 
 T = TypeVar("T")
 C = TypeVar("C")  # a carry
@@ -86,8 +92,6 @@ def tree_stack(trees: Iterable[T], /) -> T:
     treedef = flats[0][1]
     for i, (_, td) in enumerate(flats[1:], 1):
         if td != treedef:
-            from ._merge import first_difference
-
             diff = first_difference(trees[0], trees[i])
             diff = diff.replace("trees 0 and 1", f"trees 0 and {i}").replace("tree 1", f"tree {i}")
             raise ValueError(
@@ -194,6 +198,17 @@ def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def stack_size(tree: Any, axis: int) -> int | None:
+    """The size of dimension `axis` that every leaf of `tree` shares, or None (displays)."""
+    n = None
+    for x in jax.tree_util.tree_leaves(tree):
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
+            return None
+        n = shape[axis]
+    return n
+
+
 # -- stacks declared on fields ---------------------------------------------------------------
 
 
@@ -207,10 +222,10 @@ class StackSite(NamedTuple):
 
 def stack_fields(cls: type) -> dict[str, str]:
     """`{field name: stack axis name}` for the stacked fields of a treeclass (or `{}`)."""
-    meta = getattr(cls, "__ptc_meta__", None)
+    meta = meta_of(cls)
     if meta is None:
         return {}
-    return {f.name: f.stack for f in meta.fields if getattr(f, "stack", None) is not None}
+    return {f.name: f.stack for f in meta.fields if f.stack is not None}
 
 
 def find_stacks(tree: Any) -> tuple[StackSite, ...]:
@@ -222,13 +237,13 @@ def find_stacks(tree: Any) -> tuple[StackSite, ...]:
     out: list[StackSite] = []
 
     def visit(node: Any, path: tuple[Any, ...], depth: int) -> None:
-        meta = getattr(type(node), "__ptc_meta__", None)
+        meta = meta_of(type(node))
         if meta is None:
             pairs = jax.tree_util.tree_flatten_with_path(
-                node, is_leaf=lambda x: x is not node and hasattr(type(x), "__ptc_meta__")
+                node, is_leaf=lambda x: x is not node and meta_of(type(x)) is not None
             )[0]
             for p, child in pairs:
-                if hasattr(type(child), "__ptc_meta__"):
+                if meta_of(type(child)) is not None:
                     visit(child, path + p, depth)
             return
         d = node.__dict__
@@ -289,8 +304,6 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     vleaves, vdef = jax.tree_util.tree_flatten(value)
     if vdef != treedef:
-        from ._merge import first_difference
-
         diff = first_difference(take(tree, idx), value)
         diff = diff.replace("tree 0", "the stack's layer").replace("tree 1", "the value")
         diff = diff.replace("trees 0 and 1", "the stack's layer and the value")
@@ -424,8 +437,6 @@ def scan_layers(
             )
         new_c, new_layer = out
         if jax.tree_util.tree_structure(new_layer) != layer_def:
-            from ._merge import first_difference
-
             diff = first_difference(layer, new_layer)
             diff = diff.replace("tree 0", "the layer").replace("tree 1", "fn's layer")
             diff = diff.replace("trees 0 and 1", "the layer and fn's layer")

@@ -1,5 +1,7 @@
 """`@treeclass` and `TreeClass`: an annotated class becomes a frozen dataclass that is a JAX
-pytree. This module processes classes (once each); what runs per instance is `_instance.py`."""
+pytree. This module processes classes (once each) and assembles the layers below: the
+class metadata (`_meta`), what runs per instance (`_instance`), the generated code
+(`_codegen`) and the methods every treeclass gets (`_methods`)."""
 
 from __future__ import annotations
 
@@ -10,99 +12,31 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import jax
-from jax.tree_util import GetAttrKey
 from typing_extensions import dataclass_transform
 
-from . import _errors
 from ._codegen import compile_function, flatten_sources, unflatten_source
 from ._field import Field, field
 from ._instance import (
-    FLAT,
-    _delattr,
-    _FlatFallback,
-    _init_source,
-    _setattr,
-    _wrap_user_init,
-    check_static,
+    FlatFallback,
+    frozen_delattr,
+    frozen_setattr,
+    init_source,
+    wrap_user_init,
 )
+from ._meta import FLAT, ClassMeta, check_static, meta_of, own_meta
+from ._methods import install_methods
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._lens import Lens  # annotations only: no import-order constraint at run time
 
-__all__ = ["TreeClass", "is_treeclass", "replace_fields", "treeclass"]
+__all__ = ["RESERVED_NAME", "TREECLASS_OPTIONS_CONFLICT", "TreeClass", "treeclass"]
 
 _T = TypeVar("_T")
 
 _new = object.__new__
 _register_lock = threading.Lock()
-
-
-class _Meta:
-    """What flatten, unflatten, kinds and filters need to know about a class, computed once."""
-
-    __slots__ = (
-        "child_kinds",
-        "child_names",
-        "cls",
-        "fields",
-        "fields_by_name",
-        "flatten",
-        "has_post_init",
-        "keys",
-        "options",
-        "static_names",
-    )
-
-    def __init__(self, cls: type, fields: tuple[Field, ...], options: dict[str, Any]) -> None:
-        self.cls = cls
-        self.fields = fields
-        self.fields_by_name = {f.name: f for f in fields}
-        self.child_names = tuple(f.name for f in fields if not f.static)
-        self.child_kinds = tuple(f.kind for f in fields if not f.static)
-        self.static_names = tuple(f.name for f in fields if f.static)
-        self.keys = tuple(GetAttrKey(n) for n in self.child_names)
-        self.has_post_init = hasattr(cls, "__post_init__")
-        self.options = options
-
-
-# -- helpers used by other modules --------------------------------------------------------------
-
-
-def is_treeclass(obj_or_class: Any, /) -> bool:
-    """Whether `obj_or_class` is a treeclass or an instance of one.
-
-    Example:
-        >>> import pytreeclass as ptc
-        >>> @ptc.treeclass
-        ... class A:
-        ...     x: int = 1
-        >>> ptc.is_treeclass(A), ptc.is_treeclass(A()), ptc.is_treeclass(1)
-        (True, True, False)
-    """
-    cls = obj_or_class if isinstance(obj_or_class, type) else type(obj_or_class)
-    return hasattr(cls, "__ptc_meta__")
-
-
-def replace_fields(obj: Any, changes: dict[str, Any]) -> Any:
-    """A copy of treeclass `obj` with some fields replaced; no `__init__`, no converters."""
-    cls = type(obj)
-    meta: _Meta = cls.__ptc_meta__
-    for name, value in changes.items():
-        f = meta.fields_by_name.get(name)
-        if f is None:
-            raise AttributeError(
-                f"{cls.__name__} has no field {name!r}; fields: {', '.join(meta.fields_by_name)}"
-            )
-        if f.static:
-            check_static(cls, name, value)
-    new = _new(cls)
-    d = new.__dict__
-    d.update(obj.__dict__)
-    d.update(changes)
-    d[FLAT] = meta.flatten(new)
-    return new
 
 
 # -- class processing ----------------------------------------------------------------------
@@ -136,19 +70,23 @@ def _own_fields(cls: type) -> tuple[tuple[Field, ...], list[Any]]:
 
 _RESERVED = {"at": "the `.at` lens property"}
 
+RESERVED_NAME = (
+    "{cls} declares a field named {name!r}, which pytreeclass reserves ({why}). Rename the field."
+)
 
-def _install_init(cls: type, meta: _Meta, user_init: Callable[..., None] | None) -> None:
+
+def _install_init(cls: type, meta: ClassMeta, user_init: Callable[..., None] | None) -> None:
     if user_init is not None:
-        cls.__init__ = _wrap_user_init(user_init)  # type: ignore[misc]
+        cls.__init__ = wrap_user_init(user_init)  # type: ignore[misc]
         return
     initvars = meta.options.get("_initvars", [])
-    source, ns = _init_source(cls, meta.fields, initvars, meta.has_post_init)
+    source, ns = init_source(cls, meta.fields, initvars, meta.has_post_init)
     init = compile_function("__init__", source, ns, cls.__qualname__)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     cls.__init__ = init  # type: ignore[misc]
 
 
-def _register(cls: type, meta: _Meta) -> None:
+def _register(cls: type, meta: ClassMeta) -> None:
     """Generate flatten/unflatten for `cls` and register it as a pytree with keys."""
     owner = cls.__qualname__
     flat_src, keys_src = flatten_sources(meta.child_names, meta.static_names)
@@ -189,18 +127,16 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     for f in fields:
         if f.name in _RESERVED:
             raise TypeError(
-                _errors.RESERVED_NAME.format(cls=cls.__name__, name=f.name, why=_RESERVED[f.name])
+                RESERVED_NAME.format(cls=cls.__name__, name=f.name, why=_RESERVED[f.name])
             )
         if f.static and f.default is not dataclasses.MISSING:
             check_static(cls, f.name, f.default)
-    meta = _Meta(cls, fields, {**options, "_initvars": initvars})
+    meta = ClassMeta(cls, fields, {**options, "_initvars": initvars})
     _install_init(cls, meta, user_init)
     _register(cls, meta)
-    cls.__ptc_flat__ = _FlatFallback()  # type: ignore[attr-defined]
-    cls.__setattr__ = _setattr  # type: ignore[assignment]
-    cls.__delattr__ = _delattr  # type: ignore[assignment]
-    from ._methods import install_methods
-
+    cls.__ptc_flat__ = FlatFallback()  # type: ignore[attr-defined]
+    cls.__setattr__ = frozen_setattr  # type: ignore[assignment]
+    cls.__delattr__ = frozen_delattr  # type: ignore[assignment]
     install_methods(cls)
     return cls
 
@@ -208,19 +144,20 @@ def _process(cls: type, options: dict[str, Any]) -> type:
 def _register_subclass(cls: type) -> None:
     """Make an undecorated subclass a treeclass with its parent's fields (first use only)."""
     with _register_lock:
-        if "__ptc_meta__" in cls.__dict__:
+        if own_meta(cls) is not None:
             return
-        parent: _Meta = cls.__ptc_meta__  # type: ignore[attr-defined]
+        parent = meta_of(cls)
+        assert parent is not None  # only subclasses of treeclasses get here
         _check_no_new_fields(cls, parent)
         own_init = cls.__dict__.get("__init__")
-        meta = _Meta(cls, parent.fields, parent.options)
+        meta = ClassMeta(cls, parent.fields, parent.options)
         if own_init is not None:
             _install_init(cls, meta, getattr(own_init, "__ptc_user_init__", own_init))
         # else: the parent's __init__ (generated or wrapped) works as is for the subclass.
         _register(cls, meta)
 
 
-def _check_no_new_fields(cls: type, parent: _Meta) -> None:
+def _check_no_new_fields(cls: type, parent: ClassMeta) -> None:
     """An undecorated subclass cannot add fields: say so instead of dropping them silently."""
     import inspect
 
@@ -244,7 +181,7 @@ def _check_no_new_fields(cls: type, parent: _Meta) -> None:
 # Python `__new__` (deleting it leaves a slot that makes `object.__new__` reject the
 # constructor's arguments).
 def _lazy_new(cls: type, *args: Any, **kwargs: Any) -> Any:
-    if "__ptc_meta__" not in cls.__dict__:
+    if own_meta(cls) is None:
         _register_subclass(cls)
     return _new(cls)
 
@@ -254,11 +191,11 @@ def _init_subclass(cls: type) -> None:
     # decorate it; registering now would make that decoration a duplicate registration.
     # So registration waits for the first instance (a one-shot __new__), unless @treeclass
     # gets there first.
-    if "__ptc_meta__" in cls.__dict__:
+    if own_meta(cls) is not None:
         return  # already processed: a TreeClass subclass (TreeClass comes later in its MRO)
     if "__init__" in cls.__dict__ and not hasattr(cls.__dict__["__init__"], "__ptc_user_init__"):
-        cls.__init__ = _wrap_user_init(cls.__dict__["__init__"])  # type: ignore[misc]
-    if "__ptc_meta__" not in cls.__dict__ and "__new__" not in cls.__dict__:
+        cls.__init__ = wrap_user_init(cls.__dict__["__init__"])  # type: ignore[misc]
+    if own_meta(cls) is None and "__new__" not in cls.__dict__:
         cls.__new__ = staticmethod(_lazy_new)  # type: ignore[assignment]
 
 
@@ -298,7 +235,7 @@ def treeclass(
     Non-static fields are the pytree's children (with `GetAttrKey` paths); static fields
     live in the treedef. Unflatten never runs `__init__`, `__post_init__` or converters.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
@@ -315,7 +252,7 @@ def treeclass(
     def wrap(c: type[_T]) -> type[_T]:
         if not isinstance(c, type):
             raise TypeError(f"@treeclass decorates classes, not {type(c).__name__} objects.")
-        if "__ptc_meta__" in c.__dict__:
+        if own_meta(c) is not None:
             if issubclass(c, TreeClass):
                 # Already made a treeclass when it was defined: a no-op, unless the decorator
                 # asks for options the class did not get (bare `@treeclass` asks for none).
@@ -337,7 +274,7 @@ TREECLASS_OPTIONS_CONFLICT = (
 
 
 def _check_same_options(cls: type, asked: dict[str, Any]) -> None:
-    got = cls.__ptc_meta__.options  # type: ignore[attr-defined]
+    got = own_meta(cls).options  # type: ignore[union-attr]
     differ = [k for k, v in asked.items() if got[k] != v]
     if differ:
         raise TypeError(
@@ -366,7 +303,7 @@ class TreeClass:
     subclass with `@treeclass` as well is harmless (it is already one); asking the decorator
     for options the class was not given is an error.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> class Linear(ptc.TreeClass):

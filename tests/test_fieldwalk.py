@@ -5,8 +5,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from pytreeclass._kinds import leaf_kinds
-from pytreeclass._shard import leaf_axes
+from pytreeclass._leaf_facts import leaf_axes, leaf_kinds
 
 
 class _Growing:

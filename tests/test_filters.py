@@ -225,7 +225,7 @@ def test_tree_filter_inverse_is_complement():
 
 
 def test_structural_filters_are_cached():
-    from pytreeclass._merge import _MASKS, _SELECTIONS
+    from pytreeclass._partition import _MASKS, _SELECTIONS
 
     net = _net()
     _SELECTIONS.clear()

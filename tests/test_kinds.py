@@ -121,7 +121,7 @@ def test_tree_kinds_on_plain_pytrees():
 
 
 def test_kinds_are_cached_per_structure():
-    from pytreeclass._kinds import _KINDS_CACHE, leaf_kinds
+    from pytreeclass._leaf_facts import _KINDS_CACHE, leaf_kinds
 
     m = Model(_lin(), _lin())
     first = leaf_kinds(m)

@@ -295,7 +295,7 @@ def _module_tables() -> list[tuple[str, Any]]:
 
 
 def test_100k_structures_keep_memory_bounded():
-    from pytreeclass import _filters, _kinds, _lens_select, _merge
+    from pytreeclass import _filters, _leaf_facts, _lens_select, _partition
 
     for i in range(80_000):  # fill every cache past its bound first (untraced: faster)
         _touch(i)
@@ -313,9 +313,9 @@ def test_100k_structures_keep_memory_bounded():
     # stay put; an unbounded one would grow by tens of megabytes
     assert grown < 2_000_000, grown
     for cache in (
-        _kinds._KINDS_CACHE,
-        _filters._PATHS_CACHE,
-        _merge._PLANS,
+        _leaf_facts._KINDS_CACHE,
+        _leaf_facts._PATHS_CACHE,
+        _partition._PLANS,
         _lens_select._SELECTIONS,
     ):
         assert len(cache) <= cache.maxsize

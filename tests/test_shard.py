@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import pytreeclass as ptc
 from pytreeclass import Parameter, field, treeclass
-from pytreeclass._shard import leaf_axes
+from pytreeclass._leaf_facts import leaf_axes
 
 HERE = Path(__file__).resolve().parent
 

@@ -13,8 +13,9 @@ import pytest
 
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
-from pytreeclass._repr import leaf_repr, treeclass_repr
-from pytreeclass._show import TreeSummary, html_repr
+from pytreeclass._repr import html_repr, treeclass_repr
+from pytreeclass._summary import TreeSummary
+from pytreeclass._tree_util import leaf_repr
 
 
 @treeclass

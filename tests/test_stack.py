@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import pytreeclass as ptc
 from pytreeclass import Parameter, field, treeclass
-from pytreeclass._shard import leaf_axes
+from pytreeclass._leaf_facts import leaf_axes
 from pytreeclass._stack import find_stacks, stack_fields, stack_length
 from tests.strategies import trees
 
@@ -541,7 +541,7 @@ def test_repr_shows_the_layer_count_and_one_layer() -> None:
 def test_summary_has_a_line_per_stack() -> None:
     s = ptc.tree_summary(make_model())
     per = 3 * 5 + 5 + 1
-    assert s.stacks == (ptc._show.StackRow(".blocks", "Block", L, per, per * L, per * L * 4),)
+    assert s.stacks == (ptc._summary.StackRow(".blocks", "Block", L, per, per * L, per * L * 4),)
     line = next(x for x in str(s).splitlines() if x.startswith(".blocks "))
     assert "Block \u00d74" in line and f"{per}/layer" in line and f"{per * L}" in line
     assert [r.path for r in s.rows] == [".blocks.w", ".blocks.b", ".blocks.scale", ".head"]

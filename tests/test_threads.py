@@ -26,7 +26,7 @@ class Net:
     layers: list
     mean: jax.Array = field(kind=BatchStat, default=0.0)
 
-    def __init__(self, n: int, features: int = 2):  # a user __init__: uses the _MUTABLE table
+    def __init__(self, n: int, features: int = 2):  # a user __init__: uses the MUTABLE table
         self.layers = [
             Linear(jnp.full((2,), float(i)), jnp.zeros(()), features=features) for i in range(n)
         ]
@@ -51,10 +51,15 @@ def _same(a: Any, b: Any) -> bool:
 @contextmanager
 def tiny_caches() -> Iterator[None]:
     """Shrink every cache so that threads constantly evict each other's entries."""
-    from pytreeclass import _filters, _kinds, _lens_select, _merge
+    from pytreeclass import _filters, _labels, _leaf_facts, _lens_select, _partition
 
-    caches = [_kinds._KINDS_CACHE, _filters._PATHS_CACHE, _filters._MASK_CACHE, _merge._PLANS]
-    caches += [_lens_select._SELECTIONS, _merge._SELECTIONS, _merge._MASKS, _merge._LABELS]
+    caches = [
+        _leaf_facts._KINDS_CACHE,
+        _leaf_facts._PATHS_CACHE,
+        _filters._MASK_CACHE,
+        _partition._PLANS,
+    ]
+    caches += [_lens_select._SELECTIONS, _partition._SELECTIONS, _partition._MASKS, _labels._LABELS]
     sizes = [c.maxsize for c in caches]
     interval = sys.getswitchinterval()
     try:
@@ -126,9 +131,9 @@ def test_threads_agree_with_a_single_thread():
     assert not errors, errors[:3]
     assert not mismatches, sorted(set(mismatches))[:10]
     # nothing was left mutable, and the shared trees are untouched
-    from pytreeclass._instance import _MUTABLE
+    from pytreeclass._instance import MUTABLE
 
-    assert not _MUTABLE
+    assert not MUTABLE
     for net in NETS:
         with pytest.raises(ptc.FrozenInstanceError, match=r"cannot assign to field 'mean'"):
             net.mean = 1.0

@@ -133,9 +133,9 @@ def test_jit_grad_vmap_scan_leak_no_tracers():
         jax.lax.scan(step, net, jnp.ones((3, 4, 3)))
     leaked = [obj for obj in _all_cached_objects() if _contains_tracer(obj)]
     assert not leaked, leaked[:3]
-    from pytreeclass._instance import _MUTABLE
+    from pytreeclass._instance import MUTABLE
 
-    assert not _MUTABLE
+    assert not MUTABLE
 
 
 def test_caches_hold_no_tracers_after_jit_of_fresh_structures():
@@ -244,18 +244,18 @@ def test_jitted_results_match_eager_results():
 
 
 def test_the_leak_detector_finds_a_planted_tracer():
-    from pytreeclass import _kinds
+    from pytreeclass import _leaf_facts
 
     key = ("planted-by-test",)
 
     @jax.jit
     def plant(v):
-        _kinds._KINDS_CACHE.put(key, (v,))
+        _leaf_facts._KINDS_CACHE.put(key, (v,))
         return v
 
     plant(jnp.ones(()))
     try:
         assert any(_contains_tracer(obj) for obj in _all_cached_objects())
     finally:
-        _kinds._KINDS_CACHE.put(key, (None,))
+        _leaf_facts._KINDS_CACHE.put(key, (None,))
     assert not any(_contains_tracer(obj) for obj in _all_cached_objects())

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
-from pytreeclass._instance import _MUTABLE
+from pytreeclass._instance import MUTABLE
 
 from .strategies import Node, Pair, Stats, snapshot, trees
 
@@ -87,7 +87,7 @@ def test_deep_assignment_lists_and_dicts_are_copies():
 def test_original_untouched_when_fn_raises():
     m = make_model()
     before = snapshot(m)
-    held = len(_MUTABLE)
+    held = len(MUTABLE)
     grabbed = []
 
     def fn(model):
@@ -99,7 +99,7 @@ def test_original_untouched_when_fn_raises():
     with pytest.raises(RuntimeError, match="halfway"):
         ptc.value_and_tree(fn)(m)
     assert snapshot(m) == before and len(m.layers) == 2
-    assert len(_MUTABLE) == held  # nothing left assignable
+    assert len(MUTABLE) == held  # nothing left assignable
     with pytest.raises(ptc.FrozenInstanceError):
         grabbed[0].mean = 1.0
 

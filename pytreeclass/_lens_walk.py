@@ -15,56 +15,98 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any
+import enum
+from typing import TYPE_CHECKING, Any
 
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-from ._filters import Filter
-from ._instance import FLAT, check_static
-from ._repr import leaf_repr
+from ._cache import TypeTable
+from ._meta import meta_of, with_field
 from ._stack import scatter, stack_length, take
+from ._tree_util import leaf_repr, one_level
+
+if TYPE_CHECKING:
+    from ._filters import Filter
+
+__all__ = [
+    "ALL",
+    "CODES",
+    "DATACLASS",
+    "DICT",
+    "GENERIC",
+    "LEAF",
+    "LIST",
+    "NAMEDTUPLE",
+    "NONE",
+    "SCATTER",
+    "STACK",
+    "TREECLASS",
+    "TUPLE",
+    "FilterStep",
+    "LensKeyError",
+    "NodeCode",
+    "PathStep",
+    "SliceKey",
+    "StackView",
+    "listing",
+    "match",
+    "node_code",
+    "put",
+    "rebuild",
+    "step_into",
+    "walk",
+    "where",
+]
 
 # -- what kind of node is this? (decided once per type) -----------------------------------------
 
-LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = range(9)
-STACK, SCATTER = 9, 10  # hops made by a stack index (see the module docstring)
+
+class NodeCode(enum.IntEnum):
+    """How a lens or `value_and_tree` takes a node of some type apart and rebuilds it."""
+
+    LEAF = 0
+    NONE = 1  # `None`: a node without children
+    TREECLASS = 2
+    DICT = 3  # dict, OrderedDict, defaultdict
+    LIST = 4
+    TUPLE = 5
+    NAMEDTUPLE = 6
+    DATACLASS = 7  # dataclass pytrees keeping fields in __dict__ (Equinox, flax.struct)
+    GENERIC = 8  # any other pytree node: flattened one level and unflattened
+    STACK = 9  # (a lens hop, no node type) an index into a stacked field: rows picked
+    SCATTER = 10  # (a lens hop) the picked rows written back into the stack
+
+
+# Module-level names: the hot paths compare against globals, not enum attribute lookups.
+LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC, STACK, SCATTER = NodeCode
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
-CODES: dict[type, int] = {
-    dict: DICT,
-    collections.OrderedDict: DICT,
-    collections.defaultdict: DICT,
-    list: LIST,
-    tuple: TUPLE,
-    type(None): NONE,
-}
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+CODES = TypeTable(
+    8192,
+    {
+        dict: DICT,
+        collections.OrderedDict: DICT,
+        collections.defaultdict: DICT,
+        list: LIST,
+        tuple: TUPLE,
+        type(None): NONE,
+    },
+)
+_FIELD_NAMES = TypeTable(8192)  # per DATACLASS type: the field names that are children
 _new = object.__new__
 
 
-def one_level(node: Any) -> tuple[list[Any], Any]:
-    """`(children, treedef)` of one level of `node`: its children are the treedef's leaves."""
-    return jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
-
-
-def one_level_keyed(node: Any) -> tuple[list[Any], list[Any], Any]:
-    """`(keys, children, treedef)` of one level of `node`; no keys or children for a leaf."""
-    pairs, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
-        return [], [], treedef
-    return [p[0] for p, _ in pairs], [c for _, c in pairs], treedef
-
-
-def _classify(x: Any) -> int:
+def _classify(x: Any) -> NodeCode:
     cls = type(x)
-    if hasattr(cls, "__ptc_meta__"):
+    if meta_of(cls) is not None:
         code = TREECLASS
     elif isinstance(x, tuple) and hasattr(cls, "_fields"):
         code = NAMEDTUPLE
     else:
-        keys, _, treedef = one_level_keyed(x)
-        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        level = one_level(x)
+        keys = () if level is None else level[0]
+        if level is None:
             code = LEAF
         elif (
             dataclasses.is_dataclass(cls)
@@ -78,13 +120,11 @@ def _classify(x: Any) -> int:
             _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name in names)
         else:
             code = GENERIC
-    if len(CODES) < 8192:  # registration is per type, so the answer is too
-        CODES[cls] = code
-    return code
+    return CODES.remember(cls, code)  # registration is per type, so the answer is too
 
 
-def node_code(x: Any) -> int:
-    """How a lens or `value_and_tree` takes `x` apart (a small int, cached per type)."""
+def node_code(x: Any) -> NodeCode:
+    """How a lens or `value_and_tree` takes `x` apart (a `NodeCode`, cached per type)."""
     code = CODES.get(type(x))
     return _classify(x) if code is None else code
 
@@ -92,7 +132,7 @@ def node_code(x: Any) -> int:
 def _field_names(node: Any, code: int) -> tuple[str, ...]:
     cls = type(node)
     if code == TREECLASS:
-        return tuple(cls.__ptc_meta__.fields_by_name)
+        return tuple(meta_of(cls).fields_by_name)  # type: ignore[union-attr]
     if code == NAMEDTUPLE:
         return cls._fields
     return _FIELD_NAMES[cls]
@@ -237,7 +277,7 @@ def _missing(
             return step.error(f"{path}: {typ} is indexed by int (len {len(node)}), not by name")
         return step.error(f"{path}: index out of range (len {len(node)})")
     if code == GENERIC:
-        keys = one_level_keyed(node)[0]
+        keys = one_level(node)[0]  # type: ignore[index]
         children = listing(jax.tree_util.keystr((k,)) for k in keys)
         return step.error(f"{path}: {typ} has no child {step!r}; children: {children}")
     if code == NONE:
@@ -252,14 +292,14 @@ def _missing(
     )
 
 
-def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[Any, int, Any]:
+def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[Any, int, Any]:
     """`(child, code, token)`: the child `step` names in `node`, and how to put one back."""
     code = CODES.get(type(node))
     if code is None:
         code = _classify(node)
     key = step.key
     if code == TREECLASS:
-        if type(key) is str and key in type(node).__ptc_meta__.fields_by_name:
+        if type(key) is str and key in meta_of(type(node)).fields_by_name:  # type: ignore[union-attr]
             return node.__dict__[key], code, key
     elif code in (LIST, TUPLE):
         if type(key) is int and not step.attr:
@@ -286,7 +326,7 @@ def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[
             if 0 <= k < n:
                 return node[k], code, k
     elif code == GENERIC:
-        keys, children, treedef = one_level_keyed(node)
+        keys, children, treedef = one_level(node)  # type: ignore[misc]
         k = match(step, node, keys)
         if k is not None:
             return children[k], code, (treedef, children, k)
@@ -294,21 +334,13 @@ def descend(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[
 
 
 def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
-    """A copy of `node` with the child at `token` (from `descend`) replaced by `value`."""
+    """A copy of `node` with the child at `token` (from `step_into`) replaced by `value`."""
     if code == STACK:
         return value  # the walk stayed on the stack: `value` is the updated stack already
     if code == SCATTER:
         return node.write(value)
     if code == TREECLASS:
-        cls = type(node)
-        if token in cls.__ptc_meta__.static_names:
-            check_static(cls, token, value)
-        new = _new(cls)
-        d = new.__dict__
-        d.update(node.__dict__)
-        d[token] = value
-        d[FLAT] = cls.__ptc_meta__.flatten(new)
-        return new
+        return with_field(node, token, value)
     if code in (LIST, DICT):
         new = node.copy()  # keeps OrderedDict / defaultdict (and its factory)
         new[token] = value
@@ -355,21 +387,17 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
     return None
 
 
-# Per treeclass, what a hop needs: `(fields_by_name, static_names, flatten, stacked names)`.
-# One dict lookup on `type(node)` replaces `CODES` + `__ptc_meta__` + attribute reads.
-_TC: dict[type, tuple[Any, Any, Any, Any]] = {}
+# Per treeclass, what a hop needs: its `fields_by_name`. One dict lookup on `type(node)`
+# replaces `CODES` + `meta_of` + an attribute read.
+_TC = TypeTable(8192)
 
 
-def _tc_info(cls: type) -> tuple[Any, Any, Any, Any] | None:
+def _tc_fields(cls: type) -> dict[str, Any] | None:
     """`_TC[cls]`, filled in on first sight of a treeclass; None for any other type."""
-    meta = getattr(cls, "__ptc_meta__", None)
+    meta = meta_of(cls)
     if meta is None:
         return None
-    stacked = frozenset(f.name for f in meta.fields if f.stack is not None)
-    info = (meta.fields_by_name, frozenset(meta.static_names), meta.flatten, stacked)
-    if len(_TC) < 8192:
-        _TC[cls] = info
-    return info
+    return _TC.remember(cls, meta.fields_by_name)
 
 
 class StackView:
@@ -395,7 +423,7 @@ def _stack_hop(
     """Record the stack index `key` (int or SliceKey) into `node`; the rows so far + it."""
     depth = 0 if idx is None else len(idx)
     field = where(state, i)
-    n = stack_length(node, f"{where(state, i + 1)}", axis=depth, prefix=field)
+    n = stack_length(node, where(state, i + 1), axis=depth, prefix=field)
     if type(key) is int:
         k = key + n if key < 0 else key
         if not 0 <= k < n:
@@ -426,14 +454,14 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
             if (type(key) is int or type(key) is SliceKey) and not step.attr:
                 idx = _stack_hop(node, key, idx, state, i, trail)
                 continue
-        info = tcs.get(cls)
-        if info is None and codes.get(cls, TREECLASS) == TREECLASS:
-            info = _tc_info(cls)
-        if info is not None:
-            if key in info[0]:
+        names = tcs.get(cls)
+        if names is None and codes.get(cls, TREECLASS) == TREECLASS:
+            names = _tc_fields(cls)
+        if names is not None:
+            if key in names:
                 trail.append((node, TREECLASS, key))
                 node = node.__dict__[key]
-                stacked = key in info[3]
+                stacked = names[key].stack is not None  # type: ignore[index]
                 continue
         elif type(key) is int and codes.get(cls) == LIST and not step.attr:
             n = len(node)
@@ -442,7 +470,7 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
                 trail.append((node, LIST, k))
                 node = node[k]
                 continue
-        child, code, token = descend(node, step, state, i)
+        child, code, token = step_into(node, step, state, i)
         trail.append((node, code, token))
         node = child
     return node if idx is None else StackView(node, idx, state, len(steps))
@@ -467,21 +495,11 @@ def put(
         node = node.value() if fn is not None else None
     if fn is not None:
         value = fn(node)
-    tcs = _TC
+    # Paths updated often are compiled (`_lens_compile`); this runs for a path's first
+    # updates and for node types that are not compiled, so it simply calls `rebuild`
+    # (a treeclass hop is `_meta.with_field`), except for the list item, cheap to inline.
     for parent, code, token in reversed(trail):
-        # Inline the commonest rebuilds (a treeclass field, a list item); same as `rebuild`.
-        if code == TREECLASS:
-            cls = type(parent)
-            _, static, flatten, _ = tcs.get(cls) or _tc_info(cls)  # type: ignore[misc]
-            if token in static:
-                check_static(cls, token, value)
-            new = _new(cls)
-            d = new.__dict__
-            d.update(parent.__dict__)
-            d[token] = value
-            d[FLAT] = flatten(new)  # the cached flatten must match the new fields
-            value = new
-        elif code == LIST:
+        if code == LIST:
             new = parent.copy()
             new[token] = value
             value = new

@@ -6,7 +6,7 @@ while leaves (arrays) are shared. So any in-place assignment `fn` makes, however
 lands in the copy; the original is never touched, even if `fn` raises halfway.
 
 Copied treeclass instances accept assignment while `fn` runs because their ids are in
-`_instance._MUTABLE` in `_EDIT` mode (no converters, static values still checked); the ids
+`_instance.MUTABLE` in `EDIT` mode (no converters, static values still checked); the ids
 are removed in a `finally`, which freezes the copy again. A node that appears several times
 in the tree is copied once, so the copy aliases exactly as the original does.
 
@@ -19,19 +19,11 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._instance import _EDIT, _MUTABLE, FLAT, check_static
-from ._nodes import (
-    CODES,
-    DICT,
-    LEAF,
-    LIST,
-    NAMEDTUPLE,
-    NONE,
-    TREECLASS,
-    TUPLE,
-    node_code,
-    one_level,
-)
+from ._errors import too_deep_error
+from ._instance import EDIT, MUTABLE
+from ._lens_walk import CODES, DICT, LEAF, LIST, NAMEDTUPLE, NONE, TREECLASS, TUPLE, node_code
+from ._meta import FLAT, check_static, meta_of
+from ._tree_util import one_level
 
 __all__ = ["value_and_tree"]
 
@@ -52,7 +44,7 @@ class _Frame:
         self.node, self.code, self.i, self.out = node, code, 0, []
         self.aux: Any = None
         if code == TREECLASS:
-            self.aux = names = type(node).__ptc_meta__.child_names
+            self.aux = names = meta_of(type(node)).child_names  # type: ignore[union-attr]
             d = node.__dict__
             self.children = [d[n] for n in names]
         elif code == DICT:
@@ -61,7 +53,7 @@ class _Frame:
         elif code in (LIST, TUPLE, NAMEDTUPLE):
             self.children = node
         else:  # DATACLASS (Equinox, flax.struct) or GENERIC: one level, unflattened afterwards
-            self.children, self.aux = one_level(node)
+            _, self.children, self.aux = one_level(node, keyed=False)  # type: ignore[misc]
 
 
 def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
@@ -126,11 +118,7 @@ def _thaw(tree: Any, made: list[tuple[Any, Any]]) -> Any:
             continue
         fr.i = i
         if len(stack) >= _MAX_DEPTH:
-            raise ValueError(
-                f"value_and_tree: the tree is nested more than {_MAX_DEPTH} levels deep, "
-                "which means it contains a reference cycle (a node inside itself). "
-                "Pytrees must be trees: break the cycle."
-            )
+            raise too_deep_error("value_and_tree")
         stack.append(_Frame(child, c))
 
 
@@ -138,7 +126,8 @@ def _freeze(made: list[tuple[Any, Any]]) -> None:
     """Check what `fn` left in the copies: every field set, static values hashable."""
     for original, copy in made:
         cls = type(copy)
-        meta = cls.__ptc_meta__
+        meta = meta_of(cls)
+        assert meta is not None  # `made` holds treeclass instances only
         d = copy.__dict__
         if len(d) - (FLAT in d) != len(meta.fields):
             missing = [f.name for f in meta.fields if f.name not in d]
@@ -162,7 +151,7 @@ def value_and_tree(fn: Callable[..., R]) -> Callable[..., tuple[R, Any]]:
     and returns `(fn's result, the copy frozen again)`; `tree` itself is never changed.
     Works under `jax.jit`, `jax.grad(..., has_aux=True)` and as a `jax.lax.scan` body.
 
-    Example:
+    Examples:
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
         ... class Counter:
@@ -181,10 +170,10 @@ def value_and_tree(fn: Callable[..., R]) -> Callable[..., tuple[R, Any]]:
     def run(tree: Any, /, *args: Any, **kwargs: Any) -> tuple[R, Any]:
         made: list[tuple[Any, Any]] = []
         copy = _thaw(tree, made)
-        mutable = _MUTABLE
+        mutable = MUTABLE
         try:
             for _, obj in made:
-                mutable[id(obj)] = _EDIT
+                mutable[id(obj)] = EDIT
             out = fn(copy, *args, **kwargs)
         finally:
             for _, obj in made:

@@ -1,7 +1,6 @@
-"""Displays of whole trees: `tree_summary` tables, `tree_diagram` text trees, notebook HTML.
+"""Displays of whole trees: `tree_summary` tables and `tree_diagram` text trees.
 
-Built on `_repr` (short leaf forms, the treeclass `repr`); `leaf_repr` and `treeclass_repr`
-stay importable from here, where the rest of the library has always found them.
+(The `repr` of a treeclass and its notebook HTML are `_repr`.)
 """
 
 from __future__ import annotations
@@ -12,18 +11,18 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from ._repr import MAX_ITEMS, TIMES, Elided, is_array, node_children, stack_size
-from ._repr import leaf_repr as leaf_repr
-from ._repr import treeclass_repr as treeclass_repr
+from ._leaf_facts import Leaves, leaf_axes, leaf_kinds
+from ._meta import meta_of
+from ._stack import TIMES, find_stacks, stack_size
+from ._tree_util import MAX_ITEMS, Elided, has_shape_dtype, key_label, leaf_repr, one_level
 
-__all__ = [
-    "TreeSummary",
-    "html_repr",
-    "leaf_repr",
-    "tree_diagram",
-    "tree_summary",
-    "treeclass_repr",
-]
+__all__ = ["StackRow", "SummaryRow", "TreeSummary", "tree_diagram", "tree_summary"]
+
+
+def _children(node: Any) -> list[tuple[Any, Any]] | None:
+    """One level of `node` as (key, child) pairs; None for a leaf."""
+    level = one_level(node)
+    return None if level is None else list(zip(level[0], level[1]))
 
 
 # -- display objects ----------------------------------------------------------------------------
@@ -107,7 +106,7 @@ def _type_name(x: Any) -> str:
 
 
 def _count_bytes(x: Any) -> tuple[int, int]:
-    if is_array(x) or isinstance(x, np.generic):
+    if has_shape_dtype(x):
         n = int(np.prod(x.shape))
         return n, n * x.dtype.itemsize  # PRNG key dtypes know their itemsize too
     if isinstance(x, (bool, int, float, complex)):
@@ -125,7 +124,7 @@ def tree_summary(tree: Any) -> TreeSummary:
     `str` with `rows` and `totals` attributes, and an HTML table in notebooks. It works on
     abstract trees (`jax.eval_shape`) and inside `jax.jit`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
@@ -142,8 +141,6 @@ def tree_summary(tree: Any) -> TreeSummary:
         total  -                                  1      4
         total  all                               13     52
     """
-    from ._filters import Leaves
-
     ctx = Leaves(tree)
     rows, totals = [], {}
     for leaf, kind, path in zip(ctx.leaves, ctx.kinds, ctx.paths):
@@ -199,8 +196,6 @@ def _stack_rows(
     tree: Any, paths: tuple[tuple[Any, ...], ...], rows: list[SummaryRow]
 ) -> tuple[tuple[StackRow, ...], dict[int, list[StackRow]]]:
     """The stacked fields of `tree` as table lines, keyed by the index of their first leaf."""
-    from ._stack import find_stacks
-
     try:
         sites = find_stacks(tree)
     except ValueError:  # a malformed stack: the leaf rows still show what is there
@@ -229,19 +224,13 @@ def _stack_rows(
 
 
 def _child(node: Any, key: Any) -> Any:
-    for k, c in node_children(node) or ():
+    for k, c in _children(node) or ():
         if k == key:
             return c
     raise KeyError(key)  # pragma: no cover (find_stacks found it there)
 
 
 # -- diagram ----------------------------------------------------------------------------------
-
-
-def _label(key: Any) -> str:
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    return jax.tree_util.keystr((key,))
 
 
 def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
@@ -252,7 +241,7 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
     `max_items` show their first `max_items - 2` children, `...`, and the last one
     (`max_items=None` shows all). The result is a `str` that prints unquoted at the prompt.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
@@ -265,9 +254,6 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
             ├── w: f32[3,4] (Parameter)
             └── size: 3 (static)
     """
-    from ._kinds import leaf_kinds
-    from ._shard import leaf_axes
-
     treedef = jax.tree_util.tree_structure(tree)
     kinds = leaf_kinds(tree, treedef)
     axes = leaf_axes(tree, treedef)
@@ -279,7 +265,7 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
         counter[0] += 1
         kind = kinds[i]
         notes = [] if kind is None else [kind.__name__]
-        if axes[i] is not None and is_array(x):
+        if axes[i] is not None and has_shape_dtype(x) and not isinstance(x, np.generic):
             notes.append(f"axes={axes[i]!r}".replace("Ellipsis", "..."))
         return leaf_repr(x) + (f" ({', '.join(notes)})" if notes else "")
 
@@ -287,9 +273,9 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
 
     def walk(node: Any, prefix: str, depth: int = 0) -> None:
         # `depth`: how many stacked fields enclose `node` (its leaves' stacked dimensions).
-        children = node_children(node) or []
+        children = _children(node) or []
         entries: list[tuple[str, Any, bool]] = []  # (label, value, is_static)
-        meta = getattr(type(node), "__ptc_meta__", None)
+        meta = meta_of(type(node))
         if meta is not None:
             it = iter(children)
             for f in meta.fields:
@@ -300,7 +286,7 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
                     if f.stack is not None:
                         stacked.add(id(entries[-1][1]))
         else:
-            entries = [(_label(k), c, False) for k, c in children]
+            entries = [(key_label(k), c, False) for k, c in children]
         skipped = 0
         if max_items is not None and meta is None and len(entries) > max(max_items, 2):
             head = max(max_items, 2) - 2
@@ -317,7 +303,7 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
                 lines.append(f"{prefix}{branch}{label}: {leaf_repr(value)} (static)")
             elif value is None:  # an empty subtree (a hole): no leaf to count
                 lines.append(f"{prefix}{branch}{label}: None")
-            elif node_children(value) is None:
+            elif _children(value) is None:
                 lines.append(f"{prefix}{branch}{label}: {leaf_line(value)}")
             else:
                 inner, count = depth, ""
@@ -328,42 +314,9 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
                 lines.append(f"{prefix}{branch}{label}: {type(value).__name__}{count}")
                 walk(value, prefix + cont, inner)
 
-    if node_children(tree) is None:
+    if _children(tree) is None:
         lines.append(leaf_line(tree))
     else:
         lines.append(type(tree).__name__)
         walk(tree, "")
     return _Text("\n".join(lines))
-
-
-# -- notebooks --------------------------------------------------------------------------------
-
-
-def _treescope_html(obj: Any) -> str:
-    import treescope
-
-    # treescope shows any node with `_repr_html_` by calling it, and ours calls treescope:
-    # skip that hook for treeclass instances so treescope renders them as dataclasses.
-    hook = treescope.handlers.append_repr_html_when_present
-
-    def skip_treeclasses(node: Any, path: Any, node_renderer: Any) -> Any:
-        if hasattr(type(node), "__ptc_meta__"):
-            return NotImplemented
-        return hook(node, path, node_renderer)
-
-    base = treescope.active_renderer.get()
-    renderer = type(base)(
-        handlers=base.handlers,
-        wrapper_hooks=[skip_treeclasses if h is hook else h for h in base.wrapper_hooks],
-        context_builders=base.context_builders,
-    )
-    with treescope.active_renderer.set_scoped(renderer):
-        return treescope.render_to_html(obj, roundtrip_mode=False)
-
-
-def html_repr(obj: Any) -> str:
-    """Notebook display: treescope's rendering where installed, else the escaped `repr`."""
-    try:
-        return _treescope_html(obj)
-    except ImportError:
-        return f"<pre>{html.escape(treeclass_repr(obj))}</pre>"

@@ -1,0 +1,74 @@
+"""`tree_labels`: a label per leaf from its kind, for `optax.multi_transform`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from ._cache import BoundedCache
+from ._errors import reraise_if_too_deep
+from ._leaf_facts import constant_tree, leaf_kinds
+
+__all__ = ["tree_labels"]
+
+_LABELS = BoundedCache(maxsize=1024)  # per (treedef, mapping): a maker of the labels tree
+
+
+def _kind_label(kind: Any, mapping: Mapping[Any, Any] | None) -> Any:
+    if mapping is not None:
+        if kind is None:
+            if None in mapping:
+                return mapping[None]
+        else:
+            for ancestor in kind.__mro__:
+                if ancestor in mapping:
+                    return mapping[ancestor]
+    return "none" if kind is None else kind.__name__
+
+
+def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
+    """Label every leaf by its kind, for `optax.multi_transform(txs, ptc.tree_labels)`.
+
+    Labels are the kind's class name (`"Parameter"`) and `"none"` for kind-less leaves;
+    `mapping` (`{Kind or None: label}`) overrides them, a subkind taking the entry of its
+    nearest listed ancestor.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Layer:
+        ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
+        ...     mean: jnp.ndarray = ptc.field(kind=ptc.BatchStat)
+        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)))
+        Layer(w='Parameter', mean='BatchStat')
+        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)), {ptc.State: "frozen"})
+        Layer(w='Parameter', mean='frozen')
+    """
+    if mapping is not None and not isinstance(mapping, Mapping):
+        raise TypeError(
+            f"tree_labels(mapping={mapping!r}): mapping must be a dict from a Kind (or None) "
+            "to a label, e.g. {ptc.Parameter: 'adam', None: 'frozen'}."
+        )
+    try:
+        treedef = jax.tree_util.tree_structure(tree)
+        key = (treedef, None if mapping is None else tuple(mapping.items()))
+        make = _LABELS.get(key)  # None for unhashable labels: computed every call
+        if make is not None:
+            return make()
+        kinds = leaf_kinds(tree, treedef)
+        table: dict[Any, Any] = {}
+        labels = []
+        for k in kinds:
+            label = table.get(k, table)
+            if label is table:
+                label = table[k] = _kind_label(k, mapping)
+            labels.append(label)
+        make = constant_tree(treedef, labels)
+        _LABELS.put(key, make)
+        return make()
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_labels", e)
+        raise
