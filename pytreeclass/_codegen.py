@@ -16,13 +16,32 @@ __all__ = ["compile_function", "flatten_sources", "unflatten_source"]
 _counter = itertools.count()
 
 
-def compile_function(name: str, source: str, namespace: dict[str, Any], owner: str) -> Callable:
-    """Compile `source` (one `def name(...)`) in `namespace`; show it in tracebacks."""
+def compile_function(
+    name: str,
+    source: str,
+    namespace: dict[str, Any],
+    owner: str,
+    *,
+    module_globals: dict[str, Any] | None = None,
+) -> Callable:
+    """Compile `source` (one `def name(...)`) in `namespace`; show it in tracebacks.
+
+    With `module_globals` (the dataclasses way, for `__init__`), the function's globals are
+    that module's, so `typing.get_type_hints` resolves string annotations there, and the
+    names in `namespace` reach it as closure variables of a factory instead.
+    """
     filename = f"<pytreeclass generated {name} of {owner} #{next(_counter)}>"
-    code = compile(source, filename, "exec")
-    exec(code, namespace)  # the whole point: source we generated ourselves
+    if module_globals is None:
+        exec(compile(source, filename, "exec"), namespace)  # source we generated ourselves
+        fn = namespace[name]
+    else:
+        body = "".join(f"    {line}\n" for line in source.splitlines())
+        source = f"def __ptc_make__({', '.join(namespace)}):\n{body}    return {name}\n"
+        local: dict[str, Any] = {}
+        exec(compile(source, filename, "exec"), module_globals, local)
+        fn = local["__ptc_make__"](**namespace)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    return namespace[name]
+    return fn
 
 
 def flatten_sources(child_names: tuple[str, ...], static_names: tuple[str, ...]) -> tuple[str, str]:

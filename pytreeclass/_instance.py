@@ -186,14 +186,23 @@ def wrap_user_init(user_init: Callable[..., None]) -> Callable[..., None]:
 def _run_post_init(self: Any, *args: Any) -> None:
     key = id(self)
     if key in MUTABLE:
+        # A generated `__init__` called by `super().__init__(...)` from a subclass's own
+        # `__init__`: `__post_init__` runs now, as with dataclasses, and the outermost
+        # `__init__` checks for missing fields and freezes the instance when it returns.
         self.__post_init__(*args)
-    else:
-        MUTABLE[key] = INIT
-        try:
-            self.__post_init__(*args)
-        finally:
-            del MUTABLE[key]
+        return
+    MUTABLE[key] = INIT
+    try:
+        self.__post_init__(*args)
+    finally:
+        del MUTABLE[key]
     _finish_init(self)
+
+
+def _finish_outermost_init(self: Any) -> None:
+    """`_finish_init`, unless an outer `__init__` is still running (it finishes then)."""
+    if id(self) not in MUTABLE:
+        _finish_init(self)
 
 
 # -- the generated __init__ --------------------------------------------------------------------
@@ -209,16 +218,29 @@ _FACTORY = _FactorySentinel()
 
 def init_source(
     cls: type, fields: tuple[Field, ...], initvars: list[Any], has_post_init: bool
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """`(source, namespace, annotations)` of the generated `__init__`.
+
+    Parameters come in declaration order, `InitVar`s among the fields (as dataclasses
+    does), keyword-only ones last. The instance is called `self` unless a field is (then
+    `__ptc_self`, so a field named `self` works as with dataclasses).
+    """
     ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": PLAIN_STATIC, "__ptc_cls": cls}
+    ns["__ptc_type"] = type  # the module's globals may shadow the builtin
     ns["__ptc_check_static"] = check_static
     ns["__ptc_run_post_init"] = _run_post_init
+    order = {name: i for i, name in enumerate(cls.__dataclass_fields__)}  # type: ignore[attr-defined]
+    params = sorted([*fields, *initvars], key=lambda f: order.get(f.name, len(order)))
+    initvar_names = {f.name for f in initvars}
+    me = "__ptc_self" if any(f.name == "self" for f in params) else "self"
     positional, keyword, body = [], [], []
+    annotations: dict[str, Any] = {}
     seen_default = None
-    for f in [*fields, *initvars]:
+    for f in params:
         name = f.name
         if not f.init:
             continue
+        annotations[name] = f.type
         if f.default is not dataclasses.MISSING:
             ns[f"__ptc_dflt_{name}"] = f.default
             param = f"{name}=__ptc_dflt_{name}"
@@ -227,14 +249,16 @@ def init_source(
         else:
             param = name
             if not f.kw_only and seen_default is not None:
+                what = "InitVar" if name in initvar_names else "field"
                 raise TypeError(
-                    f"{cls.__name__}: field {name!r} has no default but follows field "
+                    f"{cls.__name__}: {what} {name!r} has no default but follows field "
                     f"{seen_default!r}, which has one. Give {name!r} a default, reorder the "
                     "fields, or make it keyword-only with field(kw_only=True)."
                 )
         if not f.kw_only and param != name:
             seen_default = name
         (keyword if f.kw_only else positional).append(param)
+    annotations["return"] = None
     for f in fields:
         name = f.name
         if f.init:
@@ -256,21 +280,23 @@ def init_source(
         if f.static:
             body.append(f"    __ptc_v = {value}")
             body.append(
-                f"    if type(__ptc_v) not in __ptc_PLAIN: __ptc_check_static(__ptc_cls, {name!r}, __ptc_v)"
+                "    if __ptc_type(__ptc_v) not in __ptc_PLAIN: "
+                f"__ptc_check_static(__ptc_cls, {name!r}, __ptc_v)"
             )
             value = "__ptc_v"
         body.append(f"    __ptc_d[{name!r}] = {value}")
     if has_post_init:
-        body.append("    __ptc_run_post_init(self" + "".join(f", {f.name}" for f in initvars) + ")")
+        args = "".join(f", {f.name}" for f in params if f.name in initvar_names)
+        body.append(f"    __ptc_run_post_init({me}{args})")
     elif any(not f.init and f.default is f.default_factory is dataclasses.MISSING for f in fields):
-        ns["__ptc_finish_init"] = _finish_init
-        body.append("    __ptc_finish_init(self)")  # reports the field that nothing sets
+        ns["__ptc_finish_init"] = _finish_outermost_init
+        body.append(f"    __ptc_finish_init({me})")  # reports the field that nothing sets
     ns["__ptc_seal"] = seal
-    body.append("    __ptc_seal(self)")
-    params = ["self", *positional, *(["*", *keyword] if keyword else [])]
+    body.append(f"    __ptc_seal({me})")
+    params_src = [me, *positional, *(["*", *keyword] if keyword else [])]
     source = (
-        f"def __init__({', '.join(params)}):\n    __ptc_d = self.__dict__\n"
+        f"def __init__({', '.join(params_src)}):\n    __ptc_d = {me}.__dict__\n"
         + "\n".join(body)
         + "\n"
     )
-    return source, ns
+    return source, ns, annotations

@@ -23,6 +23,7 @@ from ._lens_walk import (
     STACK,
     TREECLASS,
     FilterStep,
+    SliceKey,
     StackView,
     listing,
     match,
@@ -72,7 +73,7 @@ def _focus_mask(
         if type(step) is FilterStep:
             sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
             continue
-        found, seen = [], []
+        found, seen, sliced = [], [], False
         for node, treedef, lo in cursors:
             level = one_level(node)
             if level is None or not level[1]:  # a leaf or an empty node: nothing to select
@@ -86,11 +87,17 @@ def _focus_mask(
             if step is ALL:
                 found.extend(zip(children, subdefs, starts))
                 continue
+            if type(step.key) is SliceKey:  # after a multi step: narrows to those items
+                if isinstance(node, (list, tuple)):
+                    sliced = True
+                    picked = range(len(children))[step.key.slice]
+                    found.extend((children[c], subdefs[c], starts[c]) for c in picked)
+                continue
             seen.extend(keys)
             c = match(step, node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
-        if not found and cursors and step is not ALL:
+        if not found and cursors and step is not ALL and not sliced:
             names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
             metas = [meta_of(type(n)) for n, _, _ in cursors]
             hint = ""

@@ -24,7 +24,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from ._cache import TypeTable
 from ._meta import meta_of, with_field
 from ._stack import scatter, stack_length, take
-from ._tree_util import leaf_repr, one_level
+from ._tree_util import has_shape_dtype, leaf_repr, one_level
 
 if TYPE_CHECKING:
     from ._filters import Filter
@@ -47,6 +47,7 @@ __all__ = [
     "LensKeyError",
     "NodeCode",
     "PathStep",
+    "SLICE",
     "SliceKey",
     "StackView",
     "listing",
@@ -80,6 +81,7 @@ class NodeCode(enum.IntEnum):
 
 # Module-level names: the hot paths compare against globals, not enum attribute lookups.
 LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC, STACK, SCATTER = NodeCode
+SLICE = 11  # not a node type: the code of a list/tuple slice hop in a lens trail
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
 CODES = TypeTable(
@@ -254,12 +256,6 @@ def _missing(
     path = where(state, i + 1)
     key = step.key
     typ = type(node).__name__
-    if type(key) is SliceKey:
-        return step.error(
-            f"{path}: a slice step picks layers of a stack, and the value at {where(state, i)} "
-            "is not a field declared field(stack=...). Index one item at a time, or "
-            "declare the field a stack (see ptc.tree_stack)."
-        )
     if code in (TREECLASS, DATACLASS, NAMEDTUPLE) and (type(key) is str or code != NAMEDTUPLE):
         names = _field_names(node, code)
         if type(key) is not str:
@@ -292,12 +288,60 @@ def _missing(
     )
 
 
+def _describe(x: Any) -> str:
+    if has_shape_dtype(x):
+        return f"an array {leaf_repr(x)}"
+    return f"{type(x).__name__} {leaf_repr(x)}"
+
+
+def _slice_child(
+    node: Any, code: int, s: slice, state: tuple[Any, Any, int], i: int
+) -> tuple[Any, int, Any]:
+    """`[a:b]` on a list or tuple: the sub-sequence, and the indices it came from."""
+    if code not in (LIST, TUPLE):
+        fix = (
+            "To change array elements use .apply(lambda a: a.at[1:3].set(v))."
+            if hasattr(node, "shape")
+            else "Use a key, an index or [...] there (or declare the field a stack of "
+            "layers, field(stack=...), to slice its layers)."
+        )
+        raise TypeError(
+            f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
+            f"at {where(state, i)} is {_describe(node)}. {fix}"
+        )
+    return node[s], SLICE, (range(len(node))[s], where(state, i + 1))
+
+
+def _splice(node: Any, token: tuple[range, str], value: Any) -> Any:
+    """`node` with the items at the slice's indices replaced by `value`'s, in order."""
+    indices, path = token
+    n = len(indices)
+    fix = f"Set it to (or return from apply) a list or tuple of {n} item(s), one per index."
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{path}: a slice is replaced item by item, so the value must be a list or "
+            f"tuple; got {_describe(value)}. {fix}"
+        )
+    if len(value) != n:
+        shown = listing(map(str, indices), 8)
+        raise ValueError(
+            f"{path}: the slice selects {n} item(s) (indices {shown} of {len(node)}), "
+            f"but the value has {len(value)}. {fix}"
+        )
+    items = list(node)
+    for k, v in zip(indices, value):
+        items[k] = v
+    return items if type(node) is list else tuple(items)
+
+
 def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tuple[Any, int, Any]:
     """`(child, code, token)`: the child `step` names in `node`, and how to put one back."""
     code = CODES.get(type(node))
     if code is None:
         code = _classify(node)
     key = step.key
+    if type(key) is SliceKey:
+        return _slice_child(node, code, key.slice, state, i)
     if code == TREECLASS:
         if type(key) is str and key in meta_of(type(node)).fields_by_name:  # type: ignore[union-attr]
             return node.__dict__[key], code, key
@@ -347,6 +391,8 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
         return new
     if code == TUPLE:
         return (*node[:token], value, *node[token + 1 :])
+    if code == SLICE:
+        return _splice(node, token, value)
     if code == DATACLASS:
         new = _new(type(node))
         d = new.__dict__

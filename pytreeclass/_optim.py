@@ -19,12 +19,15 @@ from typing_extensions import Self
 from ._field import field
 from ._kinds import OptState
 from ._meta import with_field
+from ._tree_util import has_shape_dtype
 from ._treeclass import treeclass
 
 if TYPE_CHECKING:
     import optax
 
 __all__ = ["Optimizer"]
+
+_GONE = object()
 
 _P = TypeVar("_P")
 
@@ -38,6 +41,81 @@ NOT_A_TRANSFORMATION = (
     "and `update`), such as optax.adam(1e-3); got {tx}. Did you pass optax.adam instead of "
     "optax.adam(learning_rate)?"
 )
+
+
+PRESENCE_CHANGED = (
+    "Optimizer.update(): the {arg} have leaves that differ from those the optimizer state "
+    "was made for (did the trainable set change?). {changes}. The state holds per-leaf "
+    "entries (Adam's moments, ...) for exactly the old leaves. Carry it over with "
+    "`opt = opt.reinit(params)`, which keeps the state of every leaf whose path and shape "
+    "survive, or start afresh with `ptc.Optimizer.create(tx, params)`."
+)
+
+
+class _Structure:
+    """The treedef of the params an optimizer state was made for, as a static value.
+
+    `jax.jit` hashes and compares the static parts of its arguments on every call: the
+    hash is computed once, and the `Optimizer`s that `update` returns share this object,
+    so the comparison is an identity check."""
+
+    __slots__ = ("_hash", "treedef")
+
+    def __init__(self, treedef: Any) -> None:
+        self.treedef = treedef
+        try:
+            self._hash = hash(treedef)
+        except TypeError:  # a node whose aux data is unhashable: still a usable key
+            self._hash = treedef.num_leaves
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (type(other) is _Structure and self.treedef == other.treedef)
+
+    def __repr__(self) -> str:
+        return f"<params structure: {self.treedef.num_leaves} leaves>"
+
+
+def _leaf_paths(treedef: Any) -> list[str]:
+    leaves = treedef.unflatten([0] * treedef.num_leaves)
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(leaves)[0]]
+
+
+def _check_presence(arg: str, tree: Any, expected: _Structure) -> None:
+    """Raise if `tree`'s leaves are not at the paths the optimizer state was made for.
+
+    Trees that differ only in other ways (static fields, node types) are left to optax."""
+    treedef = jax.tree_util.tree_structure(tree)
+    if treedef == expected.treedef:
+        return
+    old, new = _leaf_paths(expected.treedef), _leaf_paths(treedef)
+    if old == new:
+        return
+    old_set, new_set = set(old), set(new)
+    added = [p or "(root)" for p in new if p not in old_set]
+    removed = [p or "(root)" for p in old if p not in new_set]
+
+    def show(paths: list[str]) -> str:
+        more = f", ... ({len(paths) - 8} more)" if len(paths) > 8 else ""
+        return ", ".join(paths[:8]) + more
+
+    changes = []
+    if added:
+        changes.append(f"Present now but not in the state: {show(added)}")
+    if removed:
+        changes.append(f"In the state but absent now: {show(removed)}")
+    if not changes:  # same paths, another order
+        changes.append("The same leaf paths come in a different order")
+    raise ValueError(PRESENCE_CHANGED.format(arg=arg, changes="; ".join(changes)))
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    """Whether two state leaves have the same shape and dtype (or type, for non-arrays)."""
+    if has_shape_dtype(a):
+        return getattr(b, "shape", None) == a.shape and getattr(b, "dtype", None) == a.dtype
+    return type(a) is type(b)
 
 
 def _optax() -> ModuleType:
@@ -76,6 +154,12 @@ class Optimizer:
     )
     opt_state: Any = field(kind=OptState, doc="the transformation's state")
     step: jax.Array = field(kind=OptState, doc="number of updates applied so far")
+    params_structure: Any = field(
+        static=True,
+        default=None,
+        repr=False,
+        doc="the structure of the params the state was made for (None: not checked)",
+    )
 
     @classmethod
     def create(cls, tx: optax.GradientTransformation, params: Any) -> Self:
@@ -83,7 +167,44 @@ class Optimizer:
         _optax()  # fail here with the install hint, not deep inside tx.init
         if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
             raise TypeError(NOT_A_TRANSFORMATION.format(tx=getattr(tx, "__name__", repr(tx))))
-        return cls(tx=tx, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+        return cls(
+            tx=tx,
+            opt_state=tx.init(params),
+            step=jnp.zeros((), jnp.int32),
+            params_structure=_Structure(jax.tree_util.tree_structure(params)),
+        )
+
+    def reinit(self, params: Any) -> Self:
+        """This optimizer for a new set of params, keeping the state that still applies.
+
+        For when the trainable set changes mid-training (layers unfrozen or frozen, a
+        partition with other `None` holes): `tx.init(params)` makes a fresh state, and
+        every leaf of it whose key path in the state and whose shape and dtype match a leaf
+        of the old state takes the old value. optax states mirror the params inside
+        (Adam's `mu` and `nu` are trees shaped like them), so the moments of every
+        parameter still trained are kept, as are counters outside the mirrors (Adam's
+        `count`, a schedule's step); leaves new to the state start as `tx.init` makes
+        them. `step` is kept. See the Optax page of the docs for what that means for Adam.
+
+        Example:
+            >>> import jax.numpy as jnp, optax
+            >>> import pytreeclass as ptc
+            >>> opt = ptc.Optimizer.create(optax.adam(0.1), {"a": jnp.ones(2), "b": None})
+            >>> _, opt = opt.update({"a": jnp.ones(2), "b": None}, {"a": jnp.ones(2), "b": None})
+            >>> opt = opt.reinit({"a": jnp.ones(2), "b": jnp.ones(3)})  # "b" unfrozen
+            >>> opt.opt_state[0].mu["a"].tolist(), opt.opt_state[0].mu["b"].tolist()
+            ([0.10000000149011612, 0.10000000149011612], [0.0, 0.0, 0.0])
+        """
+        fresh = self.tx.init(params)
+        old = dict(jax.tree_util.tree_flatten_with_path(self.opt_state)[0])
+        pairs, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+        kept = []
+        for path, leaf in pairs:
+            before = old.get(path, _GONE)
+            kept.append(before if before is not _GONE and _same_kind(leaf, before) else leaf)
+        structure = _Structure(jax.tree_util.tree_structure(params))
+        new = with_field(self, "opt_state", treedef.unflatten(kept))
+        return with_field(new, "params_structure", structure)
 
     def update(self, grads: _P, params: _P, **extra_args: Any) -> tuple[_P, Self]:
         """Apply one step: returns `(new params, new optimizer)`; nothing is changed in place.
@@ -93,6 +214,10 @@ class Optimizer:
         """
         optax = _optax()
         g, p = cast(Any, grads), cast(Any, params)  # any pytree: wider than optax's aliases
+        expected = self.params_structure
+        if expected is not None:
+            _check_presence("params", p, expected)
+            _check_presence("grads", g, expected)
         updates, opt_state = self.tx.update(g, self.opt_state, p, **extra_args)
         new_params = optax.apply_updates(p, updates)  # keeps None holes as holes
         return new_params, with_field(

@@ -108,9 +108,12 @@ def _render(obj: Any, indent: int, seen: frozenset[int], strip: int = 0) -> str:
         open_ = (
             name + count + open_[len(name) :] if open_.startswith(name) else f"{count[1:]} {open_}"
         )
-    rendered = [
-        (f"{k}{sep}" if k else "") + _render(v, indent + 2, seen, strip) for k, v in elide(items)
-    ]
+    # Fields (of a treeclass, a namedtuple, an Equinox module: the `name=value` items) are
+    # never hidden, or hyperparameters would vanish from print(config); only lists, tuples,
+    # dicts and other nodes with positional or keyed children are shortened.
+    if sep != "=":
+        items = elide(items)
+    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen, strip) for k, v in items]
     flat = open_ + ", ".join(rendered) + close
     if len(flat) + indent <= _WIDTH and "\n" not in flat:
         return flat
@@ -122,7 +125,7 @@ def treeclass_repr(obj: Any) -> str:
     """The `repr` of a treeclass: one line when short, else one field per line, indented.
 
     Arrays show as `f32[3,4]`; lists, tuples and dicts longer than 8 items show their first
-    6 items, `...(n more)` and the last one.
+    6 items, `...(n more)` and the last one. Fields are never elided, however many.
     """
     return _render(obj, 0, frozenset())
 

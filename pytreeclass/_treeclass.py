@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -80,9 +81,14 @@ def _install_init(cls: type, meta: ClassMeta, user_init: Callable[..., None] | N
         cls.__init__ = wrap_user_init(user_init)  # type: ignore[misc]
         return
     initvars = meta.options.get("_initvars", [])
-    source, ns = init_source(cls, meta.fields, initvars, meta.has_post_init)
-    init = compile_function("__init__", source, ns, cls.__qualname__)
+    source, ns, annotations = init_source(cls, meta.fields, initvars, meta.has_post_init)
+    module = sys.modules.get(cls.__module__)
+    init = compile_function(
+        "__init__", source, ns, cls.__qualname__, module_globals=vars(module) if module else {}
+    )
     init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__annotations__ = annotations
+    init.__ptc_post_init__ = meta.has_post_init  # type: ignore[attr-defined]
     cls.__init__ = init  # type: ignore[misc]
 
 
@@ -153,6 +159,10 @@ def _register_subclass(cls: type) -> None:
         meta = ClassMeta(cls, parent.fields, parent.options)
         if own_init is not None:
             _install_init(cls, meta, getattr(own_init, "__ptc_user_init__", own_init))
+        elif getattr(cls.__init__, "__ptc_post_init__", meta.has_post_init) != meta.has_post_init:
+            # The inherited generated __init__ does not call the __post_init__ this subclass
+            # defines; the TreeClass spelling would, and so does dataclasses: a new one does.
+            _install_init(cls, meta, None)
         # else: the parent's __init__ (generated or wrapped) works as is for the subclass.
         _register(cls, meta)
 

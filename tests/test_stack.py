@@ -378,10 +378,12 @@ def test_stack_lens_errors() -> None:
     with pytest.raises(ValueError, match=r"model\.b\[0\]: the stack has no array leaves"):
         IntStack(None).at.b[0].set(1)
     with pytest.raises(
-        IndexError,
-        match=r"model\.layers\[0:1\]: a slice step picks layers of a stack, and the value at model\.layers is not a field declared field\(stack=\.\.\.\)",
+        TypeError,
+        match=r"model\.layers\[0:1\]: a slice selects items of a list or tuple.*declare the "
+        r"field a stack of layers, field\(stack=\.\.\.\), to slice its layers",
     ):
-        ptc.at(NotStacked([1, 2])).layers[0:1].get()
+        ptc.at(NotStacked({"a": 1})).layers[0:1].get()
+    assert ptc.at(NotStacked([1, 2, 3])).layers[0:2].get() == [1, 2]  # a list slice
 
 
 @treeclass
