@@ -1,8 +1,9 @@
-"""The counter from JAX's "Stateful computations" guide, pure without threading state by hand.
+"""The counter from JAX's "Stateful computations" guide, made pure.
 
-A Python object that bumps `self.n` breaks under `jax.jit`: the side effect runs once, at
-trace time. Here `count` still reads as an in-place update, but `ptc.value_and_tree` runs
-it on a copy and hands back `(result, updated counter)`, which is a pure function.
+A Python object that bumps `self.n` breaks under `jax.jit`: the side effect runs
+once, at trace time. Here `count` still reads as an in-place update, but
+`ptc.value_and_tree` runs it on a copy and hands back
+`(result, updated counter)`: a pure function, with no state threaded by hand.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from pytreeclass import State, field, treeclass
 
 @treeclass
 class Counter:
-    n: jax.Array = field(kind=State, default_factory=lambda: jnp.zeros((), jnp.int32))
+    n: jax.Array = field(
+        kind=State, default_factory=lambda: jnp.zeros((), jnp.int32)
+    )
 
     def count(self) -> jax.Array:
         """Increment the counter and return the new value."""
-        self.n = self.n + 1  # lands in value_and_tree's copy, never in the caller's counter
+        # Lands in value_and_tree's copy, never in the caller's counter.
+        self.n = self.n + 1
         return self.n
 
 
-count = jax.jit(ptc.value_and_tree(Counter.count))  # (counter) -> (value, new counter)
+# (counter) -> (value, new counter).
+count = jax.jit(ptc.value_and_tree(Counter.count))
 
 
 def main(steps: int = 3) -> list[int]:

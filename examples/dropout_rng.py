@@ -1,7 +1,7 @@
-"""Dropout layers that carry their own PRNG key (`kind=Rng`) and split it on every call.
+"""Dropout layers that carry their own PRNG key (`kind=Rng`) and split it.
 
-Each call consumes a fresh subkey and stores the other half, so no key is ever used twice;
-`ptc.value_and_tree` returns the model with the advanced keys.
+Each call consumes a fresh subkey and stores the other half, so no key is ever
+used twice; `ptc.value_and_tree` returns the model with the advanced keys.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class Dropout:
     rate: float = field(static=True, default=0.5)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        self.key, subkey = jax.random.split(self.key)  # advance the stored key, use the other
+        # Advance the stored key, use the other.
+        self.key, subkey = jax.random.split(self.key)
         keep = jax.random.bernoulli(subkey, 1 - self.rate, x.shape)
         return jnp.where(keep, x / (1 - self.rate), 0.0)
 
@@ -40,16 +41,20 @@ def forward(net: Net, x: jax.Array) -> tuple[jax.Array, Net]:
 
 
 def main(steps: int = 4) -> tuple[list[Net], list[jax.Array]]:
-    """Return the network before and after every step, and every step's output."""
+    """The network before and after every step, and every step's output."""
     k_w, k_a, k_b = jax.random.split(jax.random.key(0), 3)
-    net = Net(jax.random.normal(k_w, (8, 8)), [Dropout(k_a), Dropout(k_b, rate=0.25)])
+    net = Net(
+        jax.random.normal(k_w, (8, 8)), [Dropout(k_a), Dropout(k_b, rate=0.25)]
+    )
     x = jnp.ones((2, 8))
     nets, outputs = [net], []
     for step in range(steps):
         y, net = forward(net, x)
         nets.append(net)
         outputs.append(y)
-        print(f"step {step}: {int(jnp.sum(y == 0))} of {y.size} outputs dropped")
+        print(
+            f"step {step}: {int(jnp.sum(y == 0))} of {y.size} outputs dropped"
+        )
     return nets, outputs
 
 

@@ -1,4 +1,7 @@
-"""A running mean written as in-place updates of `BatchStat` leaves, made pure for `jax.jit`."""
+"""A running mean written as in-place updates of `BatchStat` leaves.
+
+`ptc.value_and_tree` makes the update pure, so it runs under `jax.jit`.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ class RunningMean:
     total: jax.Array = field(kind=BatchStat, default_factory=_zero)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Fold `x` into the statistics; return the mean of everything seen so far."""
+        """Fold `x` into the statistics; return the mean of all seen so far."""
         self.count = self.count + x.size
         self.total = self.total + jnp.sum(x)
         return self.total / self.count
@@ -33,7 +36,11 @@ def update(avg: RunningMean, x: jax.Array) -> tuple[jax.Array, RunningMean]:
 
 def main(batches: int = 5, seed: int = 0) -> tuple[list[float], np.ndarray]:
     """Return the running mean after each batch, and all the data seen."""
-    data = np.random.default_rng(seed).normal(3.0, 2.0, size=(batches, 16)).astype(np.float32)
+    data = (
+        np.random.default_rng(seed)
+        .normal(3.0, 2.0, size=(batches, 16))
+        .astype(np.float32)
+    )
     avg, means = RunningMean(), []
     for batch in data:
         mean, avg = update(avg, batch)

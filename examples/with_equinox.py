@@ -1,7 +1,8 @@
-"""An Equinox module inside a treeclass: Equinox's filters and pytreeclass's work together.
+"""An Equinox module inside a treeclass: both libraries' filters work together.
 
-`eqx.nn.MLP` keeps its activation functions as leaves, so the trainable part is "Parameter
-kind AND an inexact array": two filters passed to one call are combined with AND.
+`eqx.nn.MLP` keeps its activation functions as leaves, so the trainable part is
+"Parameter kind AND an inexact array": two filters passed to one call are
+combined with AND.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ class Regressor:
         return jax.vmap(self.mlp)(x) + self.y_mean
 
 
-def loss_fn(params: Regressor, rest: Regressor, x: jax.Array, y: jax.Array) -> jax.Array:
+def loss_fn(
+    params: Regressor, rest: Regressor, x: jax.Array, y: jax.Array
+) -> jax.Array:
     model = eqx.combine(params, rest)  # Equinox's combine undoes our partition
     return jnp.mean((model(x) - y) ** 2)
 
 
 @eqx.filter_jit  # traces the arrays; the activation functions stay static
-def train_step(model: Regressor, opt: ptc.Optimizer, x: jax.Array, y: jax.Array):
+def train_step(
+    model: Regressor, opt: ptc.Optimizer, x: jax.Array, y: jax.Array
+):
     params, rest = ptc.tree_partition(model, Parameter, eqx.is_inexact_array)
     loss, grads = jax.value_and_grad(loss_fn)(params, rest, x, y)
     params, opt = opt.update(grads, params)
@@ -40,10 +45,13 @@ def train_step(model: Regressor, opt: ptc.Optimizer, x: jax.Array, y: jax.Array)
 def main(steps: int = 500) -> list[float]:
     x = jnp.linspace(-3, 3, 128)[:, None]
     y = jnp.sin(x) + 1.0
-    mlp = eqx.nn.MLP(1, 1, width_size=32, depth=2, activation=jnp.tanh, key=jax.random.key(0))
+    mlp = eqx.nn.MLP(
+        1, 1, width_size=32, depth=2, activation=jnp.tanh, key=jax.random.key(0)
+    )
     model = Regressor(mlp, y_mean=jnp.mean(y))
     opt = ptc.Optimizer.create(
-        optax.adam(1e-2), ptc.tree_filter(model, Parameter, eqx.is_inexact_array)
+        optax.adam(1e-2),
+        ptc.tree_filter(model, Parameter, eqx.is_inexact_array),
     )
     losses = []
     for step in range(steps):

@@ -1,7 +1,8 @@
-"""Flax NNX layers inside a treeclass: `nnx.Param` leaves count as `ptc.Parameter`.
+"""Flax NNX layers in a treeclass: `nnx.Param` leaves count as `ptc.Parameter`.
 
-NNX modules are pytrees, so a treeclass can hold them and plain `jax.jit` traces the whole
-model; pytreeclass's kind filters see through the `nnx.Param` wrappers.
+NNX modules are pytrees, so a treeclass can hold them and plain `jax.jit` traces
+the whole model; pytreeclass's kind filters see through the `nnx.Param`
+wrappers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class TwoLayer:
         return self.out(jnp.tanh(self.hidden(x)))
 
 
-def loss_fn(params: TwoLayer, rest: TwoLayer, x: jax.Array, y: jax.Array) -> jax.Array:
+def loss_fn(
+    params: TwoLayer, rest: TwoLayer, x: jax.Array, y: jax.Array
+) -> jax.Array:
     model = ptc.tree_merge(params, rest)
     return jnp.mean((model(x) - y) ** 2)
 
@@ -42,7 +45,9 @@ def main(steps: int = 500) -> list[float]:
     y = jnp.sin(x)
     rngs = nnx.Rngs(0)
     model = TwoLayer(nnx.Linear(1, 32, rngs=rngs), nnx.Linear(32, 1, rngs=rngs))
-    opt = ptc.Optimizer.create(optax.adam(1e-2), ptc.tree_filter(model, Parameter))
+    opt = ptc.Optimizer.create(
+        optax.adam(1e-2), ptc.tree_filter(model, Parameter)
+    )
     losses = []
     for step in range(steps):
         model, opt, loss = train_step(model, opt, x, y)

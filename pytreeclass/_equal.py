@@ -42,12 +42,27 @@ def _leaf_equal(a: Any, b: Any) -> bool:
 def tree_equal(a: Any, b: Any) -> bool:
     """Whether two pytrees have equal structure and equal leaves (arrays by value).
 
+    Arrays are equal when their shapes, dtypes and values are; an array never equals a
+    non-array, and `NaN != NaN`. Other leaves compare with `==`. This is the rule of `==`
+    on treeclass instances, for any two pytrees.
+
+    Args:
+        a: a pytree.
+        b: another pytree.
+
+    Returns:
+        One Python `bool`.
+
+    Raises:
+        TypeError: a leaf is a tracer (inside a JAX transformation the answer would be
+            traced); compare with `jax.tree.map(jnp.array_equal, a, b)` there.
+
     Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
         >>> ptc.tree_equal({"w": jnp.ones(2)}, {"w": jnp.ones(2)})
         True
-        >>> ptc.tree_equal({"w": jnp.ones(2)}, {"w": jnp.ones(3)})
+        >>> ptc.tree_equal({"w": jnp.ones(2)}, {"w": jnp.ones(2, jnp.int32)})
         False
     """
     if a is b:

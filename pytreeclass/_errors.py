@@ -22,7 +22,12 @@ __all__ = [
 
 
 class FrozenInstanceError(dataclasses.FrozenInstanceError):
-    """Raised on assignment to (or deletion of) a field of a frozen treeclass instance."""
+    """Raised on assignment to (or deletion of) a field of a frozen treeclass instance.
+
+    A subclass of `dataclasses.FrozenInstanceError`; the message shows the out-of-place
+    ways to make the change (`obj.at.x.set(v)`, `dataclasses.replace`,
+    `ptc.value_and_tree`).
+    """
 
 
 class TreeTooDeepError(ValueError, RecursionError):

@@ -14,16 +14,20 @@ from ._kinds import check_kind
 
 __all__ = ["Field", "field"]
 
-_T = TypeVar("_T")
+T = TypeVar("T")
 
 # `dataclasses.Field.__init__` grew a `doc` parameter in Python 3.14; pass only what it takes.
 _FIELD_TAKES_DOC = "doc" in inspect.signature(dataclasses.Field.__init__).parameters
 
 
 class Field(dataclasses.Field):  # type: ignore[type-arg]
-    """A `dataclasses.Field` with pytreeclass metadata.
+    """A `dataclasses.Field` with pytreeclass metadata; made by `ptc.field`.
 
-    Attributes beyond those of `dataclasses.Field`:
+    `ptc.fields(cls)` returns them. Besides the attributes of `dataclasses.Field`
+    (`name`, `type`, `default`, `default_factory`, `init`, `repr`, `compare`, `hash`,
+    `kw_only`, `metadata`) it has the ones below.
+
+    Attributes:
         kind: the `Kind` subclass of every leaf under this field, or `None`.
         static: whether the value lives in the treedef (aux data) instead of the leaves.
         axes: logical sharding axis names of the array leaves under this field, or `None`.
@@ -85,7 +89,7 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
 @overload
 def field(
     *,
-    default: _T,
+    default: T,
     kind: type | None = None,
     static: bool = False,
     init: bool = True,
@@ -98,11 +102,11 @@ def field(
     kw_only: bool = ...,
     compare: bool = True,
     hash: bool | None = None,
-) -> _T: ...
+) -> T: ...
 @overload
 def field(
     *,
-    default_factory: Callable[[], _T],
+    default_factory: Callable[[], T],
     kind: type | None = None,
     static: bool = False,
     init: bool = True,
@@ -115,7 +119,7 @@ def field(
     kw_only: bool = ...,
     compare: bool = True,
     hash: bool | None = None,
-) -> _T: ...
+) -> T: ...
 @overload
 def field(
     *,
@@ -168,6 +172,20 @@ def field(
             array leaf has a leading axis, one row per layer; `stack` names that axis
             for `tree_shardings`. A lens index or slice right after the field picks layers
             (`model.at.blocks[3]`), displays show the layer count. See `ptc.tree_stack`.
+        kw_only: as in `dataclasses.field`.
+        compare: whether `==` and `hash` use the field, as in `dataclasses.field`.
+        hash: whether `hash` uses the field (`None`: as `compare`), as in
+            `dataclasses.field`.
+
+    Returns:
+        A `Field`, which type checkers see as a value of the default's type, so that
+        the field's annotation and its default agree.
+
+    Raises:
+        ValueError: both `default` and `default_factory` are given; a static field is
+            given a kind, axes or a stack; `stack` is also named in `axes`.
+        TypeError: `kind` is not a `Kind` subclass, `axes` is not a tuple of str or
+            None, `stack` is not a non-empty str, or `converter` is not callable.
 
     Examples:
         >>> import pytreeclass as ptc

@@ -39,7 +39,24 @@ __all__ = [
 
 
 class Filter:
-    """Base of filter objects. `structural` filters depend on the treedef alone."""
+    """Base of filter objects; functions that take filters turn their arguments into these.
+
+    A filter may be given as any of:
+
+    1. a `Kind` subclass: leaves of that kind or a subkind (`OfKind`);
+    2. any other type: leaves that are instances of it (`OfType`); a pytree node type
+       (a treeclass, `dict`, an Equinox module, ...) selects whole subtrees;
+    3. a callable `leaf -> bool` (`Predicate`), e.g. `equinox.is_array`;
+    4. a string: leaves whose key path has a field, attribute or key of that name
+       (`PathContains`);
+    5. a pytree of bools with the tree's structure (a mask), a `bool` standing for a
+       whole subtree;
+    6. `Any(*filters)`, `All(*filters)`, `Not(filter)`.
+
+    Several filters passed to one call are combined with `All`. Filter objects are small,
+    hashable and have readable `repr`s. `structural` filters depend on the treedef alone,
+    so what they select is cached per treedef.
+    """
 
     structural: bool = False
 
@@ -52,7 +69,23 @@ class Filter:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class OfKind(Filter):
-    """Leaves whose kind is `kind` or a subkind of it."""
+    """Leaves whose kind is `kind` or a subkind of it (a bare `Kind` subclass means this).
+
+    Args:
+        kind: a `Kind` subclass.
+
+    Raises:
+        TypeError: `kind` is not a `Kind` subclass.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> @ptc.treeclass
+        ... class Layer:
+        ...     w: float = ptc.field(kind=ptc.Parameter, default=1.0)
+        ...     mean: float = ptc.field(kind=ptc.BatchStat, default=0.0)
+        >>> ptc.tree_mask(Layer(), ptc.OfKind(ptc.State))
+        Layer(w=False, mean=True)
+    """
 
     kind: type[Kind]
     structural = True
@@ -67,7 +100,21 @@ class OfKind(Filter):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class OfType(Filter):
-    """Leaves that are instances of `type`."""
+    """Leaves that are instances of `type` (a bare type that is not a kind means this).
+
+    Where `type` is a pytree node type (a treeclass, an Equinox module, `dict`,
+    `list` and so on), it matches whole subtrees whose root is an instance of it,
+    outermost first: a mask selects every leaf below, and a lens focuses on the nodes
+    themselves.
+
+    Args:
+        type: the class to match.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0}, ptc.OfType(float))
+        {'a': False, 'b': True}
+    """
 
     type: type
 
@@ -81,7 +128,19 @@ class OfType(Filter):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Predicate(Filter):
-    """Leaves for which `fn(leaf)` is true (e.g. `equinox.is_array`)."""
+    """Leaves for which `fn(leaf)` is true (e.g. `equinox.is_array`).
+
+    A bare callable filter means this. `fn` must return a Python `bool`: which leaves are
+    selected decides the output's structure, so it cannot depend on traced values.
+
+    Args:
+        fn: a function from a leaf to a Python `bool`.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask([1, -2, 3], ptc.Predicate(lambda x: x > 0))
+        [True, False, True]
+    """
 
     fn: Callable[[_Any], _Any]
 
@@ -109,7 +168,19 @@ class Predicate(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class PathContains(Filter):
-    """Leaves whose key path has a field, attribute or dict key named exactly `name`."""
+    """Leaves whose key path has a field, attribute or dict key named exactly `name`.
+
+    A bare string filter means this (except in a lens, where `["w"]` is a key step).
+
+    Args:
+        name: the field, attribute or key name.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> tree = {"w": 1.0, "block": {"w": 2.0, "b": 3.0}}
+        >>> ptc.tree_mask(tree, ptc.PathContains("w"))
+        {'block': {'b': False, 'w': True}, 'w': True}
+    """
 
     name: str
     structural = True
@@ -189,20 +260,48 @@ class _Combination(Filter):
 
 
 class Any(_Combination):
-    """Leaves selected by at least one of `filters`."""
+    """Leaves selected by at least one of `filters`.
+
+    Args:
+        *filters: filters in any form `Filter` lists.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0, "c": "x"}, ptc.Any(int, float))
+        {'a': True, 'b': True, 'c': False}
+    """
 
     _reduce = any
 
 
 class All(_Combination):
-    """Leaves selected by every one of `filters` (several filters in one call mean this)."""
+    """Leaves selected by every one of `filters` (several filters in one call mean this).
+
+    Args:
+        *filters: filters in any form `Filter` lists.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> tree = {"w": 1.0, "b": 2.0, "n": 3}
+        >>> ptc.tree_mask(tree, ptc.All(float, ptc.Not("b")))
+        {'b': False, 'n': False, 'w': True}
+    """
 
     _reduce = all
 
 
 @dataclasses.dataclass(frozen=True, init=False, repr=False)
 class Not(Filter):
-    """Leaves not selected by `filter`."""
+    """Leaves not selected by `filter`.
+
+    Args:
+        filter: a filter in any form `Filter` lists.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> ptc.tree_mask({"a": 1, "b": 2.0}, ptc.Not(float))
+        {'a': True, 'b': False}
+    """
 
     filter: Filter
 

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import zipfile
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from jax.core import Tracer
 
 from ._tree_util import has_shape_dtype
 
+T = TypeVar("T")
 __all__ = ["tree_load", "tree_save"]
 
 _FORMAT = "pytreeclass.tree"
@@ -99,9 +100,19 @@ def tree_save(path: str | os.PathLike[str], tree: Any) -> None:
 
     Arrays keep their dtype (bfloat16, float8 and other ml_dtypes, PRNG keys included);
     Python numbers (bool, int, float, complex) are saved as 0-d arrays and come back as
-    Python numbers when the template holds one. Any other leaf is an error. `None` holes
-    hold no leaves, so partitioned trees save and load as they are. Static fields are not
-    saved: the template passed to `tree_load` supplies them.
+    Python numbers when the template holds one. `None` holes hold no leaves, so
+    partitioned trees save and load as they are. Static fields are not saved: the
+    template passed to `tree_load` supplies them. A crash mid-write leaves the old file.
+
+    Args:
+        path: the file to write (an uncompressed `.npz` archive).
+        tree: any pytree whose leaves are arrays or Python numbers.
+
+    Raises:
+        TypeError: a leaf is neither an array nor a Python number, is abstract (a
+            tracer or `jax.ShapeDtypeStruct`), or is an object array.
+        ValueError: two leaves have the same key path.
+        OSError: the file cannot be written.
 
     Examples:
         >>> import os, tempfile
@@ -332,18 +343,29 @@ def _kind_of(dtype: str) -> str | None:
         return None  # a PRNG key dtype
 
 
-def tree_load(path: str | os.PathLike[str], *, like: Any) -> Any:
+def tree_load(path: str | os.PathLike[str], *, like: T) -> T:
     """Read a file written by `tree_save` into the structure of the template `like`.
 
-    Every key path, shape and dtype is checked against the template: a mismatch raises a
-    `ValueError` naming the first differing path, and a file from another model version
-    one listing the missing and unexpected paths. A truncated or corrupt file raises a
-    `ValueError`; entries holding pickled objects are refused, never unpickled. The
-    template's leaves may be arrays or `jax.ShapeDtypeStruct`s (values are ignored); a
-    `jax.Array` or `ShapeDtypeStruct` template leaf gives a `jax.Array` (on its
-    `sharding`, when it has one), a NumPy one a NumPy array, a Python number a Python
-    number (the file's value must then be a 0-d array of the same kind: bool, int, float,
-    complex).
+    Every key path, shape and dtype is checked against the template before any value is
+    used. Entries holding pickled objects are refused, never unpickled.
+
+    Args:
+        path: a file written by `tree_save`.
+        like: the template: a tree with the saved tree's structure whose leaves are
+            arrays, `jax.ShapeDtypeStruct`s or Python numbers (their values are
+            ignored), e.g. `jax.eval_shape(init, key)`.
+
+    Returns:
+        A tree with `like`'s structure and the file's values. A `jax.Array` or
+        `ShapeDtypeStruct` template leaf gives a `jax.Array` (on its `sharding`, when
+        it has one), a NumPy one a NumPy array, a Python number a Python number.
+
+    Raises:
+        ValueError: a key path, shape or dtype differs from the template (the message
+            names the first difference, or lists the missing and unexpected paths), or
+            the file is truncated, corrupt or of another format version.
+        TypeError: a template leaf is not an array, `ShapeDtypeStruct` or number.
+        FileNotFoundError: there is no file at `path`.
 
     Examples:
         >>> import os, tempfile

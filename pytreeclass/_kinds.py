@@ -25,7 +25,11 @@ __all__ = [
 class Kind:
     """Base of every kind. Subclass it (or any kind below) to make your own.
 
-    Kinds are never instantiated: the class itself is the marker.
+    Kinds are never instantiated: the class itself is the marker, given to
+    `field(kind=...)` and used as a filter (a kind selects its subkinds too).
+
+    Raises:
+        TypeError: a kind is called (`field(kind=ptc.Parameter())`); pass the class.
 
     Examples:
         >>> import pytreeclass as ptc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 
@@ -11,6 +11,7 @@ from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
 from ._leaf_facts import constant_tree, leaf_kinds
 
+T = TypeVar("T")
 __all__ = ["tree_labels"]
 
 _LABELS = BoundedCache(maxsize=1024)  # per (treedef, mapping): a maker of the labels tree
@@ -28,12 +29,21 @@ def _kind_label(kind: Any, mapping: Mapping[Any, Any] | None) -> Any:
     return "none" if kind is None else kind.__name__
 
 
-def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
+def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
     """Label every leaf by its kind, for `optax.multi_transform(txs, ptc.tree_labels)`.
 
-    Labels are the kind's class name (`"Parameter"`) and `"none"` for kind-less leaves;
-    `mapping` (`{Kind or None: label}`) overrides them, a subkind taking the entry of its
-    nearest listed ancestor.
+    Args:
+        tree: any pytree.
+        mapping: `{Kind or None: label}` overriding the default labels; a subkind takes
+            the entry of its nearest listed ancestor, `None` is for kind-less leaves.
+
+    Returns:
+        A tree with `tree`'s structure whose leaves are labels, the kind's class name
+        (`"Parameter"`) or `"none"` for kind-less leaves, unless `mapping` says
+        otherwise.
+
+    Raises:
+        TypeError: `mapping` is not a mapping.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -42,9 +52,10 @@ def tree_labels(tree: Any, /, mapping: Mapping[Any, Any] | None = None) -> Any:
         ... class Layer:
         ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
         ...     mean: jnp.ndarray = ptc.field(kind=ptc.BatchStat)
-        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)))
+        >>> layer = Layer(jnp.ones(2), jnp.zeros(2))
+        >>> ptc.tree_labels(layer)
         Layer(w='Parameter', mean='BatchStat')
-        >>> ptc.tree_labels(Layer(jnp.ones(2), jnp.zeros(2)), {ptc.State: "frozen"})
+        >>> ptc.tree_labels(layer, {ptc.State: "frozen"})
         Layer(w='Parameter', mean='frozen')
     """
     if mapping is not None and not isinstance(mapping, Mapping):

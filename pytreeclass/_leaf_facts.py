@@ -16,7 +16,7 @@ hand out again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 
@@ -26,6 +26,7 @@ from ._instance import frozen_setattr
 from ._kinds import Kind, foreign_kind
 from ._meta import FLAT, meta_of
 
+T = TypeVar("T")
 __all__ = [
     "Leaves",
     "constant_tree",
@@ -130,8 +131,17 @@ def leaf_kinds(tree: Any, treedef: Any = None) -> tuple[type[Kind] | None, ...]:
     return kinds
 
 
-def tree_kinds(tree: Any) -> Any:
+def tree_kinds(tree: T) -> T:
     """Replace every leaf by its kind class (or `None` for leaves under no kinded field).
+
+    A leaf's kind is the `kind` of the outermost enclosing field that sets one; Flax NNX
+    variables count as their kinds (`nnx.Param` as `Parameter`, ...).
+
+    Args:
+        tree: any pytree.
+
+    Returns:
+        A tree with `tree`'s structure whose leaves are `Kind` subclasses or `None`.
 
     Examples:
         >>> import jax.numpy as jnp

@@ -102,6 +102,12 @@ class Lens(Generic[T]):
     `apply` is reached with `["get"]`, `["set"]`, `["apply"]`; names of the form
     `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
 
+    Raises:
+        AttributeError: a `.name` step that does not exist, when the path is used; the
+            message has the whole path (`model.layerz: no field 'layerz'; ...`).
+        KeyError: a `["key"]` step that does not exist (likewise).
+        IndexError: an `[i]` step out of range (likewise).
+
     Examples:
         >>> import pytreeclass as ptc
         >>> ptc.at({"a": [1, 2], "b": 3})["a"][-1].set(5)
@@ -159,7 +165,17 @@ class Lens(Generic[T]):
     # -- terminals --
 
     def get(self) -> Any:
-        """The value at the path; with `[...]` or a filter, the focus with holes (`None`)."""
+        """The value at the path; with `[...]` or a filter, the focus with holes (`None`).
+
+        Returns:
+            The leaf or subtree at the path; for a selection, the subtree at its start
+            with every unselected leaf replaced by `None` (as `ptc.tree_filter` does).
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+        """
         root, path = _GET(self)
         state = (root, path.steps, path.split)
         if path.split < 0:
@@ -169,7 +185,27 @@ class Lens(Generic[T]):
         return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 
     def set(self, value: Any) -> T:
-        """A copy of the root with `value` at the path (or at every selected leaf)."""
+        """A copy of the root with `value` at the path (or at every selected leaf).
+
+        Only the nodes on the path are rebuilt; everything else is shared with the root.
+
+        Args:
+            value: for a single path, what to put there (a leaf or a subtree). For a
+                selection, a single pytree leaf given to every selected leaf, or a tree with
+                `get()`'s structure where `None` keeps what is there.
+
+        Returns:
+            A new root of the same type; the root itself is unchanged.
+
+        Raises:
+            AttributeError: a step names a missing field, or a selection is followed by a
+                static field's name.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+            ValueError: for a selection, `value` has neither a leaf's nor `get()`'s
+                structure.
+            TypeError: a static field is given an array or an unhashable value.
+        """
         root, path = _GET(self)
         plan = path.plan  # the hot case, inline: a compiled update (only single-step paths)
         if plan is not None:
@@ -188,7 +224,20 @@ class Lens(Generic[T]):
         return put_focus(trail, ctx, new)
 
     def apply(self, fn: Callable[[Any], Any]) -> T:
-        """A copy of the root with `fn` applied at the path (or to every selected leaf)."""
+        """A copy of the root with `fn` applied at the path (or to every selected leaf).
+
+        Args:
+            fn: called on the value at the path (or on each selected leaf); its result
+                takes the value's place.
+
+        Returns:
+            A new root of the same type; the root itself is unchanged.
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+        """
         root, path = _GET(self)
         if path.split < 0:
             plan = path.plan
@@ -236,6 +285,13 @@ def at(tree: T, /) -> Lens[T]:
     """A lens on any pytree (dict, list, tuple, Equinox module, treeclass, ...).
 
     `obj.at` is the same thing for a treeclass instance.
+
+    Args:
+        tree: the root the lens starts from; it is never changed.
+
+    Returns:
+        A `Lens` on `tree`, to extend with steps and end with `.get()`, `.set(v)` or
+        `.apply(fn)`.
 
     Examples:
         >>> import pytreeclass as ptc

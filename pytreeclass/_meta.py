@@ -91,6 +91,13 @@ def own_meta(cls: type) -> ClassMeta | None:
 def is_treeclass(obj_or_class: Any, /) -> bool:
     """Whether `obj_or_class` is a treeclass or an instance of one.
 
+    Args:
+        obj_or_class: any object or class.
+
+    Returns:
+        `True` for a class made by `@treeclass` or `TreeClass` (and its instances);
+        `False` otherwise, `ptc.TreeClass` itself included.
+
     Examples:
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
@@ -106,6 +113,15 @@ def is_treeclass(obj_or_class: Any, /) -> bool:
 def fields(obj_or_class: Any, /) -> tuple[Field, ...]:
     """The fields of a treeclass (instance or class), as `Field` objects.
 
+    Args:
+        obj_or_class: a treeclass or an instance of one.
+
+    Returns:
+        The fields in declaration order, with their `kind`, `static`, `axes`, ...
+
+    Raises:
+        TypeError: `obj_or_class` is not a treeclass or an instance of one.
+
     Examples:
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass
@@ -113,7 +129,7 @@ def fields(obj_or_class: Any, /) -> tuple[Field, ...]:
         ...     x: float
         ...     y: float = ptc.field(kind=ptc.Parameter, default=0.0)
         >>> [(f.name, f.kind) for f in ptc.fields(Point)]
-        [('x', None), ('y', <class 'pytreeclass._kinds.Parameter'>)]
+        [('x', None), ('y', <class '...Parameter'>)]
     """
     cls = obj_or_class if isinstance(obj_or_class, type) else type(obj_or_class)
     meta = meta_of(cls)

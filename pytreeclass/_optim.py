@@ -29,11 +29,11 @@ __all__ = ["Optimizer"]
 
 _GONE = object()
 
-_P = TypeVar("_P")
+T = TypeVar("T")
 
 OPTAX_MISSING = (
     "ptc.Optimizer needs optax, which is not installed. Install it with `pip install optax` "
-    "(or `pip install 'pytreeclass[optax]'`)."
+    "(or, in a checkout of pytreeclass, `pip install '.[optax]'`)."
 )
 
 NOT_A_TRANSFORMATION = (
@@ -137,6 +137,13 @@ class Optimizer:
     (`ptc.tree_partition(model, ptc.Parameter)[0]`); `optax.masked`,
     `optax.multi_transform`, `optax.chain` and schedules work as in optax.
 
+    Attributes:
+        tx: the optax transformation (static).
+        opt_state: its state (leaves of kind `OptState`).
+        step: the number of updates applied so far (an `int32` array).
+        params_structure: the structure of the params the state was made for
+            (static; `None`: not checked).
+
     Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> import pytreeclass as ptc
@@ -163,7 +170,19 @@ class Optimizer:
 
     @classmethod
     def create(cls, tx: optax.GradientTransformation, params: Any) -> Self:
-        """Initialise `tx` on `params` (a pytree; `None` holes are fine)."""
+        """Initialise `tx` on `params` (a pytree; `None` holes are fine).
+
+        Args:
+            tx: an optax `GradientTransformation`.
+            params: the parameters the optimizer will update.
+
+        Returns:
+            An `Optimizer` holding `tx`, `tx.init(params)` and a step count of 0.
+
+        Raises:
+            ImportError: optax is not installed.
+            TypeError: `tx` is not an optax `GradientTransformation`.
+        """
         _optax()  # fail here with the install hint, not deep inside tx.init
         if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
             raise TypeError(NOT_A_TRANSFORMATION.format(tx=getattr(tx, "__name__", repr(tx))))
@@ -186,13 +205,22 @@ class Optimizer:
         `count`, a schedule's step); leaves new to the state start as `tx.init` makes
         them. `step` is kept. See the Optax page of the docs for what that means for Adam.
 
-        Example:
+        Args:
+            params: the new parameters (a pytree; `None` holes are fine).
+
+        Returns:
+            An `Optimizer` with the same `tx` and `step`, a state for `params`, and
+            `params`' structure to check later updates against.
+
+        Examples:
             >>> import jax.numpy as jnp, optax
             >>> import pytreeclass as ptc
-            >>> opt = ptc.Optimizer.create(optax.adam(0.1), {"a": jnp.ones(2), "b": None})
-            >>> _, opt = opt.update({"a": jnp.ones(2), "b": None}, {"a": jnp.ones(2), "b": None})
-            >>> opt = opt.reinit({"a": jnp.ones(2), "b": jnp.ones(3)})  # "b" unfrozen
-            >>> opt.opt_state[0].mu["a"].tolist(), opt.opt_state[0].mu["b"].tolist()
+            >>> old = {"a": jnp.ones(2), "b": None}  # "b" frozen
+            >>> opt = ptc.Optimizer.create(optax.adam(0.1), old)
+            >>> _, opt = opt.update(old, old)
+            >>> opt = opt.reinit({"a": jnp.ones(2), "b": jnp.ones(3)})  # unfrozen
+            >>> mu = opt.opt_state[0].mu
+            >>> mu["a"].tolist(), mu["b"].tolist()
             ([0.10000000149011612, 0.10000000149011612], [0.0, 0.0, 0.0])
         """
         fresh = self.tx.init(params)
@@ -206,11 +234,24 @@ class Optimizer:
         new = with_field(self, "opt_state", treedef.unflatten(kept))
         return with_field(new, "params_structure", structure)
 
-    def update(self, grads: _P, params: _P, **extra_args: Any) -> tuple[_P, Self]:
+    def update(self, grads: T, params: T, **extra_args: Any) -> tuple[T, Self]:
         """Apply one step: returns `(new params, new optimizer)`; nothing is changed in place.
 
-        `extra_args` go to the transformation's `update` (e.g. `value=loss` for
-        `optax.contrib.reduce_on_plateau`).
+        Args:
+            grads: gradients with `params`' structure (holes included).
+            params: the current parameters.
+            **extra_args: passed to the transformation's `update` (e.g. `value=loss` for
+                `optax.contrib.reduce_on_plateau`).
+
+        Returns:
+            The new parameters (`optax.apply_updates` of the updates) and a new
+            optimizer, with the new state and the step count plus one.
+
+        Raises:
+            ImportError: optax is not installed.
+            ValueError: `params` or `grads` have leaves at other paths than the
+                params the state was made for (use `reinit` when the trainable set
+                changes).
         """
         optax = _optax()
         g, p = cast(Any, grads), cast(Any, params)  # any pytree: wider than optax's aliases

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 
@@ -18,6 +18,7 @@ from ._filters import combined, is_cacheable, select_leaves
 from ._leaf_facts import constant_tree
 from ._tree_util import StructureMismatch, merge_nodes
 
+T = TypeVar("T")
 __all__ = ["tree_filter", "tree_mask", "tree_merge", "tree_partition"]
 
 # `jax.tree_util.tree_flatten` minus its Python frame (the registry's flatten is C++).
@@ -86,8 +87,23 @@ def _pick(leaves: list[Any], treedef: Any, sel: Any, side: Any, keep: bool) -> A
     return treedef.unflatten([None if s else x for x, s in zip(leaves, sel)])
 
 
-def tree_mask(tree: Any, /, *filters: Any) -> Any:
+def tree_mask(tree: T, /, *filters: Any) -> T:
     """A tree of bools shaped like `tree`: True where every filter selects the leaf.
+
+    The result plugs into `optax.masked` (pass a function:
+    `optax.masked(tx, lambda p: ptc.tree_mask(p, ptc.Parameter))`).
+
+    Args:
+        tree: any pytree.
+        *filters: filters in any form `ptc.Filter` lists, combined with AND.
+
+    Returns:
+        A tree with `tree`'s structure and a Python `bool` for every leaf.
+
+    Raises:
+        TypeError: a filter is none of the forms `ptc.Filter` lists, or a predicate
+            returns something other than a Python `bool`.
+        ValueError: a mask filter does not have the tree's structure.
 
     Examples:
         >>> import pytreeclass as ptc
@@ -110,8 +126,21 @@ def tree_mask(tree: Any, /, *filters: Any) -> Any:
         raise
 
 
-def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
+def tree_filter(tree: T, /, *filters: Any, inverse: bool = False) -> T:
     """`tree` with unselected leaves replaced by `None` (selected ones, with `inverse=True`).
+
+    Args:
+        tree: any pytree.
+        *filters: filters in any form `ptc.Filter` lists, combined with AND.
+        inverse: keep the unselected leaves instead.
+
+    Returns:
+        A tree with `tree`'s structure and `None` holes; kept leaves are the same objects.
+
+    Raises:
+        TypeError: a filter is none of the forms `ptc.Filter` lists, or a predicate
+            returns something other than a Python `bool`.
+        ValueError: a mask filter does not have the tree's structure.
 
     Examples:
         >>> import pytreeclass as ptc
@@ -128,8 +157,24 @@ def tree_filter(tree: Any, /, *filters: Any, inverse: bool = False) -> Any:
         raise
 
 
-def tree_partition(tree: Any, /, *filters: Any) -> tuple[Any, Any]:
+def tree_partition(tree: T, /, *filters: Any) -> tuple[T, T]:
     """Split `tree` into (selected, rest), each with `None` holes; `tree_merge` undoes it.
+
+    The halves are what `equinox.partition` returns, so they feed `jax.grad`,
+    `equinox.combine` and optax as they are. No array is copied.
+
+    Args:
+        tree: any pytree.
+        *filters: filters in any form `ptc.Filter` lists, combined with AND.
+
+    Returns:
+        Two trees with `tree`'s structure, `(selected, rest)`, each holding the
+        leaves the other lacks.
+
+    Raises:
+        TypeError: a filter is none of the forms `ptc.Filter` lists, or a predicate
+            returns something other than a Python `bool`.
+        ValueError: a mask filter does not have the tree's structure.
 
     Examples:
         >>> import pytreeclass as ptc
@@ -174,11 +219,22 @@ def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, Any]:
     return out_def, _getter([offsets[m.tree] + m.leaf for m in out])
 
 
-def tree_merge(tree: Any, /, *updates: Any) -> Any:
+def tree_merge(tree: T, /, *updates: Any) -> T:
     """Put partitioned trees back together; later non-`None` values win.
 
-    A `None` in any tree is a hole: it may stand for a leaf or a whole subtree. Trees whose
-    structures differ elsewhere raise `ValueError` naming the first differing key path.
+    A `None` in any tree is a hole: it may stand for a leaf or a whole subtree.
+
+    Args:
+        tree: the first tree.
+        *updates: trees with `tree`'s structure (holes aside), applied left to right.
+
+    Returns:
+        A tree with `tree`'s structure; every leaf is the last non-`None` value at its
+        position (the same object, never a copy).
+
+    Raises:
+        ValueError: the structures differ somewhere other than at holes; the message
+            names the first differing key path.
 
     Examples:
         >>> import pytreeclass as ptc

@@ -18,7 +18,7 @@ whether the layer axis is replicated or sharded.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ._leaf_facts import leaf_axes, leaf_paths
 from ._tree_util import leaf_repr
 
+T = TypeVar("T")
 __all__ = ["tree_shardings"]
 
 _RuleValue = str | tuple[str, ...] | None
@@ -122,18 +123,34 @@ def _spec(
 
 
 def tree_shardings(
-    tree: Any,
-    mesh: Any,
-    rules: Mapping[str, _RuleValue] | Sequence[tuple[str, _RuleValue]],
-) -> Any:
+    tree: T,
+    mesh: jax.sharding.Mesh,
+    rules: Mapping[str, str | tuple[str, ...] | None]
+    | Sequence[tuple[str, str | tuple[str, ...] | None]],
+) -> T:
     """A `jax.sharding.NamedSharding` for every leaf of `tree`, from the fields' `axes`.
 
-    `rules` maps each logical axis name to a mesh axis name, a tuple of mesh axis names
-    (one dimension split over several mesh axes), or `None` (replicated along it). A
-    leaf's axes come from the nearest enclosing treeclass field that sets `axes`; leaves
-    with none, non-array leaves and 0-d arrays get `PartitionSpec()` (replicated). The result has
-    `tree`'s structure, for `jax.device_put` and `jax.jit(in_shardings=...,
-    out_shardings=...)`. `tree` may be abstract (`jax.eval_shape`).
+    A leaf's axes come from the nearest enclosing treeclass field that sets `axes`;
+    leaves with none, non-array leaves and 0-d arrays get `PartitionSpec()`
+    (replicated). `tree` may be abstract (`jax.eval_shape`).
+
+    Args:
+        tree: any pytree.
+        mesh: the `jax.sharding.Mesh` to shard over.
+        rules: maps each logical axis name to a mesh axis name, a tuple of mesh axis
+            names (one dimension split over several mesh axes), or `None` (replicated
+            along it); a mapping or a sequence of `(name, value)` pairs.
+
+    Returns:
+        A tree with `tree`'s structure and a `NamedSharding` for every leaf, for
+        `jax.device_put` and `jax.jit(in_shardings=..., out_shardings=...)`.
+
+    Raises:
+        ValueError: a logical name has no rule or two, a rule names a mesh axis the
+            mesh lacks, a leaf's rank differs from its field's `axes`, or one mesh axis
+            shards two dimensions of a leaf.
+        TypeError: `rules` is not a mapping or a sequence of pairs, or a rule's value
+            is not a mesh axis name, a tuple of them or `None`.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -143,7 +160,9 @@ def tree_shardings(
         ...     w: jax.Array = ptc.field(axes=("embed", "mlp"))
         ...     b: jax.Array
         >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
-        >>> s = ptc.tree_shardings(Dense(jnp.ones((4, 8)), jnp.zeros(8)), mesh, {"embed": None, "mlp": "model"})
+        >>> rules = {"embed": None, "mlp": "model"}
+        >>> dense = Dense(jnp.ones((4, 8)), jnp.zeros(8))
+        >>> s = ptc.tree_shardings(dense, mesh, rules)
         >>> s.w.spec == jax.P(None, "model"), s.b.spec == jax.P()
         (True, True)
     """

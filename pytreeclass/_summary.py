@@ -119,10 +119,17 @@ def tree_summary(tree: Any) -> TreeSummary:
 
     One row per leaf, then totals per kind (kinds as in `ptc.tree_kinds`, `-` for none)
     and overall. `count` is the number of array elements (1 for a Python number, 0 for
-    other objects); `bytes` is what the arrays hold (`count * itemsize`; 0 for non-arrays).
-    Non-array leaves show their short `repr` in the shape/dtype column. The result is a
-    `str` with `rows` and `totals` attributes, and an HTML table in notebooks. It works on
-    abstract trees (`jax.eval_shape`) and inside `jax.jit`.
+    other objects); `bytes` is what the arrays hold (`count * itemsize`; 0 for
+    non-arrays). Non-array leaves show their short `repr` in the shape/dtype column. It
+    works on abstract trees (`jax.eval_shape`) and inside `jax.jit`.
+
+    Args:
+        tree: any pytree.
+
+    Returns:
+        The table as a `str` (print it), with the numbers as attributes too, `rows`
+        (one per leaf) and `totals` (a dict from kind name to `(count, bytes)`); an
+        HTML table in notebooks.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -131,7 +138,8 @@ def tree_summary(tree: Any) -> TreeSummary:
         ... class Linear:
         ...     w: jnp.ndarray = ptc.field(kind=ptc.Parameter)
         ...     n: jnp.ndarray
-        >>> print(ptc.tree_summary(Linear(jnp.ones((3, 4)), jnp.zeros((), "int32"))))
+        >>> layer = Linear(jnp.ones((3, 4)), jnp.zeros((), "int32"))
+        >>> print(ptc.tree_summary(layer))
         path   kind       type   shape/dtype  count  bytes
         -----  ---------  -----  -----------  -----  -----
         .w     Parameter  Array  f32[3,4]        12     48
@@ -237,9 +245,15 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
     """A text tree (box-drawing characters) of `tree`'s structure, one line per node.
 
     Leaves show as `name: f32[3,4] (Parameter)`, with the field's `axes` when it sets
-    them; static fields as `name: value (static)`. Lists, tuples and dicts longer than
-    `max_items` show their first `max_items - 2` children, `...`, and the last one
-    (`max_items=None` shows all). The result is a `str` that prints unquoted at the prompt.
+    them; static fields as `name: value (static)`.
+
+    Args:
+        tree: any pytree.
+        max_items: lists, tuples and dicts longer than this show their first
+            `max_items - 2` children, `...`, and the last one; `None` shows all.
+
+    Returns:
+        The diagram, a `str` that prints unquoted at the prompt.
 
     Examples:
         >>> import jax.numpy as jnp

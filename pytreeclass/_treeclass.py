@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RESERVED_NAME", "TREECLASS_OPTIONS_CONFLICT", "TreeClass", "treeclass"]
 
-_T = TypeVar("_T")
+T = TypeVar("T")
 
 _new = object.__new__
 _register_lock = threading.Lock()
@@ -224,26 +224,42 @@ def _install_subclass_hook(owner: type) -> None:
 
 
 @overload
-def treeclass(cls: type[_T], /) -> type[_T]: ...
+def treeclass(cls: type[T], /) -> type[T]: ...
 @overload
 def treeclass(
     *, kw_only: bool = False, order: bool = False, match_args: bool = True
-) -> Callable[[type[_T]], type[_T]]: ...
+) -> Callable[[type[T]], type[T]]: ...
 # No `frozen_default`: type checkers would then reject `self.x = ...` inside a user-written
 # `__init__` and inside `value_and_tree` functions, the two places assignment is allowed.
 @dataclass_transform(field_specifiers=(field, Field, dataclasses.field))
 def treeclass(
-    cls: type[_T] | None = None,
+    cls: type[T] | None = None,
     /,
     *,
     kw_only: bool = False,
     order: bool = False,
     match_args: bool = True,
-) -> Any:
+) -> type[T] | Callable[[type[T]], type[T]]:
     """Make an annotated class an immutable dataclass that is a JAX pytree.
 
     Non-static fields are the pytree's children (with `GetAttrKey` paths); static fields
     live in the treedef. Unflatten never runs `__init__`, `__post_init__` or converters.
+    Use it bare (`@treeclass`) or with options (`@treeclass(kw_only=True)`).
+
+    Args:
+        cls: the class to decorate (given when used bare, as `@treeclass`).
+        kw_only: make every field of the generated `__init__` keyword-only.
+        order: generate `<`, `<=`, `>`, `>=` comparing fields in order, as dataclasses do.
+        match_args: set `__match_args__` for `match` statements.
+
+    Returns:
+        The class itself, now a frozen dataclass registered as a JAX pytree; with options
+        and no class, a decorator that makes one.
+
+    Raises:
+        TypeError: `cls` is not a class, defines `__slots__`, is already a treeclass, uses
+            a reserved field name (`at`, ...), has a static field whose default is an array
+            or unhashable, or is a `TreeClass` subclass defined with other options.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -259,7 +275,7 @@ def treeclass(
     """
     options = {"kw_only": kw_only, "order": order, "match_args": match_args}
 
-    def wrap(c: type[_T]) -> type[_T]:
+    def wrap(c: type[T]) -> type[T]:
         if not isinstance(c, type):
             raise TypeError(f"@treeclass decorates classes, not {type(c).__name__} objects.")
         if own_meta(c) is not None:
@@ -312,6 +328,10 @@ class TreeClass:
     `isinstance(obj, ptc.TreeClass)` tells instances of its subclasses. Decorating a
     subclass with `@treeclass` as well is harmless (it is already one); asking the decorator
     for options the class was not given is an error.
+
+    Raises:
+        TypeError: `ptc.TreeClass()` itself is called, or a subclass breaks a rule of
+            `@treeclass` (see there).
 
     Examples:
         >>> import jax, jax.numpy as jnp

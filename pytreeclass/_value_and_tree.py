@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, TypeVar
 
 from ._errors import too_deep_error
 from ._instance import EDIT, MUTABLE
@@ -144,12 +144,21 @@ def _freeze(made: list[tuple[Any, Any]]) -> None:
         d[FLAT] = meta.flatten(copy)
 
 
-def value_and_tree(fn: Callable[..., R]) -> Callable[..., tuple[R, Any]]:
+def value_and_tree(fn: Callable[..., R]) -> Callable[Concatenate[T, ...], tuple[R, T]]:
     """Make `fn`, which updates its first argument in place, pure.
 
     `value_and_tree(fn)(tree, *args, **kwargs)` calls `fn` on a mutable copy of `tree`
     and returns `(fn's result, the copy frozen again)`; `tree` itself is never changed.
     Works under `jax.jit`, `jax.grad(..., has_aux=True)` and as a `jax.lax.scan` body.
+
+    Args:
+        fn: a function whose first argument is a pytree it may update in place
+            (`self.x = ...` on treeclass instances, item assignment on lists and dicts).
+
+    Returns:
+        A function with `fn`'s arguments that returns `(fn's result, updated tree)`.
+        It raises what `fn` raises (the original tree is untouched then too), and a
+        `TypeError` if `fn` deletes a field of a treeclass instance.
 
     Examples:
         >>> import pytreeclass as ptc
@@ -167,7 +176,7 @@ def value_and_tree(fn: Callable[..., R]) -> Callable[..., tuple[R, Any]]:
     """
 
     @functools.wraps(fn)
-    def run(tree: Any, /, *args: Any, **kwargs: Any) -> tuple[R, Any]:
+    def run(tree: T, /, *args: Any, **kwargs: Any) -> tuple[R, T]:
         made: list[tuple[Any, Any]] = []
         copy = _thaw(tree, made)
         mutable = MUTABLE

@@ -7,10 +7,15 @@ What runs:
 * every ```` ```pycon ```` block (`>>>` prompts with expected output) of those pages, as a
   doctest in that same namespace, in page order with the python blocks;
 * the doctest examples in the docstrings of every `pytreeclass` module;
-* `mkdocs build --strict` (skipped only when mkdocs is not installed; while a page named in
-  the nav does not exist yet, the others are built strictly and the test xfails);
-* a check that `docs/api.md` has a `::: pytreeclass.NAME` entry for exactly the names in
-  `pytreeclass.__all__`, each with a docstring.
+* checks on what the pages show: code fits in 80 columns, no lint pragmas, guide pages
+  link the API names they mention to the reference, and every name in
+  `pytreeclass.__all__` has a docstring and one `::: pytreeclass.NAME` entry on a page of
+  `docs/reference/`;
+* `mkdocs build --strict`, once per session (skipped only when mkdocs is not installed),
+  and checks on the built site: every page in the nav, a non-empty sitemap, every
+  internal link and anchor resolving, backlinks from the reference to the guide, and a
+  search index that finds API names (`tree_partition`, `vmap`, `OfType`) on every page
+  that uses them.
 
 To show a block without running it (use sparingly: say in the text why it cannot run), put
 the HTML comment `<!-- notest -->` on the line right before its opening fence. The comment
@@ -21,14 +26,17 @@ is invisible on the rendered page and on GitHub. Blocks fenced with any other la
 from __future__ import annotations
 
 import doctest
+import html.parser
 import importlib
+import inspect
+import json
 import os
 import pkgutil
 import re
-import shutil
 import subprocess
 import sys
 import types
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,14 +231,124 @@ def test_docstring_examples_run(module_name: str) -> None:
         pytest.fail("".join(out), pytrace=False)
 
 
-def test_every_public_name_has_a_docstring_and_an_api_entry() -> None:
-    api = (DOCS / "api.md").read_text(encoding="utf-8")
-    documented = set(re.findall(r"^::: pytreeclass\.(\w+)", api, flags=re.M))
+REFERENCE = DOCS / "reference"
+
+
+def _reference_entries() -> dict[str, list[str]]:
+    """Public name -> the reference pages that have a `::: pytreeclass.NAME` entry."""
+    entries: dict[str, list[str]] = {}
+    for page in sorted(REFERENCE.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for name in re.findall(r"^::: pytreeclass\.(\w+)", text, flags=re.M):
+            entries.setdefault(name, []).append(page.name)
+    return entries
+
+
+def test_every_public_name_has_a_docstring_and_one_reference_entry() -> None:
+    entries = _reference_entries()
     public = set(ptc.__all__)
-    assert not public - documented, f"add to docs/api.md: {sorted(public - documented)}"
-    assert not documented - public, f"not in ptc.__all__: {sorted(documented - public)}"
+    missing = sorted(public - set(entries))
+    assert not missing, f"add to a page of docs/reference/: {missing}"
+    extra = sorted(set(entries) - public)
+    assert not extra, f"not in ptc.__all__: {extra}"
+    twice = {n: pages for n, pages in entries.items() if len(pages) > 1}
+    assert not twice, f"documented on more than one reference page: {twice}"
     undocumented = [n for n in public if not (getattr(ptc, n).__doc__ or "").strip()]
     assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+# -- what the pages show --------------------------------------------------------------------
+
+CODE_WIDTH = 80  # the code column of the site at 1280 px holds about 82 characters
+_SNIPPET = re.compile(r'^\s*--8<--\s+"([^"]+)"\s*$')
+
+
+def _code_lines(page: Path) -> list[tuple[str, int, str]]:
+    """(file, line number, text) of every line inside a fenced block of a page.
+
+    Blocks of any language count (they all render in the code column), and a
+    `--8<-- "path"` include stands for the lines of the file it includes.
+    """
+    out: list[tuple[str, int, str]] = []
+    fence, indent = "", 0
+    for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        m = _FENCE.match(line)
+        if not fence:
+            if m:
+                fence, indent = m["fence"], len(m["indent"])
+            continue
+        if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+            fence = ""
+            continue
+        include = _SNIPPET.match(line)
+        if include:
+            lines = (ROOT / include[1]).read_text(encoding="utf-8").splitlines()
+            out += [(include[1], k, text) for k, text in enumerate(lines, 1)]
+        else:  # the fence's own indentation (in a list or admonition) is not shown
+            out.append((_page_id(page), n, line[indent:] if not line[:indent].strip() else line))
+    return out
+
+
+def _shown_pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.md"))
+
+
+def test_code_in_the_docs_fits_in_80_columns() -> None:
+    """No code block scrolls sideways on the site (docs/_tools/overflow_check.py
+    measures the same in a browser); docstring examples are checked below."""
+    too_wide = [
+        f"{file}:{n}: {len(text)} characters: {text.strip()[:50]}"
+        for page in _shown_pages()
+        for file, n, text in _code_lines(page)
+        if len(text.expandtabs()) > CODE_WIDTH
+    ]
+    assert not too_wide, "code lines wider than 80 characters:\n" + "\n".join(too_wide)
+
+
+def test_docstring_examples_fit_in_80_columns() -> None:
+    too_wide = []
+    for name in ptc.__all__:
+        obj = getattr(ptc, name)
+        members = (
+            [obj] + [m for k, m in vars(obj).items() if not k.startswith("_")]
+            if isinstance(obj, type)
+            else [obj]
+        )
+        for member in members:
+            doc = inspect.getdoc(member) or ""
+            for line in doc.splitlines():
+                if line.lstrip().startswith((">>>", "...")) and len(line) > CODE_WIDTH:
+                    too_wide.append(f"ptc.{name}: {line.strip()[:50]}")
+    assert not too_wide, "docstring example lines over 80 characters:\n" + "\n".join(too_wide)
+
+
+def test_shown_code_has_no_lint_pragmas() -> None:
+    pragmas = [
+        f"{file}:{n}: {text.strip()}"
+        for page in _shown_pages()
+        for file, n, text in _code_lines(page)
+        if re.search(r"#\s*(noqa|type:\s*ignore|pyright:\s*(ignore|basic|strict)|fmt:)", text)
+    ]
+    assert not pragmas, "\n".join(pragmas)
+
+
+def _guide_pages() -> list[Path]:
+    return [p for p in sorted(DOCS.glob("*.md")) if p.name != "examples.md"]
+
+
+def test_guide_pages_link_the_api_names_they_mention() -> None:
+    """A name written `ptc.NAME` in a guide page's text links to its reference
+    entry somewhere on that page (`[`ptc.NAME`][pytreeclass.NAME]`), unless the
+    mention itself links to the guide page that explains it."""
+    unlinked = []
+    for page in _guide_pages():
+        text = page.read_text(encoding="utf-8")
+        prose = re.sub(r"^( *)(`{3,}|~{3,}).*?^\1\2\s*$", "", text, flags=re.M | re.S)
+        prose = re.sub(r"\[[^\]]*\]\([^)]*\)", "", prose)  # a link to a guide page is fine
+        mentioned = set(re.findall(r"`@?ptc\.(\w+)", prose)) & set(ptc.__all__)
+        linked = set(re.findall(r"\]\[pytreeclass\.(\w+)", text))
+        unlinked += [f"{page.name}: ptc.{n}" for n in sorted(mentioned - linked)]
+    assert not unlinked, "link to the reference: [`ptc.X`][pytreeclass.X]\n" + "\n".join(unlinked)
 
 
 # -- the site -------------------------------------------------------------------------------
@@ -246,35 +364,22 @@ def _nav_files(nav: object) -> list[str]:
     return []
 
 
-def test_mkdocs_build_strict(tmp_path: Path) -> None:
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install pytreeclass[dev])")
-    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed")
+def _mkdocs_config() -> dict:
     import yaml
+    from mkdocs.utils.yaml import get_yaml_loader
 
-    config_path = ROOT / "mkdocs.yml"
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    missing = [f for f in _nav_files(config["nav"]) if not (DOCS / f).exists()]
-    if missing:
-        # Pages still being written: build the rest, still strictly for everything else.
-        config["nav"] = _drop(config["nav"], set(missing))
-        config["docs_dir"] = str(DOCS)
-        _absolute_plugin_paths(config)
-        config.setdefault("validation", {})["links"] = {"not_found": "info"}
-        config_path = tmp_path / "mkdocs.yml"
-        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    site = tmp_path / "site"
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    return yaml.load(text, Loader=get_yaml_loader())
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built once per test session with `mkdocs build --strict`."""
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[test]')")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed")
+    out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mkdocs",
-            "build",
-            "--strict",
-            "-f",
-            str(config_path),
-            "-d",
-            str(site),
-        ],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -282,30 +387,215 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (site / "api" / "index.html").exists()
-    if missing:
-        pytest.xfail(f"nav pages not written yet: {missing}; built the others strictly")
-    shutil.rmtree(site)
+    return out
 
 
-def _absolute_plugin_paths(config: dict) -> None:
-    """Paths in mkdocs.yml are relative to it; the copy lives elsewhere."""
-    for plugin in config.get("plugins", []):
-        if isinstance(plugin, dict) and "mkdocstrings" in plugin:
-            python = plugin["mkdocstrings"]["handlers"]["python"]
-            python["paths"] = [str(ROOT / p) for p in python.get("paths", ["."])]
-            options = python.setdefault("options", {})
-            options["extensions"] = [
-                str(ROOT / e) if isinstance(e, str) and ".py" in e else e
-                for e in options.get("extensions", [])
-            ]
+def test_mkdocs_build_strict(site: Path) -> None:
+    config = _mkdocs_config()
+    in_nav = set(_nav_files(config["nav"]))
+    pages = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    assert pages - in_nav == set(), f"pages missing from the nav: {sorted(pages - in_nav)}"
+    assert in_nav - pages == set(), f"nav entries without a page: {sorted(in_nav - pages)}"
+    for page in pages:
+        html = site / (page[: -len(".md")] + "/index.html").removeprefix("index/")
+        if page.endswith("index.md"):
+            html = site / page.replace("index.md", "index.html")
+        assert html.exists(), f"{page} was not built ({html})"
+    sitemap = (site / "sitemap.xml").read_text(encoding="utf-8")
+    assert sitemap.count("<loc>") == len(pages), "site_url unset: the sitemap is empty"
 
 
-def _drop(nav: object, missing: set[str]) -> object:
-    if isinstance(nav, list):
-        out = [_drop(v, missing) for v in nav]
-        return [v for v in out if v not in (None, [], {})]
-    if isinstance(nav, dict):
-        out = {k: _drop(v, missing) for k, v in nav.items()}
-        return {k: v for k, v in out.items() if v not in (None, [], {})} or None
-    return None if nav in missing else nav
+class _Anchors(html.parser.HTMLParser):
+    """The ids of a page, and the hrefs of its links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if key in ("id", "name") and value:
+                self.ids.add(value)
+            if tag == "a" and key == "href" and value:
+                self.hrefs.append(value)
+
+
+def _parse(path: Path) -> _Anchors:
+    parser = _Anchors()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def test_every_internal_link_and_anchor_resolves(site: Path) -> None:
+    pages = {p: _parse(p) for p in site.rglob("*.html")}
+    broken = []
+    for page, parsed in pages.items():
+        for href in parsed.hrefs:
+            url = urllib.parse.urlsplit(href)
+            if url.scheme or url.netloc or href.startswith(("mailto:", "javascript:")):
+                continue
+            path = urllib.parse.unquote(url.path)
+            if path.startswith("/"):  # 404.html links from the root: site_url's path is /
+                target = site / path.lstrip("/")
+            else:
+                target = page.parent / path if path else page
+            if target.is_dir() or url.path.endswith("/"):
+                target = target / "index.html"
+            target = target.resolve()
+            where = f"{page.relative_to(site)}: {href}"
+            if not target.exists():
+                broken.append(f"{where} (no such file)")
+            elif url.fragment and target.suffix == ".html":
+                ids = pages[target].ids if target in pages else _parse(target).ids
+                if urllib.parse.unquote(url.fragment) not in ids:
+                    broken.append(f"{where} (no such anchor)")
+    assert not broken, "broken links:\n" + "\n".join(sorted(set(broken)))
+
+
+def test_the_reference_links_back_to_the_guide(site: Path) -> None:
+    """Each reference page links to guide pages, and the names the guide links
+    (e.g. `ptc.tree_partition`) get "used by" backlinks to those sections."""
+    for page in sorted(REFERENCE.glob("*.md")):
+        if page.name == "index.md":
+            continue
+        html = (site / "reference" / page.stem / "index.html").read_text(encoding="utf-8")
+        assert re.search(r'href="\.\./\.\./[\w-]+/(#[\w-]+)?"', html), page.name
+    filters = (site / "reference" / "filters" / "index.html").read_text(encoding="utf-8")
+    assert "doc-backlink" in filters
+
+
+def _text(html_text: str) -> str:
+    return re.sub(r"<[^>]+>", "", html_text)
+
+
+def test_the_reference_shows_no_private_names_and_one_signature_each(site: Path) -> None:
+    """Overloads are folded into one signature, and no `_T`, `_P`, `_Combination`
+    or other private name shows in signatures, bases or text."""
+    leaks, overloads = [], []
+    for page in sorted((site / "reference").rglob("index.html")):
+        html_text = page.read_text(encoding="utf-8")
+        for name in sorted(set(re.findall(r"(?<![\w.])_[A-Z]\w*", _text(html_text)))):
+            leaks.append(f"{page.parent.name}: {name}")
+        if "doc-overloads" in html_text:
+            overloads.append(page.parent.name)
+    assert not leaks, "private names on the reference pages:\n" + "\n".join(leaks)
+    assert not overloads, f"overloads shown on: {overloads}"
+
+
+# `field` returns a Field at run time but is typed as its default's type (so that
+# `x: int = field(default=1)` type-checks), and `Lens.get` returns whatever is at the
+# path: no single precise type exists for either.
+_ANY_RETURN_OK = {"field", "Lens.get"}
+# Filters' `mask(ctx)` is the protocol the selection functions call, not an API for
+# users; the reference does not render it (`members: false`).
+_NOT_RENDERED = {"mask"}
+
+
+def _public_callables() -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for name in ptc.__all__:
+        obj = getattr(ptc, name)
+        if isinstance(obj, type):
+            for member, value in vars(obj).items():
+                if member.startswith("_") or member in _NOT_RENDERED:
+                    continue
+                value = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+                if inspect.isfunction(value):
+                    out.append((f"{name}.{member}", value))
+        elif callable(obj):
+            out.append((name, obj))
+    return out
+
+
+def test_public_functions_return_precise_types() -> None:
+    loose = [
+        name
+        for name, fn in _public_callables()
+        if name not in _ANY_RETURN_OK
+        and inspect.signature(fn).return_annotation in ("Any", "typing.Any")
+    ]
+    assert not loose, f"functions annotated `-> Any`: {loose}"
+
+
+def test_public_functions_document_args_returns_raises() -> None:
+    """Google-style sections, parsed as the docs site parses them (griffe)."""
+    griffe = pytest.importorskip("griffe")
+    package = griffe.load("pytreeclass", search_paths=[str(ROOT)], docstring_parser="google")
+    missing = []
+    for name, fn in _public_callables():
+        obj = package[name]
+        sections = {s.kind.value for s in obj.docstring.parse("google")} if obj.docstring else set()
+        params = [
+            p for p in inspect.signature(fn).parameters.values() if p.name not in ("self", "cls")
+        ]
+        if params and "parameters" not in sections:
+            missing.append(f"{name}: Args")
+        returns = inspect.signature(fn).return_annotation
+        if returns not in ("None", None) and "returns" not in sections:
+            missing.append(f"{name}: Returns")
+        source = inspect.getsource(fn)
+        if re.search(r"^\s+raise \w", source, flags=re.M) and "raises" not in sections:
+            missing.append(f"{name}: Raises")
+    assert not missing, "docstring sections missing:\n" + "\n".join(missing)
+
+
+def test_field_attributes_are_a_parsed_section() -> None:
+    griffe = pytest.importorskip("griffe")
+    package = griffe.load("pytreeclass", search_paths=[str(ROOT)], docstring_parser="google")
+    sections = package["Field"].docstring.parse("google")
+    attributes = [s for s in sections if s.kind.value == "attributes"]
+    assert attributes, "Field's docstring needs an `Attributes:` section"
+    names = {a.name for a in attributes[0].value}
+    assert {"kind", "static", "axes", "converter", "doc"} <= names
+
+
+# -- search ---------------------------------------------------------------------------------
+
+# What lunr does with the built index (Material for MkDocs' search): split text and
+# query with the configured separator, lowercase, drop English stop words, and match a
+# query term against the start of an indexed term.
+_STOP_WORDS = {"a", "an", "and", "of", "the", "to", "in", "is", "it", "for", "on", "or"}
+
+
+def _terms(text: str, separator: str) -> set[str]:
+    text = re.sub(r"<[^>]+>", " ", text)  # Material indexes the text, not the tags
+    return {t.lower() for t in re.split(separator, text) if t} - _STOP_WORDS
+
+
+def _search(index: dict, query: str, separator: str) -> set[str]:
+    """The pages on which every term of the query matches (the strictest reading)."""
+    wanted = _terms(query, separator)
+    found = set()
+    for doc in index["docs"]:
+        terms = _terms(doc["title"] + " " + doc["text"], separator)
+        if wanted and all(any(t.startswith(w) for t in terms) for w in wanted):
+            found.add(doc["location"].split("#")[0])
+    return found
+
+
+def _pages_using(index: dict, name: str) -> set[str]:
+    return {
+        doc["location"].split("#")[0]
+        for doc in index["docs"]
+        if name in re.sub(r"<[^>]+>", " ", doc["title"] + " " + doc["text"])
+    }
+
+
+@pytest.mark.parametrize("name", ["tree_partition", "vmap", "OfType", "value_and_tree"])
+def test_search_finds_api_names_on_every_page_that_uses_them(site: Path, name: str) -> None:
+    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    separator = index["config"]["separator"]
+    using = _pages_using(index, name)
+    assert len(using) >= 2, f"{name!r} is on {sorted(using)} only: the test checks nothing"
+    found = _search(index, name, separator)
+    assert using <= found, f"searching {name!r} misses {sorted(using - found)}"
+    # and the search is precise: a page is found only where the name is used
+    assert found <= using, f"searching {name!r} also lists {sorted(found - using)}"
+
+
+def test_search_check_would_catch_the_default_separator(site: Path) -> None:
+    """mkdocs' default separator indexes `ptc.tree_partition(x)` as one word."""
+    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    using = _pages_using(index, "tree_partition")
+    assert not using <= _search(index, "tree_partition", r"[\s\-]+")
