@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import bench_scaling  # noqa: E402
 import bench_stacks  # noqa: E402
+import bench_surgery  # noqa: E402
 import bench_train  # noqa: E402
 import bench_tree  # noqa: E402
 import equinox  # noqa: E402
@@ -39,7 +40,7 @@ METHOD = (
     "Every library is timed in the same process, on the same models (L layers of "
     "(w: f32[8,8], b: f32[8], static int)). Each number is the minimum time per call over "
     "interleaved repeats (timeit, garbage collector off while timing, after warm-up). "
-    "Sections 1-3 and 5 count this process's CPU time (`time.process_time`), which "
+    "Sections 1-3, 5 and 6 count this process's CPU time (`time.process_time`), which "
     "other processes on a shared machine do not inflate; section 4 shows wall time and "
     "CPU time. Ratios compare rows of the same table."
 )
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: bench_tree.bench_update(settings, layers),
         lambda: [bench_train.bench_train(settings)],
         lambda: [bench_scaling.bench_scaling(settings, leaves)],
+        lambda: [bench_surgery.bench_surgery(settings, layers)],
         lambda: bench_stacks.bench_stacks(settings),
     ]
     for run in runs:

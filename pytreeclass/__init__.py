@@ -39,6 +39,7 @@ from ._shard import tree_shardings as tree_shardings
 from ._stack import scan_layers as scan_layers
 from ._stack import tree_stack as tree_stack
 from ._stack import tree_unstack as tree_unstack
+from ._summary import tree_aliases as tree_aliases
 from ._summary import tree_diagram as tree_diagram
 from ._summary import tree_summary as tree_summary
 from ._treeclass import TreeClass as TreeClass
@@ -95,6 +96,7 @@ __all__ = [
     "is_treeclass",
     "scan_layers",
     "split_key",
+    "tree_aliases",
     "tree_diagram",
     "tree_equal",
     "tree_filter",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BoundedCache", "TypeTable"]
+import jax
+
+__all__ = ["BoundedCache", "TypeTable", "strict_key", "strict_treedef", "type_tag"]
 
 
 class BoundedCache:
@@ -21,13 +24,25 @@ class BoundedCache:
     Reads take no lock (a dict lookup and a tuple read are atomic in CPython); writes do,
     so eviction never races with another writer. Values must be immutable, since readers
     share them. An unhashable or incomparable key is simply not cached.
+
+    `strict` is for caches whose values embed the structure of the tree they were made
+    from (a mask, the two sides of a partition, a merge plan, key paths): a predicate on
+    node types, true for those whose aux data compares by type already (treeclasses). The
+    stored key is then `strict_key(key, strict)`, so a tree whose dict keys or aux data are
+    `==`-equal but of other types (`1` vs `1.0` vs `True`) misses instead of getting the
+    first tree's. Lookups stay one `==`; only trees with dict keys or foreign aux data pay
+    a Python-level comparison per key. Caches whose values are per-leaf facts (kinds,
+    axes, selected-or-not) depend on the node types alone and need no strictness.
     """
 
-    __slots__ = ("_count", "_data", "_lock", "maxsize", "per_hash")
+    __slots__ = ("_count", "_data", "_lock", "maxsize", "per_hash", "strict")
 
-    def __init__(self, maxsize: int, per_hash: int = 8) -> None:
+    def __init__(
+        self, maxsize: int, per_hash: int = 8, strict: Callable[[type], bool] | None = None
+    ) -> None:
         self.maxsize = maxsize
         self.per_hash = per_hash
+        self.strict = strict
         self._data: dict[int, tuple[tuple[Any, Any], ...]] = {}
         self._count = 0
         self._lock = threading.Lock()
@@ -46,7 +61,9 @@ class BoundedCache:
     def put(self, key: Any, value: Any) -> None:
         try:
             h = hash(key)
-        except TypeError:
+            if self.strict is not None:
+                key = strict_key(key, self.strict)
+        except Exception:  # unhashable, or a structure strict_key cannot rebuild: no caching
             return
         with self._lock:
             data = self._data
@@ -92,3 +109,91 @@ class TypeTable(dict):  # type: ignore[type-arg]
         if len(self) < self.maxsize:
             self[key] = value
         return value
+
+
+# -- strict keys ------------------------------------------------------------------------------
+# JAX compares treedefs with `==`: the static values and dict keys of two trees that are
+# `1`, `1.0`, `True`, `np.int64(1)` or an IntEnum member count as the same structure. A
+# cache whose values embed a treedef (a mask, a partition, a merge plan) would then hand a
+# tree the static values and keys of the first such tree it saw. Treeclass aux data carries
+# the types of its values itself (`type_tag`, in the generated flatten), so those compare
+# by type in C; `strict_key` makes a cache key tell the rest apart too: dict keys and the
+# aux data of other node types (Equinox modules, flax.struct, register_dataclass). Which
+# node types carry typed aux data already is the caller's to say (`typed`): this module
+# knows nothing of treeclasses.
+
+
+def type_tag(value: Any) -> Any:
+    """`type(value)`, or for a tuple the tags of its items too: what `==` does not compare."""
+    t = type(value)
+    if isinstance(value, tuple):
+        return (t, *map(type_tag, value))
+    return t
+
+
+class _Typed:
+    """A value in a stored cache key that equals only values of its own type (deeply)."""
+
+    __slots__ = ("tag", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value, self.tag = value, type_tag(value)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is self.tag:  # the common case: a plain value of the same type
+            return bool(self.value == other)
+        if type(other) is _Typed:
+            return self.tag == other.tag and bool(self.value == other.value)
+        return type_tag(other) == self.tag and bool(self.value == other)
+
+    # JAX compares a treedef's dict keys with `!=`, once per key on every lookup: one
+    # frame, no call to __eq__, for the common case.
+    def __ne__(self, other: object) -> bool:
+        if type(other) is self.tag:
+            return bool(self.value != other)
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __lt__(self, other: object) -> bool:  # dict keys are kept sorted
+        return bool(self.value < (other.value if type(other) is _Typed else other))
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_PyTreeDef = type(jax.tree_util.tree_structure(0))
+
+
+def strict_treedef(treedef: Any, typed: Callable[[type], bool]) -> Any:
+    """A treedef equal to `treedef` and to trees whose dict keys and aux data have the
+    same types; `treedef` itself when it has neither (or only aux data of node types for
+    which `typed` holds). For cache keys only: it is never unflattened. Raises
+    (RecursionError, or a node type JAX cannot rebuild) when it cannot be made; callers
+    then do not cache."""
+    node = treedef.node_data()
+    if node is None:  # a leaf
+        return treedef
+    children = treedef.children()
+    strict = [strict_treedef(c, typed) for c in children]
+    typ, data = node
+    if data is None or typed(typ):  # no aux, or aux data that compares by type already
+        if all(a is b for a, b in zip(strict, children)):
+            return treedef
+    elif type(data) is list:  # a dict's sorted keys
+        data = [_Typed(k) for k in data]
+    else:
+        data = _Typed(data)
+    return _PyTreeDef.from_node_data_and_children(
+        jax.tree_util.default_registry, (typ, data), strict
+    )
+
+
+def strict_key(key: Any, typed: Callable[[type], bool]) -> Any:
+    """`key` with every treedef in it (at the top or inside tuples) made strict."""
+    if type(key) is _PyTreeDef:
+        return strict_treedef(key, typed)
+    if type(key) is tuple:
+        return tuple(strict_key(k, typed) for k in key)
+    return key

@@ -48,19 +48,27 @@ def flatten_sources(child_names: tuple[str, ...], static_names: tuple[str, ...])
     """Sources of `flatten(self)` and `flatten_with_keys(self)`.
 
     Children come out as a tuple in field order; the aux data is `None` without static
-    fields, the value itself with one, and a tuple with several (no tuple to build in the
-    common cases).
+    fields, else the type tag of every static value followed by the values:
+    `(tag_a, tag_b, a, b)`. JAX compares aux data with `==`, under which `1`, `1.0` and
+    `True` are equal; with the tags, treedefs (and so `jax.jit`'s cache and ours) tell
+    such values apart, and nobody is handed another tree's static value. The namespace
+    must bind `_tag` (`_cache.type_tag`), `_type`, `_isinstance` and `_tuple` (the
+    builtins, under names no field can shadow).
     """
     if not static_names:
-        aux = "None"
-    elif len(static_names) == 1:
-        aux = f"self.{static_names[0]}"
+        aux, head = "None", ""
     else:
-        aux = "(" + ", ".join(f"self.{n}" for n in static_names) + ")"
+        head = "".join(f"    s{i} = self.{n}\n" for i, n in enumerate(static_names))
+        # A tuple's items get tags too; anything else is tagged by its type, inline.
+        tags = "".join(
+            f"_tag(s{i}) if _isinstance(s{i}, _tuple) else _type(s{i}), "
+            for i in range(len(static_names))
+        )
+        aux = "(" + tags + "".join(f"s{i}, " for i in range(len(static_names))) + ")"
     children = "".join(f"self.{n}, " for n in child_names)
     keyed = "".join(f"(_k{i}, self.{n}), " for i, n in enumerate(child_names))
-    flatten = f"def flatten(self):\n    return ({children}), {aux}\n"
-    flatten_keys = f"def flatten_with_keys(self):\n    return ({keyed}), {aux}\n"
+    flatten = f"def flatten(self):\n{head}    return ({children}), {aux}\n"
+    flatten_keys = f"def flatten_with_keys(self):\n{head}    return ({keyed}), {aux}\n"
     return flatten, flatten_keys
 
 
@@ -80,10 +88,9 @@ def unflatten_source(
     target = (lambda n: f"d[{n!r}]") if direct else (lambda n: f"_c_{n}")
     if child_names:
         lines.append("    " + "".join(f"{target(n)}, " for n in child_names) + "= children")
-    if len(static_names) == 1:
-        lines.append(f"    {target(static_names[0])} = aux")
-    elif static_names:
-        lines.append("    " + "".join(f"{target(n)}, " for n in static_names) + "= aux")
+    if static_names:  # aux is the tags, then the values (see `flatten_sources`)
+        tags = "_, " * len(static_names)
+        lines.append("    " + tags + "".join(f"{target(n)}, " for n in static_names) + "= aux")
     if not direct:
         lines.extend(f"    d[{n!r}] = _c_{n}" for n in field_order)
     lines.append("    d['__ptc_flat__'] = (children, aux)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
@@ -35,6 +36,10 @@ def _leaf_equal(a: Any, b: Any) -> bool:
             )
         if a.shape != b.shape or a.dtype != b.dtype:
             return False
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            # New-style keys have no NumPy form; equal dtypes mean the same implementation,
+            # so the keys are equal when their raw data is.
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
         return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=False))
     return bool(a == b)
 

@@ -9,6 +9,8 @@ list pass and two unflattens.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any as _Any
 from typing import ClassVar
@@ -20,6 +22,7 @@ from jax.core import Tracer
 from ._cache import BoundedCache, TypeTable
 from ._kinds import Kind
 from ._leaf_facts import Leaves
+from ._nodesel import always_node, inside_flags, node_types, type_members
 from ._tree_util import first_difference, key_name
 
 __all__ = [
@@ -30,12 +33,25 @@ __all__ = [
     "OfKind",
     "OfType",
     "PathContains",
+    "Position",
     "Predicate",
     "as_filter",
     "combined",
     "is_cacheable",
     "select_leaves",
 ]
+
+
+class Position:
+    """A node as a filter sees it in a lens: its class, key path, kind and enclosing nodes.
+
+    `kind` is the kind the node gets from a field (or marker) above it, or None;
+    `outer` are the classes of the nodes above it (inside the lens's focus)."""
+
+    __slots__ = ("cls", "kind", "outer", "path")
+
+    def __init__(self, cls: type, path: tuple[_Any, ...], kind: _Any, outer: tuple[type, ...]):
+        self.cls, self.path, self.kind, self.outer = cls, path, kind, outer
 
 
 class Filter:
@@ -55,16 +71,23 @@ class Filter:
 
     Several filters passed to one call are combined with `All`. Filter objects are small,
     hashable and have readable `repr`s. `structural` filters depend on the treedef alone,
-    so what they select is cached per treedef.
+    so what they select is cached per treedef. Filters that name node types
+    (`node_types`, e.g. `OfType(Linear)`) also judge whole nodes in a lens: `node_test`
+    answers True or False for a node, or None where the filter only looks at leaves
+    (a callable, a mask, a leaf type, a kind that no field above the node sets).
     """
 
     structural: bool = False
+    node_types: tuple[type, ...] = ()
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         raise NotImplementedError(
             f"{type(self).__name__} subclasses ptc.Filter but does not define "
             "mask(ctx). To filter with a function of the leaf, use ptc.Predicate(fn)."
         )
+
+    def node_test(self, pos: Position) -> bool | None:
+        return None
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -94,36 +117,76 @@ class OfKind(Filter):
         kind = self.kind
         return tuple(k is not None and issubclass(k, kind) for k in ctx.kinds)
 
+    def node_test(self, pos: Position) -> bool | None:
+        return None if pos.kind is None else issubclass(pos.kind, self.kind)
+
     def __repr__(self) -> str:
         return self.kind.__name__
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class OfType(Filter):
-    """Leaves that are instances of `type` (a bare type that is not a kind means this).
+    """Leaves that are instances of `type`; for a node type, whole subtrees rooted at one.
 
-    Where `type` is a pytree node type (a treeclass, an Equinox module, `dict`,
-    `list` and so on), it matches whole subtrees whose root is an instance of it,
-    outermost first: a mask selects every leaf below, and a lens focuses on the nodes
-    themselves.
+    A bare type that is not a kind means this filter, and so does a union of such types
+    (`int | float`, `typing.Union[int, float]`). A node type (a treeclass, an
+    Equinox module, a flax.struct dataclass, `dict`, `list`, `tuple`, any registered
+    node, or a base class of those) selects every leaf under a node that is an instance
+    of it, and in a lens the nodes themselves, outermost first. A type of common leaves
+    as well (`object`, `numbers.Number`, `Sequence`, ...) and a leaf type (`jax.Array`,
+    `float`) test leaves only.
 
     Args:
-        type: the class to match.
+        type: the class to match (or a tuple or union of classes).
 
     Examples:
         >>> import pytreeclass as ptc
         >>> ptc.tree_mask({"a": 1, "b": 2.0}, ptc.OfType(float))
         {'a': False, 'b': True}
+        >>> tree = {"a": [1.0, 2.0], "b": 3.0}
+        >>> ptc.tree_mask(tree, ptc.OfType(list))
+        {'a': [True, True], 'b': False}
+        >>> ptc.at(tree)[ptc.OfType(list)].apply(sum)
+        {'a': 3.0, 'b': 3.0}
     """
 
-    type: type
+    type: type | tuple[type, ...]
+
+    @property
+    def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return node_types(self.type)
+
+    @property
+    def structural(self) -> bool:  # type: ignore[override]
+        # Which nodes match is in the treedef; a leaf can only match if some member of
+        # `type` may have instances that are leaves.
+        nodes = self.node_types
+        members = type_members(self.type)
+        return bool(nodes) and len(nodes) == len(members) and all(map(always_node, nodes))
 
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
-        t = self.type
-        return tuple(isinstance(leaf, t) for leaf in ctx.leaves)
+        nodes = self.node_types
+        if not nodes:
+            t = self.type
+            return tuple(isinstance(leaf, t) for leaf in ctx.leaves)
+        inside = inside_flags(ctx.treedef, nodes)
+        if self.structural:
+            return inside
+        t = type_members(self.type)
+        return tuple(a or isinstance(leaf, t) for a, leaf in zip(inside, ctx.leaves))
+
+    def node_test(self, pos: Position) -> bool | None:
+        nodes = self.node_types
+        if not nodes:
+            return None  # a leaf type says nothing about nodes
+        try:
+            return issubclass(pos.cls, nodes) or any(issubclass(c, nodes) for c in pos.outer)
+        except TypeError:
+            return False
 
     def __repr__(self) -> str:
-        return f"OfType({self.type.__module__}.{self.type.__qualname__})"
+        names = [f"{t.__module__}.{t.__qualname__}" for t in type_members(self.type)]
+        return f"OfType({' | '.join(names)})"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -189,6 +252,9 @@ class PathContains(Filter):
         name = self.name
         return tuple(any(key_name(k) == name for k in path) for path in ctx.paths)
 
+    def node_test(self, pos: Position) -> bool | None:
+        return any(key_name(k) == self.name for k in pos.path)
+
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Mask(Filter):
@@ -249,11 +315,21 @@ class _Combination(Filter):
     def structural(self) -> bool:  # type: ignore[override]
         return all(f.structural for f in self.filters)
 
+    @property
+    def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return tuple(dict.fromkeys(t for f in self.filters for t in f.node_types))
+
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         masks = [f.mask(ctx) for f in self.filters]
         if not masks:  # any() of nothing is False, all() of nothing is True
             return (type(self)._reduce(()),) * len(ctx.leaves)
         return tuple(map(type(self)._reduce, zip(*masks)))
+
+    def node_test(self, pos: Position) -> bool | None:
+        # Filters that only look at leaves (None) are left out; the leaves below a node
+        # are checked one by one before the node is selected as a whole.
+        known = [v for v in (f.node_test(pos) for f in self.filters) if v is not None]
+        return type(self)._reduce(known) if known else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.filters))})"
@@ -312,8 +388,16 @@ class Not(Filter):
     def structural(self) -> bool:  # type: ignore[override]
         return self.filter.structural
 
+    @property
+    def node_types(self) -> tuple[type, ...]:  # type: ignore[override]
+        return self.filter.node_types
+
     def mask(self, ctx: Leaves) -> tuple[bool, ...]:
         return tuple(not b for b in self.filter.mask(ctx))
+
+    def node_test(self, pos: Position) -> bool | None:
+        v = self.filter.node_test(pos)
+        return None if v is None else not v
 
     def __repr__(self) -> str:
         return f"Not({self.filter!r})"
@@ -348,10 +432,35 @@ def _is_bool_leaf(b: _Any) -> bool:
     )
 
 
+def _union_filter(f: _Any) -> Filter:
+    """`int | float` or `typing.Union[int, float]`: what `isinstance` accepts, as a filter."""
+    members = typing.get_args(f)
+    if not all(isinstance(m, type) and typing.get_origin(m) is None for m in members):
+        for m in members:
+            as_filter(m)  # raises for the member that is not a filter (e.g. list[int])
+    kinds = [m for m in members if isinstance(m, type) and issubclass(m, Kind)]
+    if not kinds:
+        return OfType(tuple(members))
+    return Any(*members)
+
+
 def as_filter(f: _Any) -> Filter:
     """Turn any accepted filter form into a `Filter` object (see the module docs)."""
     if isinstance(f, Filter):
         return f
+    origin = typing.get_origin(f)
+    if origin is not None:
+        if origin is typing.Union or origin is types.UnionType:
+            return _union_filter(f)
+        # `list[int]` is callable (it builds a list) and, on some Pythons, an instance of
+        # `type`: without this it would select every leaf `list(leaf)` makes non-empty.
+        name = getattr(origin, "__qualname__", repr(origin))
+        raise TypeError(
+            f"{f!r} is a parametrized generic; a type filter is checked with isinstance, "
+            f"which cannot check what is inside a value. Use the bare type ({name}), a "
+            f"union of types (int | float), or a callable leaf -> bool. A filter is "
+            f"{_FILTER_FORMS}."
+        )
     if isinstance(f, type):
         out = _TYPE_FILTERS.get(f)
         if out is None:

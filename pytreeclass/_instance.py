@@ -19,8 +19,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._cache import type_tag
 from ._errors import FrozenInstanceError
-from ._meta import FLAT, PLAIN_STATIC, check_static
+from ._meta import FLAT, PLAIN_STATIC, check_static, drop_derived
 
 if TYPE_CHECKING:
     from ._field import Field
@@ -120,6 +121,8 @@ def frozen_setattr(self: Any, name: str, value: Any) -> None:
     d = self.__dict__
     d[name] = value
     d.pop(FLAT, None)
+    if mode == EDIT and len(d) >= meta.size:  # more than the fields (FLAT is gone)
+        drop_derived(d, meta.fields_by_name)  # e.g. a cached_property read before this write
 
 
 def frozen_delattr(self: Any, name: str) -> None:
@@ -225,10 +228,21 @@ def init_source(
     does), keyword-only ones last. The instance is called `self` unless a field is (then
     `__ptc_self`, so a field named `self` works as with dataclasses).
     """
-    ns: dict[str, Any] = {"__ptc_FACTORY": _FACTORY, "__ptc_PLAIN": PLAIN_STATIC, "__ptc_cls": cls}
-    ns["__ptc_type"] = type  # the module's globals may shadow the builtin
-    ns["__ptc_check_static"] = check_static
-    ns["__ptc_run_post_init"] = _run_post_init
+    # Fields are the parameters of the generated function, so a field may be called `type`,
+    # `len`, `id`, ...: the body uses no builtin and no plain name other than the
+    # instance's, only `__ptc_*` names bound in its namespace (a field cannot be called
+    # that: the class body mangles it).
+    ns: dict[str, Any] = {
+        "__ptc_FACTORY": _FACTORY,
+        "__ptc_PLAIN": PLAIN_STATIC,
+        "__ptc_cls": cls,
+        "__ptc_check_static": check_static,
+        "__ptc_run_post_init": _run_post_init,
+        "__ptc_type": type,
+        "__ptc_tag": type_tag,
+        "__ptc_id": id,
+        "__ptc_MUTABLE": MUTABLE,
+    }
     order = {name: i for i, name in enumerate(cls.__dataclass_fields__)}  # type: ignore[attr-defined]
     params = sorted([*fields, *initvars], key=lambda f: order.get(f.name, len(order)))
     initvar_names = {f.name for f in initvars}
@@ -259,6 +273,8 @@ def init_source(
             seen_default = name
         (keyword if f.kw_only else positional).append(param)
     annotations["return"] = None
+    tags = []  # per static field, the local holding its type tag (see `flatten_sources`)
+    all_set = True  # whether this function sets every field (then it stores FLAT itself)
     for f in fields:
         name = f.name
         if f.init:
@@ -273,26 +289,40 @@ def init_source(
             ns[f"__ptc_factory_{name}"] = f.default_factory
             value = f"__ptc_factory_{name}()"
         else:
+            all_set = False
             continue  # init=False without a default: __post_init__ must set it
         if f.converter is not None:
             ns[f"__ptc_conv_{name}"] = f.converter
             value = f"__ptc_conv_{name}({value})"
         if f.static:
+            t = f"__ptc_t{len(tags)}"
+            tags.append(t)
             body.append(f"    __ptc_v = {value}")
+            body.append(f"    {t} = __ptc_type(__ptc_v)")
             body.append(
-                "    if __ptc_type(__ptc_v) not in __ptc_PLAIN: "
-                f"__ptc_check_static(__ptc_cls, {name!r}, __ptc_v)"
+                f"    if {t} not in __ptc_PLAIN: "
+                f"__ptc_check_static(__ptc_cls, {name!r}, __ptc_v); {t} = __ptc_tag(__ptc_v)"
             )
             value = "__ptc_v"
         body.append(f"    __ptc_d[{name!r}] = {value}")
     if has_post_init:
         args = "".join(f", {f.name}" for f in params if f.name in initvar_names)
         body.append(f"    __ptc_run_post_init({me}{args})")
-    elif any(not f.init and f.default is f.default_factory is dataclasses.MISSING for f in fields):
+    elif not all_set:
         ns["__ptc_finish_init"] = _finish_outermost_init
         body.append(f"    __ptc_finish_init({me})")  # reports the field that nothing sets
-    ns["__ptc_seal"] = seal
-    body.append(f"    __ptc_seal({me})")
+    if has_post_init or not all_set:
+        ns["__ptc_seal"] = seal
+        body.append(f"    __ptc_seal({me})")
+    else:
+        # What `seal` would store (`type(self).__ptc_meta__.flatten(self)`), written out:
+        # children in field order, then the static values' tags and the values. Skipped
+        # while a subclass's own __init__ runs this one (it seals when it is done).
+        children = "".join(f"__ptc_d[{f.name!r}], " for f in fields if not f.static)
+        statics = "".join(f"__ptc_d[{f.name!r}], " for f in fields if f.static)
+        aux = f"({''.join(t + ', ' for t in tags)}{statics})" if tags else "None"
+        body.append(f"    if __ptc_id({me}) not in __ptc_MUTABLE:")
+        body.append(f"        __ptc_d[{FLAT!r}] = (({children}), {aux})")
     params_src = [me, *positional, *(["*", *keyword] if keyword else [])]
     source = (
         f"def __init__({', '.join(params_src)}):\n    __ptc_d = {me}.__dict__\n"

@@ -59,6 +59,13 @@ def _shape_dtype(shape: Any, dtype: str) -> str:
 def _encode(path: str, leaf: Any) -> tuple[dict[str, Any], np.ndarray]:
     """(manifest entry, numpy array to store) for one leaf."""
     if type(leaf) in (bool, int, float, complex):
+        if type(leaf) is int and not -(2**63) <= leaf < 2**64:
+            raise OverflowError(
+                f"tree_save: the Python int at {_show(path)} ({leaf}) does not fit in 64 bits "
+                "(ints in [-2**63, 2**64) can be saved). Keep it in a static field, or "
+                "store it as a string or as several smaller ints."
+            )
+        # np.asarray picks int64 below 2**63 and uint64 from there: both load back exactly.
         arr = np.asarray(leaf)
         return {"shape": [], "dtype": arr.dtype.name, "python": type(leaf).__name__}, arr
     if not has_shape_dtype(leaf):
@@ -320,20 +327,36 @@ def _load_leaf(zf: zipfile.ZipFile, target: str, p: str, entry: dict[str, Any], 
     if sig is None or python:
         # Python numbers and 0-d arrays of the same kind (bool, int, float, complex) load
         # into each other: `jax.eval_shape` and `jax.jit` turn Python numbers into arrays.
+        wanted = f"a Python {type(leaf).__name__}" if sig is None else _shape_dtype(*sig)
+        if sig is not None and sig[0] != ():
+            raise _mismatch(p, "shape", in_file, wanted)
         want = np.asarray(leaf).dtype.kind if sig is None else _kind_of(sig[1])
-        if entry["shape"] != [] or want is None or _kind_of(entry["dtype"]) != want:
-            wanted = f"a Python {type(leaf).__name__}" if sig is None else _shape_dtype(*sig)
+        if entry["shape"] != [] or not _same_kind(_kind_of(entry["dtype"]), want):
             raise _mismatch(p, "type", in_file, wanted)
         value = _read_array(zf, target, entry)
         if sig is None:
             return type(leaf)(value.item())
-        return _like(leaf, value.astype(sig[1]))
+        cast = value.astype(sig[1])
+        if want in ("i", "u") and cast.item() != value.item():  # a saved int the dtype cannot hold
+            raise ValueError(
+                f"tree_load: value mismatch at {_show(p)}: the file has the Python int "
+                f"{value.item()}, which does not fit {sig[1]}, the template's dtype. Load it "
+                "with a wider template dtype (int64) or a Python int."
+            )
+        return _like(leaf, cast)
     shape, dtype = sig
     if list(shape) != list(entry.get("shape", ())):
         raise _mismatch(p, "shape", in_file, _shape_dtype(shape, dtype))
     if dtype != entry.get("dtype"):
         raise _mismatch(p, "dtype", in_file, _shape_dtype(shape, dtype))
     return _like(leaf, _decode(entry, _read_array(zf, target, entry)))
+
+
+def _same_kind(got: str | None, want: str | None) -> bool:
+    """Whether dtype kinds `got` (the file's) and `want` (the template's) match; signed
+    and unsigned ints count as one, since Python ints from 2**63 up are saved as uint64
+    (the value is checked against the target dtype after the cast)."""
+    return want is not None and (got == want or {got, want} == {"i", "u"})
 
 
 def _kind_of(dtype: str) -> str | None:

@@ -7,14 +7,17 @@ from typing import Any, TypeVar
 
 import jax
 
-from ._cache import BoundedCache
+from ._cache import BoundedCache, type_tag
 from ._errors import reraise_if_too_deep
 from ._leaf_facts import constant_tree, leaf_kinds
+from ._meta import is_treeclass
 
 T = TypeVar("T")
 __all__ = ["tree_labels"]
 
-_LABELS = BoundedCache(maxsize=1024)  # per (treedef, mapping): a maker of the labels tree
+# Per (treedef, mapping, the mapping's label types): a maker of the labels tree. Strict (see
+# `BoundedCache`): the labels tree is a treedef, and must hold this tree's statics and keys.
+_LABELS = BoundedCache(maxsize=1024, strict=is_treeclass)
 
 
 def _kind_label(kind: Any, mapping: Mapping[Any, Any] | None) -> Any:
@@ -65,7 +68,11 @@ def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
         )
     try:
         treedef = jax.tree_util.tree_structure(tree)
-        key = (treedef, None if mapping is None else tuple(mapping.items()))
+        if mapping is None:
+            key: Any = treedef
+        else:  # labels `1` and `1.0` are `==`: the key says which types they are
+            items = tuple(mapping.items())
+            key = (treedef, items, tuple(type_tag(v) for _, v in items))
         make = _LABELS.get(key)  # None for unhashable labels: computed every call
         if make is not None:
             return make()

@@ -24,7 +24,7 @@ from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
 from ._instance import frozen_setattr
 from ._kinds import Kind, foreign_kind
-from ._meta import FLAT, meta_of
+from ._meta import FLAT, is_treeclass, meta_of
 
 T = TypeVar("T")
 __all__ = [
@@ -217,7 +217,8 @@ def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[Any, ...] | None, .
 
 # -- key paths ------------------------------------------------------------------------------------
 
-_PATHS_CACHE = BoundedCache(maxsize=4096)
+# Strict: key paths hold dict keys, which must be this tree's (`1` is not `True`).
+_PATHS_CACHE = BoundedCache(maxsize=4096, strict=is_treeclass)
 
 
 def leaf_paths(tree: Any, treedef: Any = None) -> tuple[tuple[Any, ...], ...]:

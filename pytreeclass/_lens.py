@@ -11,6 +11,8 @@ and the node types it met (`compile_put`), and falls back to the general walk ot
   the *focus*, and it and every later step say which of the focus's leaves are selected.
   Updating a selection costs one flatten and one unflatten of the focus; the selection
   itself is cached per treedef when every step depends on structure alone.
+* A filter that names a node type (`ptc.OfType(Linear)`) makes the path a *node
+  selection* (`_lens_nodes`): it selects whole nodes, and `apply` calls `fn` once per node.
 
 Errors name the path from the root, which is called `model` when it is a treeclass or
 another dataclass-like module (Equinox, flax.struct) and `tree` otherwise.
@@ -21,10 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import jax
 import numpy as np
 
-from ._filters import as_filter
+from ._filters import All, Not, OfKind, OfType, PathContains, as_filter
+from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
+from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
 from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
 from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, StackView, put, walk, where
 
@@ -40,10 +45,16 @@ class _Path:
     given `.name` or `[key]` is made once and reused, so a step costs one dict lookup and
     no tuple copy, and `model.at.layers[3].w` built twice shares one `_Path`."""
 
-    __slots__ = ("attrs", "items", "plan", "plans", "split", "steps", "tries")
+    __slots__ = ("attrs", "items", "memo", "nodes", "plan", "plans", "split", "steps", "tries")
 
     def __init__(self, steps: tuple[Any, ...], split: int) -> None:
         self.steps, self.split = steps, split  # split: index of the first multi step, or -1
+        self.nodes = is_node_path(steps)  # a filter names a node type: positions, not leaves
+        # A node selection's last plan, `[treedef, outer kind, plan]`, when it depends on
+        # structure alone.
+        self.memo: list[Any] | None = None
+        if self.nodes and is_cacheable(steps[split:]):
+            self.memo = [None, _UNSET, None]  # matches no outer kind: the first call fills it
         self.attrs: dict[str, _Path] = {}  # `.name` -> child path
         self.items: dict[Any, _Path] = {}  # `[str]`, `[int]`, `[...]` -> child path
         self.plans: dict[type, Any] = {}  # type of root -> compiled update (`compile_put`)
@@ -82,12 +93,13 @@ class _Path:
         return child
 
 
+_UNSET = object()
 _ROOT = _Path((), -1)
 _INTERNED, _COMPILED = [0], [0]
 _MAX_INTERNED, _MAX_COMPILED = 1 << 16, 4096
 
 # A lens keeps `(root, path)` in its one slot.
-_OWN = frozenset({"get", "set", "apply", "_ptc"})
+_OWN = frozenset({"get", "set", "apply", "items", "paths", "_ptc"})
 _getattribute = object.__getattribute__
 _new = object.__new__
 
@@ -98,9 +110,11 @@ class Lens(Generic[T]):
     Build one with `obj.at` (treeclasses) or `ptc.at(tree)` (any pytree), then chain steps:
     `.name`, `["key"]`, `[i]` (negative too), `[...]` (every child) or a filter in
     brackets (a kind, a type, a callable, a mask, `ptc.Any/All/Not`, `ptc.PathContains`;
-    a bare `str` or `int` is always a key/index step). A field called `get`, `set` or
-    `apply` is reached with `["get"]`, `["set"]`, `["apply"]`; names of the form
-    `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
+    a bare `str` or `int` is always a key/index step). A filter naming a node type
+    (`ptc.OfType(Linear)`) selects whole nodes: `apply(fn)` then calls `fn` once per
+    node. `.items()` and `.paths()` list what a lens selects. A field called `get`,
+    `set`, `apply`, `items` or `paths` is reached with brackets (`["get"]`); names of
+    the form `__x__`, `_repr_*` and `_ipython_*` likewise need brackets.
 
     Raises:
         AttributeError: a `.name` step that does not exist, when the path is used; the
@@ -155,6 +169,18 @@ class Lens(Generic[T]):
                 step = PathStep(int(key), False)
             elif isinstance(key, slice):
                 step = PathStep(SliceKey(key), False)
+            elif t in _FILTER_TYPES or isinstance(key, type):
+                # Filters that compare by value (kinds, types, names) are interned.
+                try:
+                    child = path.items[key]
+                except KeyError:
+                    step = FilterStep(as_filter(key))
+                    child = path.extend(step, path.items if _internable(key) else None, key)
+                except TypeError:  # unhashable
+                    child = path.extend(FilterStep(as_filter(key)), None, None)
+                new = _new(Lens)
+                _SET(new, (root, child))
+                return new
             else:
                 step = FilterStep(as_filter(key))
             child = path.extend(step, None, None)
@@ -166,6 +192,9 @@ class Lens(Generic[T]):
 
     def get(self) -> Any:
         """The value at the path; with `[...]` or a filter, the focus with holes (`None`).
+
+        For a node selection the selected nodes stand whole in the focus (every leaf
+        they hold is kept); `.items()` lists them one by one.
 
         Returns:
             The leaf or subtree at the path; for a selection, the subtree at its start
@@ -181,11 +210,15 @@ class Lens(Generic[T]):
         if path.split < 0:
             out = walk(root, path.steps, state, [])
             return out.value() if type(out) is StackView else out
+        if path.nodes:
+            return node_get(state, path.memo)
         _, ctx, sel = select_focus(state)
         return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
 
     def set(self, value: Any) -> T:
         """A copy of the root with `value` at the path (or at every selected leaf).
+
+        A node selection puts `value` (any object) in place of every selected node.
 
         Only the nodes on the path are rebuilt; everything else is shared with the root.
 
@@ -215,6 +248,8 @@ class Lens(Generic[T]):
         if path.split < 0:
             return path.put(root, value, None)
         state = (root, path.steps, path.split)
+        if path.nodes:
+            return node_update(state, value, None, path.memo)
         trail, ctx, sel = select_focus(state)
         if value is None or is_single_leaf(value):
             new = [value if s else x for x, s in zip(ctx.leaves, sel)]
@@ -225,6 +260,9 @@ class Lens(Generic[T]):
 
     def apply(self, fn: Callable[[Any], Any]) -> T:
         """A copy of the root with `fn` applied at the path (or to every selected leaf).
+
+        A node selection calls `fn` once per selected node and puts what it returns
+        (any value or subtree) in the node's place.
 
         Args:
             fn: called on the value at the path (or on each selected leaf); its result
@@ -246,8 +284,57 @@ class Lens(Generic[T]):
                 if out is not MISS:
                     return out
             return path.put(root, None, fn)
+        if path.nodes:
+            return node_update((root, path.steps, path.split), None, fn, path.memo)
         trail, ctx, sel = select_focus((root, path.steps, path.split))
         return put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])
+
+    def items(self) -> list[tuple[tuple[Any, ...], Any]]:
+        """`(key path, value)` of everything the lens selects, in tree order.
+
+        Key paths are tuples of JAX keys from the root, as `jax.tree_util.keystr` and
+        `tree_flatten_with_path` use them: one pair for a single path, one per selected
+        leaf for a leaf selection, one per selected node (or leaf) for a node selection.
+
+        Returns:
+            A list of `(key path, value)` pairs; an empty list when the lens selects
+            nothing.
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": [1, 2], "b": (3,)})[list].items()
+            [((DictKey(key='a'),), [1, 2])]
+        """
+        root, path = _GET(self)
+        state = (root, path.steps, path.split)
+        if path.split < 0:
+            trail: list[Any] = []
+            value = walk(root, path.steps, state, trail)
+            return [(tuple(hop_key(*hop) for hop in trail), value)]
+        if path.nodes:
+            return node_items(state)
+        trail, ctx, sel = select_focus(state)
+        prefix = tuple(hop_key(*hop) for hop in trail)
+        return [((*prefix, *p), x) for x, p, s in zip(ctx.leaves, ctx.paths, sel) if s]
+
+    def paths(self) -> list[str]:
+        """The key paths of what the lens selects, as strings (`'.layers[0]'`).
+
+        Returns:
+            `[jax.tree_util.keystr(p) for p, _ in lens.items()]`: one string per
+            selected value, relative to the root.
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": [1, 2], "b": (3, [4])})[list].paths()
+            ["['a']", "['b'][1]"]
+        """
+        return [jax.tree_util.keystr(p) for p, _ in self.items()]
 
     # -- misuse --
 
@@ -263,6 +350,21 @@ class Lens(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Lens({_where_all(self)})"
+
+
+_FILTER_TYPES = frozenset({OfType, OfKind, PathContains, All, Any_, Not})
+
+
+def _internable(key: Any) -> bool:
+    """Is `key` a filter that compares by value, so a path through it can be shared?"""
+    t = type(key)
+    if t is OfType or t is OfKind or t is PathContains:
+        return True
+    if t is All or t is Any_:
+        return all(map(_internable, key.filters))
+    if t is Not:
+        return _internable(key.filter)
+    return isinstance(key, type)
 
 
 _GET = Lens._ptc.__get__  # type: ignore[attr-defined]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ._codegen import compile_function
-from ._lens_walk import DATACLASS, DICT, LIST, TREECLASS, TUPLE
-from ._meta import FLAT, check_static, meta_of
+from ._lens_walk import DATACLASS, DATACLASS_FIELDS, DICT, LIST, TREECLASS, TUPLE
+from ._meta import FLAT, check_static, drop_derived, meta_of
 
 __all__ = ["MISS", "compile_put"]
 
@@ -27,7 +27,13 @@ def _treeclass_rebuild(j: int, cls: type, name: str, static: bool) -> str:
     meta = meta_of(cls)
     assert meta is not None  # `compile_put` checked
     head = f"new = _new(_t{j}); o = n{j}.__dict__; d = new.__dict__"
-    copy_all = ["d.update(o)", f"d[_k{j}] = value", f"d[_FLAT] = _f{j}(new)"]
+    copy_all = [
+        "d.update(o)",
+        f"d[_k{j}] = value",
+        f"d[_FLAT] = _f{j}(new)",
+        # fields only: a derived value (cached_property) describes the old instance
+        f"if len(d) > {meta.size}: _drop(d, _names{j})",
+    ]
     if static or len(meta.child_names) > 16:
         lines = [f"_check(_t{j}, _k{j}, value)"] if static else []
         lines += [head, *copy_all, "value = new"]
@@ -72,7 +78,13 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
     codes = (TREECLASS, LIST, TUPLE, DICT, DATACLASS)
     if not 0 < len(trail) <= 32 or any(code not in codes for _, code, _ in trail):
         return None  # a long path is rare, and straight-line code for it is long too
-    ns: dict[str, Any] = {"_MISS": MISS, "_new": _new, "_FLAT": FLAT, "_check": check_static}
+    ns: dict[str, Any] = {
+        "_MISS": MISS,
+        "_new": _new,
+        "_FLAT": FLAT,
+        "_check": check_static,
+        "_drop": drop_derived,
+    }
     walk_lines, back, fetch = [], [], ""
     for j, ((node, code, _), step) in enumerate(zip(trail, steps)):
         cls = type(node)
@@ -82,7 +94,7 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
             meta = meta_of(cls)
             if meta is None:
                 return None
-            ns[f"_f{j}"] = meta.flatten
+            ns[f"_f{j}"], ns[f"_names{j}"] = meta.flatten, meta.fields_by_name
             fetch = f"n{j}.__dict__[_k{j}]"
             back.append(_treeclass_rebuild(j, cls, step.key, step.key in meta.static_names))
         elif code in (LIST, TUPLE):
@@ -101,9 +113,12 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
             walk_lines.append(f"    o{j} = n{j}.__dict__")
             walk_lines.append(f"    if _k{j} not in o{j}: return _MISS")
             fetch = f"o{j}[_k{j}]"
+            names = DATACLASS_FIELDS[cls]
+            ns[f"_names{j}"] = names
             back.append(
-                f"    new = _new(_t{j}); d = new.__dict__; d.update(o{j}); d[_k{j}] = value; "
-                "value = new"
+                f"    new = _new(_t{j}); d = new.__dict__; d.update(o{j}); d[_k{j}] = value\n"
+                f"    if len(d) > {len(names)}: _drop(d, _names{j})\n"
+                "    value = new"
             )
         else:  # DICT; `in` first: a defaultdict would grow on n[key]
             walk_lines.append(f"    if _k{j} not in n{j}: return _MISS")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax.tree_util import DictKey
 
 from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
@@ -19,28 +20,26 @@ from ._leaf_facts import Leaves
 from ._lens_walk import (
     ALL,
     LEAF,
-    SCATTER,
     STACK,
     TREECLASS,
     FilterStep,
     SliceKey,
-    StackView,
     listing,
     match,
     node_code,
     rebuild,
-    walk,
+    walk_focus,
     where,
 )
 from ._meta import meta_of
 from ._tree_util import ARRAY_TYPES, first_difference, leaf_repr, one_level
 
-__all__ = ["aligned", "is_single_leaf", "put_focus", "select_focus"]
+__all__ = ["aligned", "is_single_leaf", "outer_kind", "put_focus", "select_focus"]
 
 _SELECTIONS = BoundedCache(maxsize=4096)
 
 
-def _outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
+def outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
     """The kind every leaf of the focus has because of a field (or marker) above it."""
     for parent, code, token in trail:
         if code >= STACK:  # stack rows and views add no kind
@@ -73,7 +72,7 @@ def _focus_mask(
         if type(step) is FilterStep:
             sel = [a and b for a, b in zip(sel, step.filter.mask(ctx))]
             continue
-        found, seen, sliced = [], [], False
+        found, seen, sliced, keyed = [], [], False, False
         for node, treedef, lo in cursors:
             level = one_level(node)
             if level is None or not level[1]:  # a leaf or an empty node: nothing to select
@@ -94,6 +93,7 @@ def _focus_mask(
                     found.extend((children[c], subdefs[c], starts[c]) for c in picked)
                 continue
             seen.extend(keys)
+            keyed = keyed or any(type(k) is DictKey for k in keys)
             c = match(step, node, keys)
             if c is not None:
                 found.append((children[c], subdefs[c], starts[c]))
@@ -101,15 +101,23 @@ def _focus_mask(
             names = dict.fromkeys(jax.tree_util.keystr((k,)) for k in seen)
             metas = [meta_of(type(n)) for n, _, _ in cursors]
             hint = ""
-            if any(m is not None and step.key in m.static_names for m in metas):
+            owners = [
+                type(n).__name__
+                for (n, _, _), m in zip(cursors, metas)
+                if m is not None and step.key in m.static_names
+            ]
+            if owners:
                 one = where(state, at + j + 1).replace("[...]", "[0]")
                 hint = (
-                    f"; {step!r} is a static field, which a selection does not reach (it "
-                    f"selects leaves): update it one path at a time, e.g. {one}"
+                    f"; {step!r} is a static field, which a selection of leaves does not "
+                    f"reach: select the nodes by type, e.g. "
+                    f".at[ptc.OfType({owners[0]})]{step!r}, or update one path at a "
+                    f"time, e.g. {one}"
                 )
             raise step.error(
                 f"{where(state, at + j + 1)}: no child {step!r} under any selected node; "
-                f"children there: {listing(names)}{hint}"
+                f"children there: {listing(names)}{hint}",
+                mapping=keyed,
             )
         cursors = found
     inside = [False] * len(sel)
@@ -179,12 +187,9 @@ def select_focus(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[
     """Walk to the focus, then select its leaves: `(trail to the focus, leaves, selection)`."""
     root, steps, split = state
     trail: list[Any] = []
-    node = walk(root, steps[:split], state, trail)
-    if type(node) is StackView:  # the focus is layers of a stack: written back as rows
-        trail.append((node, SCATTER, None))
-        node = node.value()
+    node = walk_focus(root, steps[:split], state, trail)  # stack rows: written back
     try:
-        ctx, sel = _focus_mask(node, steps[split:], _outer_kind(trail), state, split)
+        ctx, sel = _focus_mask(node, steps[split:], outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("lens", e)
         raise

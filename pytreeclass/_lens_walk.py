@@ -22,7 +22,7 @@ import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._cache import TypeTable
-from ._meta import meta_of, with_field
+from ._meta import drop_derived, meta_of, with_field
 from ._stack import scatter, stack_length, take
 from ._tree_util import has_shape_dtype, leaf_repr, one_level
 
@@ -33,6 +33,7 @@ __all__ = [
     "ALL",
     "CODES",
     "DATACLASS",
+    "DATACLASS_FIELDS",
     "DICT",
     "GENERIC",
     "LEAF",
@@ -57,6 +58,7 @@ __all__ = [
     "rebuild",
     "step_into",
     "walk",
+    "walk_focus",
     "where",
 ]
 
@@ -95,7 +97,7 @@ CODES = TypeTable(
         type(None): NONE,
     },
 )
-_FIELD_NAMES = TypeTable(8192)  # per DATACLASS type: the field names that are children
+DATACLASS_FIELDS = TypeTable(8192)  # per DATACLASS type: the field names that are children
 _new = object.__new__
 
 
@@ -119,7 +121,9 @@ def _classify(x: Any) -> NodeCode:
             # Equinox modules, flax.struct and other dataclass pytrees: children are
             # fields kept in __dict__, so a copy is `object.__new__` + a dict update.
             code = DATACLASS
-            _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name in names)
+            DATACLASS_FIELDS[cls] = tuple(
+                f.name for f in dataclasses.fields(cls) if f.name in names
+            )
         else:
             code = GENERIC
     return CODES.remember(cls, code)  # registration is per type, so the answer is too
@@ -137,7 +141,7 @@ def _field_names(node: Any, code: int) -> tuple[str, ...]:
         return tuple(meta_of(cls).fields_by_name)  # type: ignore[union-attr]
     if code == NAMEDTUPLE:
         return cls._fields
-    return _FIELD_NAMES[cls]
+    return DATACLASS_FIELDS[cls]
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -190,10 +194,16 @@ class PathStep(_Step):
     def __hash__(self) -> int:
         return hash((self.key, self.attr))
 
-    def error(self, message: str) -> Exception:
+    def error(self, message: str, mapping: bool = False) -> Exception:
+        """The exception for this step not existing: a missing attribute, key or index.
+
+        `mapping`: the node is keyed (a dict, or a foreign node with `DictKey` children),
+        so any missing `[key]`, an int one included, is a missing key (API.md section 4)."""
         if self.attr:
             return AttributeError(message)
-        return LensKeyError(message) if type(self.key) is str else IndexError(message)
+        if mapping or type(self.key) is str:
+            return LensKeyError(message)
+        return IndexError(message)
 
 
 class _Everything(_Step):
@@ -267,7 +277,7 @@ def _missing(
             return step.error(
                 f"{path}: {typ} has keys, not attributes; write [{key!r}] (keys: {keys})"
             )
-        return step.error(f"{path}: no key {key!r}; keys: {keys}")
+        return step.error(f"{path}: no key {key!r}; keys: {keys}", mapping=True)
     if code in (LIST, TUPLE, NAMEDTUPLE):
         if step.attr or type(key) is not int:
             return step.error(f"{path}: {typ} is indexed by int (len {len(node)}), not by name")
@@ -275,7 +285,8 @@ def _missing(
     if code == GENERIC:
         keys = one_level(node)[0]  # type: ignore[index]
         children = listing(jax.tree_util.keystr((k,)) for k in keys)
-        return step.error(f"{path}: {typ} has no child {step!r}; children: {children}")
+        keyed = any(type(k) is DictKey for k in keys)
+        return step.error(f"{path}: {typ} has no child {step!r}; children: {children}", keyed)
     if code == NONE:
         return step.error(f"{path}: the value at {where(state, i)} is None, which has no children")
     hint = (
@@ -355,7 +366,7 @@ def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tupl
         if not step.attr and key in node:  # `in` first: a defaultdict would grow on node[key]
             return node[key], code, key
     elif code == DATACLASS:
-        if type(key) is str and key in _FIELD_NAMES[type(node)]:
+        if type(key) is str and key in DATACLASS_FIELDS[type(node)]:
             d = node.__dict__
             return (d[key] if key in d else getattr(node, key)), code, key
     elif code == NAMEDTUPLE:
@@ -398,6 +409,9 @@ def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
         d = new.__dict__
         d.update(node.__dict__)
         d[token] = value
+        names = DATACLASS_FIELDS[type(node)]
+        if len(d) > len(names):  # fields only, as `with_field` does for treeclasses
+            drop_derived(d, names)
         return new
     if code == NAMEDTUPLE:
         items = list(node)
@@ -520,6 +534,18 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
         trail.append((node, code, token))
         node = child
     return node if idx is None else StackView(node, idx, state, len(steps))
+
+
+def walk_focus(
+    root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]
+) -> Any:
+    """`walk`, for a focus that later steps select in: a stack index ends in the picked
+    layers themselves, with a SCATTER hop in `trail` that writes them back."""
+    node = walk(root, steps, state, trail)
+    if type(node) is StackView:
+        trail.append((node, SCATTER, None))
+        node = node.value()
+    return node
 
 
 def put(

@@ -31,6 +31,7 @@ __all__ = [
     "STATIC_UNHASHABLE",
     "ClassMeta",
     "check_static",
+    "drop_derived",
     "fields",
     "is_treeclass",
     "meta_of",
@@ -58,6 +59,7 @@ class ClassMeta:
         "has_post_init",
         "keys",
         "options",
+        "size",
         "static_names",
     )
 
@@ -69,6 +71,9 @@ class ClassMeta:
         self.child_kinds = tuple(f.kind for f in fields if not f.static)
         self.static_names = tuple(f.name for f in fields if f.static)
         self.keys = tuple(GetAttrKey(n) for n in self.child_names)
+        # What an instance's __dict__ holds when it carries nothing but its fields and the
+        # stored flatten result; more means derived values (see `drop_derived`).
+        self.size = len(fields) + 1
         self.has_post_init = hasattr(cls, "__post_init__")
         self.options = options
 
@@ -198,4 +203,20 @@ def with_field(obj: Any, name: str, value: Any) -> Any:
     d.update(obj.__dict__)
     d[name] = value
     d[FLAT] = meta.flatten(new)
+    if len(d) > meta.size:  # derived values (a cached_property) stay behind
+        drop_derived(d, meta.fields_by_name)
     return new
+
+
+def drop_derived(d: dict[str, Any], names: Any) -> None:
+    """Remove from the instance dict `d` every entry that is not a field in `names` (nor
+    the stored flatten result).
+
+    Whatever else an instance's `__dict__` holds (a `functools.cached_property` value, an
+    attribute set with `object.__setattr__`) was derived from the fields of the instance
+    it was computed on: it must not travel into a copy whose fields differ. Callers copy
+    the whole dict (one C-level `update`) and call this only when `len(d)` says there is
+    more in it than fields and `FLAT`.
+    """
+    for key in [k for k in d if k not in names and k != FLAT]:
+        del d[key]

@@ -16,6 +16,7 @@ from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
 from ._filters import combined, is_cacheable, select_leaves
 from ._leaf_facts import constant_tree
+from ._meta import is_treeclass
 from ._tree_util import StructureMismatch, merge_nodes
 
 T = TypeVar("T")
@@ -30,9 +31,13 @@ _flatten = jax.tree_util.default_registry.flatten
 # eqx.is_array) are evaluated on every call. Each side of a partition is rebuilt from a
 # C-level itemgetter over the leaves and the treedef of that side (holes are None nodes),
 # so a call runs no Python loop over the leaves.
-_SELECTIONS = BoundedCache(maxsize=4096)
+#
+# Every cache here holds treedefs (the sides, the masks, the merged structure), so all are
+# strict: a tree whose static values or dict keys are `==` but not of the same types
+# misses instead of getting the first tree's (see `BoundedCache`).
+_SELECTIONS = BoundedCache(maxsize=4096, strict=is_treeclass)
 # Per (treedef, filters) for structure-only filters: a maker of the mask (`constant_tree`).
-_MASKS = BoundedCache(maxsize=4096)
+_MASKS = BoundedCache(maxsize=4096, strict=is_treeclass)
 
 
 def _getter(indices: list[int]) -> Callable[[list[Any]], tuple[Any, ...]]:
@@ -202,7 +207,7 @@ class _Marker:
         self.tree, self.leaf = tree, leaf
 
 
-_PLANS = BoundedCache(maxsize=4096)
+_PLANS = BoundedCache(maxsize=4096, strict=is_treeclass)
 
 
 def _plan(trees: tuple[Any, ...], treedefs: tuple[Any, ...]) -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from ._meta import meta_of
 from ._stack import TIMES, find_stacks, stack_size
 from ._tree_util import MAX_ITEMS, Elided, has_shape_dtype, key_label, leaf_repr, one_level
 
-__all__ = ["StackRow", "SummaryRow", "TreeSummary", "tree_diagram", "tree_summary"]
+__all__ = ["StackRow", "SummaryRow", "TreeSummary", "tree_aliases", "tree_diagram", "tree_summary"]
 
 
 def _children(node: Any) -> list[tuple[Any, Any]] | None:
@@ -38,14 +38,20 @@ class _Text(str):
 
 
 class SummaryRow(NamedTuple):
-    """One leaf of a `tree_summary` table."""
+    """One leaf of a `tree_summary` table.
+
+    `node` is the class of the innermost node holding the leaf, skipping plain
+    containers (list, tuple, dict): the `Linear` of `.layers[0].w`. `shared` is the path
+    of an earlier leaf that is the very same array (then `count` and `bytes` are 0)."""
 
     path: str
+    node: str
     kind: str
     type: str
     shape_dtype: str
     count: int  # pyright: ignore[reportIncompatibleMethodOverride]
     bytes: int
+    shared: str | None = None
 
 
 class StackRow(NamedTuple):
@@ -63,7 +69,8 @@ class TreeSummary(_Text):
     """The table `tree_summary` returns: a `str` (print it, compare it) with the data too.
 
     Attributes:
-        rows: one `SummaryRow(path, kind, type, shape_dtype, count, bytes)` per leaf.
+        rows: one `SummaryRow(path, node, kind, type, shape_dtype, count, bytes, shared)`
+            per leaf.
         totals: `{kind name: (count, bytes)}` in order of first appearance, then `"all"`.
         stacks: one `StackRow(path, type, layers, count_per_layer, count, bytes)` per
             field declared `field(stack=...)`; the table shows it as a line such as
@@ -81,18 +88,78 @@ class TreeSummary(_Text):
             for r in self.rows
         )
         foot = "".join(
-            f"<tr><th>total</th><th>{html.escape(k)}</th><th></th><th></th>"
+            f"<tr><th>total</th><th></th><th>{html.escape(k)}</th><th></th><th></th>"
             f"<th>{c:,}</th><th>{b:,}</th></tr>"
             for k, (c, b) in self.totals.items()
         )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody><tfoot>{foot}</tfoot></table>"
 
 
-_HEADER = ("path", "kind", "type", "shape/dtype", "count", "bytes")
+_HEADER = ("path", "node", "kind", "type", "shape/dtype", "count", "bytes")
+_TEXT_COLUMNS = 5  # left-aligned; the numbers after them are right-aligned
 
 
 def _cells(r: SummaryRow) -> tuple[str, ...]:
-    return (r.path, r.kind, r.type, r.shape_dtype, f"{r.count:,}", f"{r.bytes:,}")
+    shape = r.shape_dtype if r.shared is None else f"{r.shape_dtype} = {r.shared}"
+    return (r.path, r.node, r.kind, r.type, shape, f"{r.count:,}", f"{r.bytes:,}")
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _leaf_nodes(treedef: Any) -> list[str]:
+    """Per leaf: the class name of the innermost node holding it that is not a plain
+    container (the container's own name when there is no such node), `-` at the root."""
+    out: list[str] = []
+    stack = [(treedef, "-")]  # a loop, not recursion: trees may be deeper than the stack
+    while stack:
+        td, holder = stack.pop()
+        data = td.node_data()
+        if data is None:
+            out.append(holder)
+            continue
+        cls = data[0]
+        plain = cls in _CONTAINERS or type(None) is cls
+        name = holder if plain and holder != "-" else cls.__name__
+        stack.extend((child, name) for child in reversed(td.children()))
+    return out
+
+
+def _alias_groups(leaves: list[Any]) -> list[list[int]]:
+    """Indices of leaves that are one and the same array, in groups of two or more."""
+    first: dict[int, list[int]] = {}
+    for i, x in enumerate(leaves):
+        if isinstance(x, (jax.Array, np.ndarray)):  # a buffer (tracers too), not a scalar
+            first.setdefault(id(x), []).append(i)
+    return [group for group in first.values() if len(group) > 1]
+
+
+def tree_aliases(tree: Any) -> list[tuple[str, ...]]:
+    """Groups of key paths whose leaves are the very same array object (tied weights).
+
+    JAX does not keep two uses of one array tied: after a jitted step each path holds
+    its own updated copy, and `donate_argnums` refuses a buffer donated twice. Store a
+    shared array once and derive the other use from it (a property or method); this
+    finds accidental ties. Only arrays count (a small int is the same object everywhere).
+
+    Args:
+        tree: any pytree.
+
+    Returns:
+        One tuple of key paths (as `jax.tree_util.keystr` writes them) per array that
+        sits at two or more paths, in leaf order; an empty list when nothing is shared.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> w = jnp.ones((2, 2))
+        >>> ptc.tree_aliases({"embed": w, "head": w, "bias": jnp.zeros(2)})
+        [("['embed']", "['head']")]
+    """
+    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    leaves = [x for _, x in pairs]
+    paths = [jax.tree_util.keystr(p) or "<root>" for p, _ in pairs]
+    return [tuple(paths[i] for i in group) for group in _alias_groups(leaves)]
 
 
 def _kind_name(kind: Any) -> str:
@@ -115,13 +182,17 @@ def _count_bytes(x: Any) -> tuple[int, int]:
 
 
 def tree_summary(tree: Any) -> TreeSummary:
-    """A table of the leaves of `tree`: path, kind, type, shape/dtype, count, bytes.
+    """A table of the leaves of `tree`: path, node, kind, type, shape/dtype, count, bytes.
 
     One row per leaf, then totals per kind (kinds as in `ptc.tree_kinds`, `-` for none)
-    and overall. `count` is the number of array elements (1 for a Python number, 0 for
-    other objects); `bytes` is what the arrays hold (`count * itemsize`; 0 for
-    non-arrays). Non-array leaves show their short `repr` in the shape/dtype column. It
-    works on abstract trees (`jax.eval_shape`) and inside `jax.jit`.
+    and overall. `node` is the class of the innermost node holding the leaf, skipping
+    plain lists, tuples and dicts (what `ptc.OfType(...)` would have to name to select
+    it). `count` is the number of array elements (1 for a Python number, 0 for other
+    objects); `bytes` is what the arrays hold (`count * itemsize`; 0 for non-arrays).
+    Non-array leaves show their short `repr` in the shape/dtype column. An array that
+    appears at several paths (tied weights, see `ptc.tree_aliases`) is counted once: its
+    later rows show `= <first path>` and count 0. It works on abstract trees
+    (`jax.eval_shape`) and inside `jax.jit`.
 
     Args:
         tree: any pytree.
@@ -140,28 +211,35 @@ def tree_summary(tree: Any) -> TreeSummary:
         ...     n: jnp.ndarray
         >>> layer = Linear(jnp.ones((3, 4)), jnp.zeros((), "int32"))
         >>> print(ptc.tree_summary(layer))
-        path   kind       type   shape/dtype  count  bytes
-        -----  ---------  -----  -----------  -----  -----
-        .w     Parameter  Array  f32[3,4]        12     48
-        .n     -          Array  i32[]            1      4
-        -----  ---------  -----  -----------  -----  -----
-        total  Parameter                         12     48
-        total  -                                  1      4
-        total  all                               13     52
+        path   node    kind       type   shape/dtype  count  bytes
+        -----  ------  ---------  -----  -----------  -----  -----
+        .w     Linear  Parameter  Array  f32[3,4]        12     48
+        .n     Linear  -          Array  i32[]            1      4
+        -----  ------  ---------  -----  -----------  -----  -----
+        total          Parameter                         12     48
+        total          -                                  1      4
+        total          all                               13     52
     """
     ctx = Leaves(tree)
+    paths = [jax.tree_util.keystr(p) or "<root>" for p in ctx.paths]
+    shared: dict[int, str] = {}
+    for group in _alias_groups(ctx.leaves):
+        for i in group[1:]:
+            shared[i] = paths[group[0]]
     rows, totals = [], {}
-    for leaf, kind, path in zip(ctx.leaves, ctx.kinds, ctx.paths):
-        count, nbytes = _count_bytes(leaf)
+    for i, (leaf, kind, node) in enumerate(zip(ctx.leaves, ctx.kinds, _leaf_nodes(ctx.treedef))):
+        count, nbytes = (0, 0) if i in shared else _count_bytes(leaf)
         k = _kind_name(kind)
         rows.append(
             SummaryRow(
-                jax.tree_util.keystr(path) or "<root>",
+                paths[i],
+                node,
                 k,
                 _type_name(leaf),
                 leaf_repr(leaf),
                 count,
                 nbytes,
+                shared.get(i),
             )
         )
         c, b = totals.get(k, (0, 0))
@@ -172,24 +250,19 @@ def tree_summary(tree: Any) -> TreeSummary:
     for i, r in enumerate(rows):
         for st in heads.get(i, ()):
             per = f"{st.count_per_layer:,}/layer"
-            body.append(
-                (
-                    st.path,
-                    "",
-                    f"{st.type} {TIMES}{st.layers}",
-                    per,
-                    f"{st.count:,}",
-                    f"{st.bytes:,}",
-                )
-            )
+            kind, typ = "", f"{st.type} {TIMES}{st.layers}"
+            body.append((st.path, "", kind, typ, per, f"{st.count:,}", f"{st.bytes:,}"))
         body.append(_cells(r))
     table = [_HEADER, *body]
-    foot = [("total", k, "", "", f"{c:,}", f"{b:,}") for k, (c, b) in totals.items()]
+    foot = [("total", "", k, "", "", f"{c:,}", f"{b:,}") for k, (c, b) in totals.items()]
     widths = [max(len(r[i]) for r in table + foot) for i in range(len(_HEADER))]
     rule = "  ".join("-" * w for w in widths)
 
     def line(cells: tuple[str, ...]) -> str:
-        out = [c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        out = [
+            c.ljust(w) if i < _TEXT_COLUMNS else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ]
         return "  ".join(out).rstrip()
 
     text = "\n".join([line(_HEADER), rule, *map(line, table[1:]), rule, *map(line, foot)])

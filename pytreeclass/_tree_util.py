@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, GetAttrKey
 
+from ._cache import type_tag
+
 __all__ = [
     "ARRAY_TYPES",
     "MAX_ITEMS",
@@ -183,7 +185,7 @@ def static_difference(a: Any, b: Any, child_keys: list[Any]) -> str:
         if f.name in children:
             continue
         va, vb = getattr(a, f.name, None), getattr(b, f.name, None)
-        if va != vb:
+        if va != vb or type_tag(va) != type_tag(vb):  # `1` vs `1.0`: treeclass aux is typed
             diffs.append(f"{f.name}: {va!r} vs {vb!r}")
     return "; ".join(diffs) or "their pytree aux data"
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import jax
 from typing_extensions import dataclass_transform
 
+from ._cache import type_tag
 from ._codegen import compile_function, flatten_sources, unflatten_source
 from ._field import Field, field
 from ._instance import (
@@ -96,9 +97,10 @@ def _register(cls: type, meta: ClassMeta) -> None:
     """Generate flatten/unflatten for `cls` and register it as a pytree with keys."""
     owner = cls.__qualname__
     flat_src, keys_src = flatten_sources(meta.child_names, meta.static_names)
+    tags = {"_tag": type_tag, "_type": type, "_isinstance": isinstance, "_tuple": tuple}
     ns_k = {f"_k{i}": k for i, k in enumerate(meta.keys)}
-    flatten = compile_function("flatten", flat_src, {}, owner)
-    flatten_with_keys = compile_function("flatten_with_keys", keys_src, ns_k, owner)
+    flatten = compile_function("flatten", flat_src, dict(tags), owner)
+    flatten_with_keys = compile_function("flatten_with_keys", keys_src, {**ns_k, **tags}, owner)
     field_order = tuple(f.name for f in meta.fields)
     unflat_src = unflatten_source(field_order, meta.child_names, meta.static_names)
     unflatten = compile_function("unflatten", unflat_src, {"_new": _new, "_cls": cls}, owner)

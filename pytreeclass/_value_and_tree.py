@@ -22,7 +22,7 @@ from typing import Any, Concatenate, TypeVar
 from ._errors import too_deep_error
 from ._instance import EDIT, MUTABLE
 from ._lens_walk import CODES, DICT, LEAF, LIST, NAMEDTUPLE, NONE, TREECLASS, TUPLE, node_code
-from ._meta import FLAT, check_static, meta_of
+from ._meta import FLAT, check_static, drop_derived, meta_of
 from ._tree_util import one_level
 
 __all__ = ["value_and_tree"]
@@ -65,6 +65,10 @@ def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
         d.pop(FLAT, None)  # stale once fn assigns a field; `_freeze` stores it again
         for name, value in zip(fr.aux, out):
             d[name] = value
+        meta = meta_of(type(node))
+        assert meta is not None  # a TREECLASS node
+        if len(d) >= meta.size:  # more than the fields: derived values stay behind
+            drop_derived(d, meta.fields_by_name)
         made.append((node, new))
         return new
     if code == LIST:
@@ -131,11 +135,15 @@ def _freeze(made: list[tuple[Any, Any]]) -> None:
         d = copy.__dict__
         if len(d) - (FLAT in d) != len(meta.fields):
             missing = [f.name for f in meta.fields if f.name not in d]
-            raise TypeError(
-                f"value_and_tree: fn deleted field(s) {', '.join(map(repr, missing))} of a "
-                f"{cls.__qualname__}; a treeclass instance must keep every field. Assign a "
-                "new value instead of deleting it."
-            )
+            if missing:
+                raise TypeError(
+                    f"value_and_tree: fn deleted field(s) {', '.join(map(repr, missing))} of a "
+                    f"{cls.__qualname__}; a treeclass instance must keep every field. Assign a "
+                    "new value instead of deleting it."
+                )
+            # Values derived while fn ran (a cached_property read after fn's last
+            # assignment): the frozen copy carries fields only, like every other copy.
+            drop_derived(d, meta.fields_by_name)
         od = original.__dict__
         for name in meta.static_names:
             if d[name] is not od[name]:

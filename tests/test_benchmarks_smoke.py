@@ -25,9 +25,10 @@ SECTIONS = [
     "== 3. single-leaf update",
     "== 4. jitted training step",
     "== 5. scaling",
-    "== 6a. layer stacks: compile time",
-    "== 6b. layer stacks: one compiled training step",
-    "== 6c. layer stacks: write one layer",
+    "== 6. model surgery",
+    "== 7a. layer stacks: compile time",
+    "== 7b. layer stacks: one compiled training step",
+    "== 7c. layer stacks: write one layer",
     "== summary:",
 ]
 

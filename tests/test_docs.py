@@ -11,7 +11,8 @@ What runs:
   link the API names they mention to the reference, and every name in
   `pytreeclass.__all__` has a docstring and one `::: pytreeclass.NAME` entry on a page of
   `docs/reference/`;
-* `mkdocs build --strict`, once per session (skipped only when mkdocs is not installed),
+* `mkdocs build --strict`, once per session (mkdocs is in the `test` extra, so this runs
+  wherever the README's test command does; skipped only when mkdocs is not installed),
   and checks on the built site: every page in the nav, a non-empty sitemap, every
   internal link and anchor resolving, backlinks from the reference to the guide, and a
   search index that finds API names (`tree_partition`, `vmap`, `OfType`) on every page
@@ -239,6 +240,8 @@ def _reference_entries() -> dict[str, list[str]]:
     entries: dict[str, list[str]] = {}
     for page in sorted(REFERENCE.glob("*.md")):
         text = page.read_text(encoding="utf-8")
+        if page.name == "index.md":
+            continue
         for name in re.findall(r"^::: pytreeclass\.(\w+)", text, flags=re.M):
             entries.setdefault(name, []).append(page.name)
     return entries
@@ -255,6 +258,17 @@ def test_every_public_name_has_a_docstring_and_one_reference_entry() -> None:
     assert not twice, f"documented on more than one reference page: {twice}"
     undocumented = [n for n in public if not (getattr(ptc, n).__doc__ or "").strip()]
     assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+def test_the_reference_index_lists_every_entry() -> None:
+    index = (REFERENCE / "index.md").read_text(encoding="utf-8")
+    unlisted = [
+        f"{page}: {name}"
+        for name, pages in _reference_entries().items()
+        for page in pages
+        if f"]({page}#pytreeclass.{name})" not in index
+    ]
+    assert not unlisted, "add to the table of docs/reference/index.md:\n" + "\n".join(unlisted)
 
 
 # -- what the pages show --------------------------------------------------------------------
@@ -489,7 +503,7 @@ def test_the_reference_shows_no_private_names_and_one_signature_each(site: Path)
 _ANY_RETURN_OK = {"field", "Lens.get"}
 # Filters' `mask(ctx)` is the protocol the selection functions call, not an API for
 # users; the reference does not render it (`members: false`).
-_NOT_RENDERED = {"mask"}
+_NOT_RENDERED = {"mask", "node_test"}  # the filter protocol, not rendered
 
 
 def _public_callables() -> list[tuple[str, object]]:

@@ -42,6 +42,7 @@ def test_every_example_is_tested() -> None:
         "batchnorm_train_eval",
         "transfer_learning",
         "train_mlp",
+        "lora_finetune",
         "with_equinox",
         "with_flax",
         "transformer_scan",
@@ -221,3 +222,25 @@ def test_transformer_scan_sharded_step_matches_one_device() -> None:
     assert report["blocks.attn.qkv shard"] == [4, 64, 3, 1, 16]  # 4 heads over 4 devices
     np.testing.assert_allclose(report["loss sharded"], report["loss single"], rtol=1e-5)
     assert report["max param diff"] < 1e-3
+
+
+def test_lora_finetune_trains_adapters_only_and_merges_them_back(capsys) -> None:
+    ex = example("lora_finetune")
+    res = ex.main()
+    out = capsys.readouterr().out
+    acc, counts = res["accuracy"], res["counts"]
+    assert acc["base"] >= 0.95
+    assert acc["tuned"] >= acc["base"] - 0.01  # within a point of the base model
+    assert acc["tuned noisy"] > acc["base noisy"] + 0.03  # and it learned the new domain
+    # Printed: trainable vs total before (all), with adapters (adapters only), after merging.
+    assert counts == {"base": (8970, 8970), "lora": (1320, 10290), "merged": (8970, 8970)}
+    assert "trainable  1,320 of 10,290 parameters" in out
+    assert f"test accuracy, tuned        {acc['tuned']:.4f}" in out
+    base, tuned, merged = res["base"], res["tuned"], res["merged"]
+    assert all(type(layer) is ex.LoRA for layer in tuned.layers)
+    assert all(type(layer) is ex.Linear for layer in merged.layers)
+    for layer, lora in zip(base.layers, tuned.layers):
+        assert lora.base is layer or ptc.tree_equal(lora.base, layer)  # frozen exactly
+        assert float(jnp.abs(lora.b).sum()) > 0  # the adapters trained
+    x = jnp.asarray(ex.load_data()[1][:32])
+    np.testing.assert_allclose(merged(x), tuned(x), rtol=1e-4, atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections import namedtuple
 
 import equinox as eqx
@@ -15,7 +16,7 @@ import pytest
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, State, field, treeclass
 
-from .models import Linear
+from .models import MLP, Linear
 
 
 class Frozen(Parameter):
@@ -390,3 +391,47 @@ def test_no_array_is_copied():
     ids = {id(x) for x in leaves}
     assert all(id(x) in ids for x in jax.tree_util.tree_leaves((a, b)))
     assert all(id(x) in ids for x in jax.tree_util.tree_leaves(ptc.tree_filter(net, "b")))
+
+
+# -- unions and generic aliases as type filters (issue 17, point 7) -----------------------------
+
+
+# The old typing spellings, as users write them (named here so the linter lets them be).
+_Union, _Optional, _List = typing.Union, typing.Optional, vars(typing)["List"]
+
+
+@pytest.mark.parametrize(
+    "union",
+    [int | float, _Union[int, float], _Optional[_Union[int, float]]],
+    ids=["pipe", "Union", "Optional"],
+)
+def test_a_union_of_types_selects_what_isinstance_accepts(union: object) -> None:
+    tree = [1, 2.0, "s", jnp.ones(2), True]
+    assert ptc.tree_mask(tree, union) == [True, True, False, False, True]
+    assert ptc.tree_filter(tree, union) == [1, 2.0, None, None, True]
+    assert ptc.at(tree)[union].apply(lambda x: x * 2) == [2, 4.0, "s", tree[3], 2]
+    assert "int" in repr(ptc.Any(union)) and "float" in repr(ptc.Any(union))
+
+
+def test_a_union_of_kinds_selects_either_kind() -> None:
+    m = MLP([Linear(jnp.ones((2, 2)), jnp.zeros(2))])
+    by_union = ptc.tree_mask(m, Parameter | ptc.BatchStat)
+    assert by_union == ptc.tree_mask(m, ptc.Any(Parameter, ptc.BatchStat))
+    assert jax.tree_util.tree_leaves(by_union) == [True, True, True]
+    mixed = ptc.tree_mask({"a": 1, "b": m}, Parameter | int)
+    assert jax.tree_util.tree_leaves(mixed) == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [list[int], _List[int], dict[str, int], tuple[int, ...], list[int] | int],
+    ids=["list[int]", "List[int]", "dict", "tuple", "union-with-alias"],
+)
+def test_a_parametrized_generic_is_refused_with_the_accepted_forms(alias: object) -> None:
+    with pytest.raises(
+        TypeError, match=r"is a parametrized generic; .*isinstance.*the bare type"
+    ) as e:
+        ptc.tree_mask([1, jnp.ones(3)], alias)
+    assert "a Kind subclass" in str(e.value)  # the list of accepted forms
+    with pytest.raises(TypeError, match="parametrized generic"):
+        ptc.at([jnp.ones(3)])[alias].get()

@@ -532,6 +532,7 @@ def test_sigkill_of_a_big_write_leaves_a_whole_file(tmp_path: Path) -> None:
     """
     path = tmp_path / "big.npz"
     old = {f"layer{i}": np.zeros((1024, 1024), np.float32) for i in range(64)}
+    new = {k: np.full_like(v, 7.0) for k, v in old.items()}  # what io_crash_writer saves
     ptc.tree_save(path, old)
     with crash_writer(path, "big") as proc:
         assert proc.stdout is not None
@@ -540,10 +541,20 @@ def test_sigkill_of_a_big_write_leaves_a_whole_file(tmp_path: Path) -> None:
         while not list(tmp_path.glob(".big.npz.*.tmp")) and proc.poll() is None:
             assert time.monotonic() < deadline, "the writer never created its temporary file"
             time.sleep(0.001)
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        else:  # the writer finished (or failed) before its temporary file was seen
+            err = proc.stderr.read() if proc.stderr else ""
+            assert proc.returncode == 0, f"the writer failed: {err[-2000:]}"
+    # Whole-file integrity: every array equals the old tree's, or every one the new's.
     loaded = ptc.tree_load(path, like=old)
-    values = {float(v[0, 0]) for v in loaded.values()} | {float(v[-1, -1]) for v in loaded.values()}
-    assert values in ({0.0}, {7.0})  # all old or all new
+    assert loaded.keys() == old.keys()
+    same_as_old = all(np.array_equal(loaded[k], old[k]) for k in old)
+    same_as_new = all(np.array_equal(loaded[k], new[k]) for k in new)
+    assert same_as_old or same_as_new, "the target is neither the old file nor the new one"
+    if proc.returncode == 0:  # the write won the race: it must be the new file
+        assert same_as_new
 
 
 def test_error_mid_write_keeps_old_file_and_removes_temp(
@@ -600,3 +611,128 @@ def test_orbax_standard_checkpointer_round_trip(tmp_path: Path) -> None:
     assert type(restored) is MLP
     assert restored == model
     assert restored.layers[1].features == 2
+
+
+# -- issue 17: Python numbers' shapes, 64-bit ints, fsync, sharded templates ---------------------
+
+
+def test_a_saved_python_number_is_refused_for_a_template_array_with_a_shape(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "n.npz"
+    ptc.tree_save(path, {"w": 0.5})
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch at \['w'\]: the file has a Python float, the template float32\[3,4\]",
+    ):
+        ptc.tree_load(path, like={"w": jnp.zeros((3, 4))})
+    with pytest.raises(ValueError, match=r"shape mismatch .* float32\[1\]"):
+        ptc.tree_load(path, like={"w": jax.ShapeDtypeStruct((1,), jnp.float32)})
+    # a 0-d template still takes it, as a Python number or an array
+    assert ptc.tree_load(path, like={"w": 0.0}) == {"w": 0.5}
+    out = ptc.tree_load(path, like={"w": jnp.zeros(())})
+    assert out["w"].shape == () and float(out["w"]) == 0.5
+
+
+@pytest.mark.parametrize(
+    "value", [2**63 - 1, 2**63, 2**64 - 1, -(2**63), -1, 0], ids=lambda v: f"{v:#x}"
+)
+def test_python_ints_that_fit_64_bits_round_trip_exactly(tmp_path: Path, value: int) -> None:
+    path = tmp_path / "i.npz"
+    ptc.tree_save(path, {"n": value, "m": [value]})
+    out = ptc.tree_load(path, like={"n": 0, "m": [0]})
+    assert out == {"n": value, "m": [value]} and type(out["n"]) is int
+
+
+@pytest.mark.parametrize("value", [2**64, 2**70, -(2**63) - 1, -(2**64)], ids=lambda v: f"{v:#x}")
+def test_python_ints_beyond_64_bits_are_refused_at_save_naming_the_path(
+    tmp_path: Path, value: int
+) -> None:
+    path = tmp_path / "i.npz"
+    with pytest.raises(
+        OverflowError, match=r"the Python int at \['cfg'\]\[1\] .* does not fit in 64 bits"
+    ):
+        ptc.tree_save(path, {"cfg": [1, value]})
+    assert not path.exists() and list(tmp_path.iterdir()) == []  # nothing half written
+
+
+def test_a_saved_python_int_must_fit_the_template_arrays_dtype(tmp_path: Path) -> None:
+    path = tmp_path / "i.npz"
+    ptc.tree_save(path, {"n": 2**40, "k": 7})
+    with pytest.raises(ValueError, match=r"value mismatch at \['n'\]: .*does not fit int32"):
+        ptc.tree_load(path, like={"n": jnp.zeros((), jnp.int32), "k": 0})
+    out = ptc.tree_load(path, like={"n": np.zeros((), np.int64), "k": jnp.zeros((), jnp.int8)})
+    assert int(out["n"]) == 2**40 and int(out["k"]) == 7
+
+
+def test_tree_save_fsyncs_the_temporary_file_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the fsync a crash after the rename can leave an empty or partial target."""
+    events: list[tuple[str, object]] = []
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)  # type: ignore[arg-type]
+        events.append(("open", (str(path), fd)))
+        return fd
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", fd))
+        real_fsync(fd)
+
+    def recording_replace(src: object, dst: object) -> None:
+        events.append(("replace", (str(src), str(dst))))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    target = tmp_path / "ckpt.npz"
+    ptc.tree_save(target, {"w": np.ones(3)})
+    replaces = [i for i, (kind, _) in enumerate(events) if kind == "replace"]
+    assert len(replaces) == 1
+    tmp_name = events[replaces[0]][1][0]  # type: ignore[index]
+    temp_fds = [fd for kind, (p, fd) in (e for e in events if e[0] == "open") if p == tmp_name]  # type: ignore[misc]
+    assert len(temp_fds) == 1
+    synced_before = {fd for kind, fd in events[: replaces[0]] if kind == "fsync"}
+    assert temp_fds[0] in synced_before, events
+    assert_same(ptc.tree_load(target, like={"w": np.ones(3)}), {"w": np.ones(3)})
+
+
+_SHARDED_LOAD = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import pytreeclass as ptc
+assert jax.device_count() == 8, jax.devices()
+mesh = jax.make_mesh((4, 2), ("data", "model"))
+path = sys.argv[1]
+tree = {"w": np.arange(64.0, dtype=np.float32).reshape(8, 8), "b": np.arange(8.0, dtype=np.float32)}
+ptc.tree_save(path, tree)
+sw = NamedSharding(mesh, P("data", "model"))
+sb = NamedSharding(mesh, P("model"))
+like = {"w": jax.device_put(jnp.zeros((8, 8)), sw), "b": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sb)}
+out = ptc.tree_load(path, like=like)
+for k, s in (("w", sw), ("b", sb)):
+    assert out[k].sharding == s, (k, out[k].sharding)
+    assert len(out[k].sharding.device_set) == 8
+    np.testing.assert_array_equal(np.asarray(out[k]), tree[k])
+print("OK")
+"""
+
+
+def test_tree_load_puts_leaves_on_the_template_leafs_sharding(tmp_path: Path) -> None:
+    """8 simulated CPU devices (XLA reads the flag when JAX starts: a subprocess)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SHARDED_LOAD, str(tmp_path / "sharded.npz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=HERE.parent,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]

@@ -234,8 +234,9 @@ def test_missing_step_after_a_selection():
     with pytest.raises(
         AttributeError,
         match=r"model\.layers\[\.\.\.\]\.features: no child \.features under any selected node; "
-        r"children there: \.w, \.b; \.features is a static field, which a selection does not "
-        r"reach \(it selects leaves\): update it one path at a time, e\.g\. model\.layers\[0\]\.features",
+        r"children there: \.w, \.b; \.features is a static field, which a selection of leaves "
+        r"does not reach: select the nodes by type, e\.g\. \.at\[ptc\.OfType\(Linear\)\]\.features, "
+        r"or update one path at a time, e\.g\. model\.layers\[0\]\.features",
     ):
         m.at.layers[...].features.set(8)
 
@@ -860,3 +861,55 @@ def test_compiled_path_through_foreign_dataclasses_and_tuples(cell: Any):
     bad = {"cells": ([tree["cells"][1], object.__new__(cell)],)}  # a field missing
     with pytest.raises(AttributeError):
         ptc.at(bad)["cells"][0][-1].w.set(2.0)
+
+
+# -- a missing int key in a mapping is a KeyError (issue 17, point 8) ---------------------------
+
+
+def test_a_missing_int_key_in_a_dict_is_a_key_error() -> None:
+    with pytest.raises(KeyError, match=r"^tree\[3\]: no key 3; keys: 1, 2$"):
+        ptc.at({1: "a", 2: "b"})[3].get()
+    with pytest.raises(KeyError, match=r"tree\['a'\]\[-1\]: no key -1"):
+        ptc.at({"a": {0: 1.0}})["a"][-1].set(2.0)
+    with pytest.raises(KeyError, match="no key 5"):
+        ptc.at({0: 1.0})[5].apply(lambda x: x)
+    # a list index out of range stays an IndexError
+    with pytest.raises(IndexError, match="index out of range"):
+        ptc.at([1.0])[3].get()
+
+
+def test_a_missing_int_key_in_a_selection_of_dicts_is_a_key_error() -> None:
+    tree = {"a": {0: 1.0}, "b": {0: 2.0}}
+    with pytest.raises(KeyError, match=r"no child \[1\] under any selected node"):
+        ptc.at(tree)[...][1].get()
+
+
+def test_a_missing_int_key_in_a_foreign_mapping_node_is_a_key_error() -> None:
+    from flax.core import FrozenDict
+
+    with pytest.raises(KeyError, match=r"FrozenDict has no child \[2\]"):
+        ptc.at(FrozenDict({1: 1.0}))[2].get()
+
+
+def test_a_filter_lens_takes_the_outermost_kind_on_its_path() -> None:
+    """`inner` is declared kind=State, so every leaf under it is State (the outermost field
+    that sets a kind wins), even `inner.w`, whose own field says Parameter."""
+
+    @treeclass
+    class Inner:
+        w: jax.Array = field(kind=ptc.Parameter)
+        v: jax.Array
+
+    @treeclass
+    class Outer:
+        inner: Inner = field(kind=ptc.State)
+        p: jax.Array = field(kind=ptc.Parameter)
+
+    o = Outer(Inner(jnp.ones(2), jnp.ones(2)), jnp.ones(2))
+    assert ptc.tree_kinds(o).inner.w is ptc.State
+    assert o.at.inner.w[ptc.Parameter].get() is None  # nothing selected
+    assert o.at.inner.w[ptc.Parameter].apply(lambda x: x * 0) == o
+    assert o.at.inner.w[ptc.State].get() is o.inner.w
+    out = o.at.inner[ptc.State].apply(lambda x: x * 3)
+    assert float(out.inner.w[0]) == 3.0 and float(out.inner.v[0]) == 3.0
+    assert o.at.inner[ptc.Parameter].get() == Inner(None, None)  # type: ignore[arg-type]

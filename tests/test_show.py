@@ -159,19 +159,19 @@ def test_repr_under_jit_shows_tracer_shapes() -> None:
 # -- tree_summary -------------------------------------------------------------------------------
 
 SUMMARY = """\
-path          kind       type   shape/dtype  count  bytes
-------------  ---------  -----  -----------  -----  -----
-.layers[0].w  Parameter  Array  f32[3,4]        12     48
-.layers[0].b  Parameter  Array  f32[4]           4     16
-.layers[1].w  Parameter  Array  f32[4,2]         8     32
-.layers[1].b  Parameter  Array  f32[2]           2      8
-.mean         BatchStat  Array  f32[]            1      4
-.lr           -          float  0.1              1      0
-------------  ---------  -----  -----------  -----  -----
-total         Parameter                         26    104
-total         BatchStat                          1      4
-total         -                                  1      0
-total         all                               28    108"""
+path          node    kind       type   shape/dtype  count  bytes
+------------  ------  ---------  -----  -----------  -----  -----
+.layers[0].w  Linear  Parameter  Array  f32[3,4]        12     48
+.layers[0].b  Linear  Parameter  Array  f32[4]           4     16
+.layers[1].w  Linear  Parameter  Array  f32[4,2]         8     32
+.layers[1].b  Linear  Parameter  Array  f32[2]           2      8
+.mean         MLP     BatchStat  Array  f32[]            1      4
+.lr           MLP     -          float  0.1              1      0
+------------  ------  ---------  -----  -----------  -----  -----
+total                 Parameter                         26    104
+total                 BatchStat                          1      4
+total                 -                                  1      0
+total                 all                               28    108"""
 
 
 def test_tree_summary_text_pinned() -> None:
@@ -183,14 +183,14 @@ def test_tree_summary_text_pinned() -> None:
 
 def test_tree_summary_data() -> None:
     s = ptc.tree_summary(make_mlp())
-    assert s.rows[0] == (".layers[0].w", "Parameter", "Array", "f32[3,4]", 12, 48)
-    assert s.rows[0].bytes == 48 and s.rows[-1].type == "float"
+    assert s.rows[0] == (".layers[0].w", "Linear", "Parameter", "Array", "f32[3,4]", 12, 48, None)
+    assert s.rows[0].bytes == 48 and s.rows[-1].type == "float" and s.rows[-1].node == "MLP"
     assert s.totals == {"Parameter": (26, 104), "BatchStat": (1, 4), "-": (1, 0), "all": (28, 108)}
 
 
 def test_tree_summary_html() -> None:
     h = ptc.tree_summary({"a<b": jnp.zeros((1000,), jnp.bfloat16)})._repr_html_()
-    assert h.startswith("<table><thead><tr><th>path</th><th>kind</th>")
+    assert h.startswith("<table><thead><tr><th>path</th><th>node</th><th>kind</th>")
     assert "<td>[&#x27;a&lt;b&#x27;]</td>" in h  # escaped
     assert "<th>1,000</th><th>2,000</th>" in h
 
@@ -199,10 +199,10 @@ def test_tree_summary_thousands_keys_and_mixed_leaves() -> None:
     tree = {"big": np.zeros((100, 100), np.float64), "key": jax.random.key(0), "s": "text", "n": 3}
     s = ptc.tree_summary(tree)
     assert [tuple(r) for r in s.rows] == [
-        ("['big']", "-", "ndarray", "f64[100,100]", 10000, 80000),
-        ("['key']", "-", "Array", "key[]", 1, 8),
-        ("['n']", "-", "int", "3", 1, 0),
-        ("['s']", "-", "str", "'text'", 0, 0),
+        ("['big']", "dict", "-", "ndarray", "f64[100,100]", 10000, 80000, None),
+        ("['key']", "dict", "-", "Array", "key[]", 1, 8, None),
+        ("['n']", "dict", "-", "int", "3", 1, 0, None),
+        ("['s']", "dict", "-", "str", "'text'", 0, 0, None),
     ]
     assert "10,000  80,000" in s
     assert s.totals["all"] == (10002, 80008)
@@ -213,9 +213,61 @@ def test_tree_summary_of_abstract_and_traced_trees_and_a_root_leaf() -> None:
     assert ptc.tree_summary(abstract).totals["all"] == (28, 112)  # lr became f32[]
     seen = []
     jax.jit(lambda m: seen.append(ptc.tree_summary(m)) or 0)(make_mlp())
-    assert seen[0].rows[0] == (".layers[0].w", "Parameter", "Array", "f32[3,4]", 12, 48)
+    assert seen[0].rows[0][:7] == (
+        ".layers[0].w",
+        "Linear",
+        "Parameter",
+        "Array",
+        "f32[3,4]",
+        12,
+        48,
+    )
     root = ptc.tree_summary(jnp.ones(3))
-    assert root.rows == (("<root>", "-", "Array", "f32[3]", 3, 12),)
+    assert root.rows == (("<root>", "-", "-", "Array", "f32[3]", 3, 12, None),)
+
+
+def test_tree_summary_node_column_names_the_innermost_non_container_node() -> None:
+    @ptc.treeclass
+    class Block:
+        parts: dict
+        extra: tuple = ()
+
+    tree = [Block({"a": [jnp.ones(2)], "n": None}, (1.0,)), {"x": 2.0}]
+    s = ptc.tree_summary(tree)
+    assert [(r.path, r.node) for r in s.rows] == [
+        ("[0].parts['a'][0]", "Block"),
+        ("[0].extra[0]", "Block"),
+        ("[1]['x']", "list"),
+    ]
+    eqx_model = {"lin": eqx.nn.Linear(2, 3, key=jax.random.key(0))}
+    assert {r.node for r in ptc.tree_summary(eqx_model).rows} == {"Linear"}
+
+
+def test_tree_summary_counts_a_shared_array_once_and_marks_it() -> None:
+    w, b = jnp.ones((3, 4)), jnp.zeros(4)
+    tree = {"embed": {"w": w}, "head": {"b": b, "w": w}, "again": w}
+    s = ptc.tree_summary(tree)
+    assert [(r.path, r.count, r.shared) for r in s.rows] == [
+        ("['again']", 12, None),
+        ("['embed']['w']", 0, "['again']"),
+        ("['head']['b']", 4, None),
+        ("['head']['w']", 0, "['again']"),
+    ]
+    assert s.totals["all"] == (16, 64)
+    assert "f32[3,4] = ['again']" in s
+    # Equal but distinct arrays, and the same small int at two paths, are not shared.
+    s2 = ptc.tree_summary({"a": jnp.ones(2), "b": jnp.ones(2), "c": 1, "d": 1})
+    assert all(r.shared is None for r in s2.rows) and s2.totals["all"] == (6, 16)
+
+
+def test_tree_aliases_lists_groups_of_paths_holding_one_array() -> None:
+    w, v = jnp.ones((3, 4)), np.zeros(2)
+    tree = {"a": w, "b": [w, v, 1, 1], "c": (v, w)}
+    assert ptc.tree_aliases(tree) == [("['a']", "['b'][0]", "['c'][1]"), ("['b'][1]", "['c'][0]")]
+    assert ptc.tree_aliases({"a": jnp.ones(2), "b": jnp.ones(2)}) == []
+    # A jitted step unties them: each path gets its own array.
+    out = jax.jit(lambda t: jax.tree.map(lambda x: x * 1, t))({"a": w, "b": w})
+    assert ptc.tree_aliases(out) == []
 
 
 # -- tree_diagram -------------------------------------------------------------------------------

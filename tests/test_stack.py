@@ -265,13 +265,13 @@ def test_multi_steps_after_an_index() -> None:
 def test_a_stacked_list_is_indexed_as_a_stack() -> None:
     @treeclass
     class Pairs:
-        items: list = field(stack="layers")
+        pair: list = field(stack="layers")
 
     p = Pairs([jnp.arange(3.0), jnp.arange(3.0) * 10])
-    assert [x.tolist() for x in p.at.items[1].get()] == [1.0, 10.0]
-    assert p.at.items[2][1].get().tolist() == 20.0
-    p2 = p.at.items[0].set([jnp.float32(-1), jnp.float32(-2)])
-    assert p2.items[0].tolist() == [-1.0, 1.0, 2.0] and p2.items[1].tolist() == [-2.0, 10.0, 20.0]
+    assert [x.tolist() for x in p.at.pair[1].get()] == [1.0, 10.0]
+    assert p.at.pair[2][1].get().tolist() == 20.0
+    p2 = p.at.pair[0].set([jnp.float32(-1), jnp.float32(-2)])
+    assert p2.pair[0].tolist() == [-1.0, 1.0, 2.0] and p2.pair[1].tolist() == [-2.0, 10.0, 20.0]
 
 
 @treeclass
@@ -512,16 +512,19 @@ def test_tree_shardings_of_a_stack() -> None:
 
 
 def test_shardings_cache_warmed_by_an_equal_treedef() -> None:
-    # Treedefs with static 1 and 1.0 compare equal; the axes cached for one serve the other.
+    # The axes are cached per treedef: a stack of 2 layers warms it for a stack of 3 (an
+    # equal treedef, other shapes); statics 1 and 1.0 must not mix up the layers' values.
     mesh = jax.make_mesh((1, 1), ("data", "model"))
     rules = {"layers": None, "embed": None, "mlp": "model"}
     one = Model(ptc.tree_stack([make_block(i, 1) for i in range(2)]), jnp.ones(5))
-    other = Model(ptc.tree_stack([make_block(i, 1.0) for i in range(3)]), jnp.ones(5))
+    other = Model(ptc.tree_stack([make_block(i, 1) for i in range(3)]), jnp.ones(5))
     assert jax.tree_util.tree_structure(one) == jax.tree_util.tree_structure(other)
     ptc.tree_shardings(one, mesh, rules)
     s = ptc.tree_shardings(other, mesh, rules)
     assert s.blocks.w.spec == jax.P(None, None, "model") and s.blocks.b.spec == jax.P(None, None)
-    assert other.at.blocks[2].get().act == 1.0 and type(other.at.blocks[2].get().act) is float
+    floats = Model(ptc.tree_stack([make_block(i, 1.0) for i in range(3)]), jnp.ones(5))
+    assert type(floats.at.blocks[2].get().act) is float
+    assert type(other.at.blocks[2].get().act) is int
 
 
 # -- displays ----------------------------------------------------------------------------------------
@@ -560,3 +563,11 @@ def test_diagram_shows_the_layer_count() -> None:
     assert "blocks: Block \u00d74" in text
     assert "b: f32[4,5] (Parameter, axes=('layers', ...))" in text
     assert "inner: Inner \u00d72" in ptc.tree_diagram(make_deep())
+
+
+def test_node_filters_after_an_index() -> None:
+    m = make_model()
+    m2 = m.at.blocks[1][ptc.OfType(Block)].apply(lambda b: b.at.b.set(jnp.zeros(5)))
+    assert m2.blocks.b[:, 0].tolist() == [0.0, 0.0, 2.0, 3.0]
+    got = m.at.blocks[2][ptc.OfType(Block)].get()
+    assert float(got.scale) == 2.0

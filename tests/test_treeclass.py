@@ -688,3 +688,100 @@ def test_treeclass_base_itself_is_not_instantiable():
             self.n = n
 
     assert Counted(3).n == 3
+
+
+# -- fields named like builtins (issue 17, point 5) ---------------------------------------------
+# The generated __init__ takes fields as parameters, so a field called `type` or `len`
+# shadows that builtin inside it: generated code must use none of them by their plain name.
+
+BUILTIN_NAMES = [
+    "type", "len", "hash", "object", "isinstance", "id", "tuple", "dict", "list", "str",
+    "int", "float", "bool", "set", "print", "getattr", "setattr", "super", "iter", "next",
+    "callable", "repr", "map", "zip", "min", "max", "range", "self", "cls", "_new", "d",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_a_field_named_like_a_builtin_works_everywhere(name: str) -> None:
+    ns = {
+        "__annotations__": {name: int, "n": int, "conv": int, "k": tuple},
+        "n": field(static=True, default=2),
+        "conv": field(converter=lambda v: v * 10, default=1),
+        "k": field(static=True, default_factory=lambda: (1, 2)),
+    }
+    A = treeclass(type("A", (), ns))
+    a = A(**{name: 5})
+    assert getattr(a, name) == 5 and a.n == 2 and a.conv == 10 and a.k == (1, 2)
+    b = A(5, 3, 4, (3,))  # positionally too
+    assert (getattr(b, name), b.n, b.conv, b.k) == (5, 3, 40, (3,))
+    # the static check still runs: an unhashable static value is refused, naming the field
+    with pytest.raises(TypeError, match="'n'"):
+        A(**{name: 5, "n": [1]})
+    leaves, treedef = jax.tree_util.tree_flatten(a)
+    assert treedef.unflatten(leaves) == a
+    assert a.at[name].set(7) == A(**{name: 7})
+
+
+@pytest.mark.parametrize("name", ["type", "len", "hash", "object", "isinstance", "self"])
+def test_builtin_named_static_fields_and_post_init(name: str) -> None:
+    def post_init(self: object) -> None:
+        assert getattr(self, name) == "x"
+
+    ns = {
+        "__annotations__": {name: str, "m": int},
+        name: field(static=True, default="x"),
+        "m": field(default=0),
+        "__post_init__": post_init,
+    }
+    A = treeclass(type("A", (), ns))
+    assert getattr(A(), name) == "x"
+    with pytest.raises(TypeError, match=repr(name)):
+        A(**{name: ["unhashable"]})
+
+
+# -- new-style PRNG keys in == and tree_equal (issue 17, point 4) -------------------------------
+
+
+@treeclass
+class Dropout:
+    key: jax.Array = field(kind=ptc.Rng)
+    rate: float = field(static=True, default=0.5)
+
+
+def test_equality_compares_new_style_prng_keys_by_their_data() -> None:
+    k0, k1 = jax.random.key(0), jax.random.key(1)
+    assert Dropout(k0) == Dropout(jax.random.key(0))
+    assert Dropout(k0) != Dropout(k1)
+    assert ptc.tree_equal({"k": k0}, {"k": jax.random.key(0)})
+    assert not ptc.tree_equal({"k": k0}, {"k": k1})
+    assert ptc.tree_equal(jax.random.split(k0, 3), jax.random.split(k0, 3))
+    assert not ptc.tree_equal(jax.random.split(k0, 3), jax.random.split(k0, 2))
+    # the same bits under another implementation are another key
+    rbg = jax.random.key(0, impl="rbg")
+    assert not ptc.tree_equal({"k": k0}, {"k": rbg})
+    # a key is not its raw data (nor an old-style uint32 key)
+    assert not ptc.tree_equal(k0, jax.random.key_data(k0))
+    assert not ptc.tree_equal(jax.random.key_data(k0), k0)
+
+
+def test_equality_of_prng_keys_under_jit_points_to_the_fix() -> None:
+    @jax.jit
+    def f(k: jax.Array) -> bool:
+        return Dropout(k) == Dropout(jax.random.key(0))
+
+    with pytest.raises(TypeError, match=r"jnp\.array_equal"):
+        f(jax.random.key(0))
+
+
+def test_equality_and_hash_skip_fields_with_compare_false() -> None:
+    @treeclass
+    class Tagged:
+        x: int
+        note: str = field(default="", compare=False)
+        cache: object = field(default=None, compare=False)
+
+    assert Tagged(1, "a") == Tagged(1, "b")
+    assert Tagged(1, "a", [1]) == Tagged(1, "a", [2])  # not compared, not even hashable
+    assert Tagged(1, "a") != Tagged(2, "a")
+    assert hash(Tagged(1, "a")) == hash(Tagged(1, "b"))
+    assert ptc.tree_equal(Tagged(1, "a"), Tagged(1, "a"))
