@@ -1,4 +1,4 @@
-"""Section 7: layer stacks. The transformer of examples/transformer_scan.py at several depths,
+"""Section 8: layer stacks. The transformer of examples/transformer_scan.py at several depths,
 its blocks ONE stacked field run by `ptc.scan_layers`, against the same blocks in a Python
 list run by a Python loop (unrolled into the compiled program).
 
@@ -101,7 +101,7 @@ def bench_stacks(settings: Settings) -> list[Section]:
         else {"embed": 64, "heads": 4, "context": 32}
     )
     compile_sec = Section(
-        f"7a. layer stacks: compile time of a training step (transformer, embed "
+        f"8a. layer stacks: compile time of a training step (transformer, embed "
         f"{sizes['embed']}, context {sizes['context']}, adam)",
         [
             "depth",
@@ -112,7 +112,7 @@ def bench_stacks(settings: Settings) -> list[Section]:
         ],
     )
     step_sec = Section(
-        "7b. layer stacks: one compiled training step, scanned vs unrolled",
+        "8b. layer stacks: one compiled training step, scanned vs unrolled",
         [
             "depth",
             "scanned CPU",
@@ -203,7 +203,7 @@ def _bench_set(settings: Settings, model: Any, depth: int) -> Section:
         np.testing.assert_array_equal(a, b)
     lens_us, hand_us = measure_many([lens, by_hand], settings.more(2))
     sec = Section(
-        f"7c. layer stacks: write one layer of a {depth}-deep stack ({len(leaves)} leaves)",
+        f"8c. layer stacks: write one layer of a {depth}-deep stack ({len(leaves)} leaves)",
         ["operation", "time", "x by hand"],
     )
     sec.add("model.at.blocks[3].set(block)", fmt_us(lens_us), fmt_ratio(lens_us / hand_us))

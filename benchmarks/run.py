@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+import bench_io  # noqa: E402
 import bench_scaling  # noqa: E402
 import bench_stacks  # noqa: E402
 import bench_surgery  # noqa: E402
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: [bench_train.bench_train(settings)],
         lambda: [bench_scaling.bench_scaling(settings, leaves)],
         lambda: [bench_surgery.bench_surgery(settings, layers)],
+        lambda: [bench_io.bench_io(settings)],
         lambda: bench_stacks.bench_stacks(settings),
     ]
     for run in runs:

@@ -45,6 +45,8 @@ from ._summary import tree_summary as tree_summary
 from ._treeclass import TreeClass as TreeClass
 from ._treeclass import treeclass as treeclass
 from ._value_and_tree import value_and_tree as value_and_tree
+from ._weights import tree_from_dict as tree_from_dict
+from ._weights import tree_to_dict as tree_to_dict
 
 
 def _version() -> str:
@@ -100,6 +102,7 @@ __all__ = [
     "tree_diagram",
     "tree_equal",
     "tree_filter",
+    "tree_from_dict",
     "tree_kinds",
     "tree_labels",
     "tree_load",
@@ -111,6 +114,7 @@ __all__ = [
     "tree_shardings",
     "tree_stack",
     "tree_summary",
+    "tree_to_dict",
     "tree_unstack",
     "treeclass",
     "value_and_tree",

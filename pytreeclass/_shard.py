@@ -163,7 +163,8 @@ def tree_shardings(
         >>> rules = {"embed": None, "mlp": "model"}
         >>> dense = Dense(jnp.ones((4, 8)), jnp.zeros(8))
         >>> s = ptc.tree_shardings(dense, mesh, rules)
-        >>> s.w.spec == jax.P(None, "model"), s.b.spec == jax.P()
+        >>> P = jax.sharding.PartitionSpec
+        >>> s.w.spec == P(None, "model"), s.b.spec == P()
         (True, True)
     """
     table = _normalize_rules(rules, mesh)

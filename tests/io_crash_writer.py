@@ -2,7 +2,7 @@
 
 Usage: python io_crash_writer.py PATH stall|big
 
-`stall`: after two leaves of the new tree are in the temporary file, print `MIDWRITE` and
+`stall`: once two leaves of the new tree are in the temporary file, print `MIDWRITE` and
 sleep, so the test can SIGKILL it while the temporary file is surely half written.
 `big`: save a large tree (256 MiB) at full speed; the test SIGKILLs it as soon as the
 temporary file appears, wherever the write has got to.
@@ -16,23 +16,21 @@ import time
 import numpy as np
 
 import pytreeclass as ptc
-
-_write_array = np.lib.format.write_array
-_calls = [0]
+from pytreeclass import _io_file, _io_npz
 
 
-def _stalling_write_array(*args: object, **kwargs: object) -> None:
-    _write_array(*args, **kwargs)  # type: ignore[arg-type]
-    _calls[0] += 1
-    if _calls[0] == 2:
-        print("MIDWRITE", flush=True)
-        time.sleep(120)
+def _stalling_write_joined(out: object, arrays: list) -> None:
+    """Write two leaves' bytes to the temporary file, then stall."""
+    _io_file.write_joined(out, arrays[:2])
+    out.flush()  # type: ignore[attr-defined]
+    print("MIDWRITE", flush=True)
+    time.sleep(120)
 
 
 def main() -> None:
     path, mode = sys.argv[1], sys.argv[2]
     if mode == "stall":
-        np.lib.format.write_array = _stalling_write_array  # type: ignore[assignment]
+        _io_npz.write_joined = _stalling_write_joined  # type: ignore[assignment]
         tree = {f"layer{i}": np.full((256, 256), 7.0, np.float32) for i in range(8)}
     else:
         tree = {f"layer{i}": np.full((1024, 1024), 7.0, np.float32) for i in range(64)}

@@ -88,10 +88,17 @@ def train_step(model: Model, tokens: jax.Array, targets: jax.Array) -> tuple[Mod
 
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
+    # The default from jax 0.5 on; older jax draws different random numbers under a sharded
+    # jit unless it is set, and the init check below compares with an unsharded init.
+    jax.config.update("jax_threefry_partitionable", True)
     # Auto axes: the classic jit(in_shardings=..., out_shardings=...) workflow, where XLA
     # propagates shardings through the step (Explicit axes would need annotations inside).
-    auto = jax.sharding.AxisType.Auto
-    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(auto, auto))
+    # (jax < 0.5.3 has no AxisType: its meshes behave as Auto, so none is passed there.)
+    if hasattr(jax.sharding, "AxisType"):
+        auto = jax.sharding.AxisType.Auto
+        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(auto, auto))
+    else:
+        mesh = jax.make_mesh((2, 4), ("data", "model"))
     rules = [("vocab", ("data", "model")), ("embed", None), ("mlp", "model"), ("norm", "model")]
     model = make_model(jax.random.key(0))
     shardings = ptc.tree_shardings(model, mesh, rules)

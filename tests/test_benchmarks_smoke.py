@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .versions import needs_nnx_nodes
+
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 SECTIONS = [
@@ -26,13 +28,15 @@ SECTIONS = [
     "== 4. jitted training step",
     "== 5. scaling",
     "== 6. model surgery",
-    "== 7a. layer stacks: compile time",
-    "== 7b. layer stacks: one compiled training step",
-    "== 7c. layer stacks: write one layer",
+    "== 7. saving and loading",
+    "== 8a. layer stacks: compile time",
+    "== 8b. layer stacks: one compiled training step",
+    "== 8c. layer stacks: write one layer",
     "== summary:",
 ]
 
 
+@needs_nnx_nodes  # the benchmarks compare with flax.nnx's current API (nnx.List)
 def test_quick_run_prints_every_section(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     proc = subprocess.run(

@@ -25,6 +25,7 @@ from pytreeclass import BatchStat, Parameter, field, treeclass
 from pytreeclass._errors import TreeTooDeepError
 
 from .models import Linear
+from .versions import JAX_FLATTEN_RECURSES
 
 
 @treeclass
@@ -319,10 +320,14 @@ def test_too_deep_tree_gives_clear_error():
     deep: object = 1.0
     for _ in range(sys.getrecursionlimit() + 100):
         deep = [deep]
-    with pytest.raises(TreeTooDeepError, match=r"tree_mask: the tree is nested too deeply"):
-        ptc.tree_mask(deep, float)
+    # tree_merge's own walk recurses once per level: too deep with every JAX.
     with pytest.raises(RecursionError, match=r"sys\.setrecursionlimit"):
         ptc.tree_merge(deep, deep)
+    if not JAX_FLATTEN_RECURSES:  # newer JAX flattens it; then these work (tests/test_scale.py)
+        assert jax.tree_util.tree_leaves(ptc.tree_mask(deep, float)) == [True]
+        return
+    with pytest.raises(TreeTooDeepError, match=r"tree_mask: the tree is nested too deeply"):
+        ptc.tree_mask(deep, float)
     with pytest.raises(ValueError, match=r"tree_kinds: .*Make the nesting shallower"):
         ptc.tree_kinds(deep)
 
@@ -429,13 +434,15 @@ def test_load_corrupt_files(saved, tmp_path):
         ptc.tree_load(bad, like=make_mlp())
 
     bad = tmp_path / "missing-entry"
-    _rewrite(saved, bad, lambda n, d: None if n == ".layers[1].b.npy" else d)
-    with pytest.raises(ValueError, match=r"the data for \.layers\[1\]\.b is missing"):
+    _rewrite(saved, bad, lambda n, d: None if n == "float32.npy" else d)
+    with pytest.raises(ValueError, match=r"the data for float32\.npy is missing"):
         ptc.tree_load(bad, like=make_mlp())
 
     bad = tmp_path / "short-entry"
-    _rewrite(saved, bad, lambda n, d: d[:-4] if n == ".layers[0].w.npy" else d)
-    with pytest.raises(ValueError, match=r"the data for \.layers\[0\]\.w is damaged"):
+    _rewrite(saved, bad, lambda n, d: d[:-4] if n == "float32.npy" else d)
+    with pytest.raises(
+        ValueError, match=r"the data for float32\.npy is damaged \(its header says \d+ bytes"
+    ):
         ptc.tree_load(bad, like=make_mlp())
 
     bad = tmp_path / "lying-manifest"
@@ -444,16 +451,13 @@ def test_load_corrupt_files(saved, tmp_path):
         if n != "__manifest__.json":
             return d
         header = json.loads(d)
-        (entry,) = [e for e in header["leaves"] if e["path"] == ".mean"]
-        entry["shape"], entry["dtype"] = [4], "float32"
-        entry.pop("python", None)
+        (row,) = [r for r in header["leaves"] if r[0] == ".layers[0].b"]
+        row[2] = [3]
         return json.dumps(header).encode()
 
     _rewrite(saved, bad, grow)
-    like = make_mlp().at.mean.set(jnp.zeros(4))
-    with pytest.raises(
-        ValueError, match=r"the data for \.mean is float64\[\] but the manifest says float32\[4\]"
-    ):
+    like = make_mlp().at.layers[0].b.set(jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"float32\.npy holds \d+ bytes but its leaves need \d+"):
         ptc.tree_load(bad, like=like)
 
 
@@ -505,18 +509,18 @@ def test_load_numpy_npz_without_manifest_is_refused(tmp_path):
 
 
 def test_load_newer_format_version_says_upgrade(saved, tmp_path):
-    bad = tmp_path / "v2"
+    bad = tmp_path / "v3"
 
     def bump(n, d):
         if n != "__manifest__.json":
             return d
         header = json.loads(d)
-        header["version"] = 2
+        header["version"] = 3
         return json.dumps(header).encode()
 
     _rewrite(saved, bad, bump)
     with pytest.raises(
-        ValueError, match=r"format version 2; this pytreeclass reads version 1\. Upgrade"
+        ValueError, match=r"format version 3; this pytreeclass reads versions 1 and 2\. Upgrade"
     ):
         ptc.tree_load(bad, like=make_mlp())
 

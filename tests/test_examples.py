@@ -19,6 +19,8 @@ import pytest
 
 import pytreeclass as ptc
 
+from .versions import needs_nnx_nodes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -113,7 +115,7 @@ def test_train_mlp_matches_raw_dicts_and_optax_for_20_steps(tmp_path_factory) ->
 # -- interop ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["with_equinox", "with_flax"])
+@pytest.mark.parametrize("name", ["with_equinox", pytest.param("with_flax", marks=needs_nnx_nodes)])
 def test_foreign_module_example_trains(name: str) -> None:
     losses = example(name).main(steps=60)
     assert len(losses) == 60

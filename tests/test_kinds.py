@@ -14,6 +14,8 @@ from flax import nnx
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Cache, Kind, OptState, Parameter, Rng, State, field, treeclass
 
+from .versions import NNX_VARIABLES_ARE_NODES, needs_nnx_nodes
+
 
 class Frozen(Parameter):
     """A user kind: parameters we do not train."""
@@ -86,6 +88,19 @@ def test_optimizer_state_mirroring_parameters_is_optstate():
     assert set(jax.tree_util.tree_leaves(ptc.tree_kinds(opt))) == {OptState}
 
 
+def test_nnx_variables_as_leaves_are_kinds():
+    # Every flax: a Variable's kind is its class, whether the Variable is a pytree node
+    # (flax >= 0.11: the label sits on its value) or a leaf itself (flax 0.10, Python 3.10).
+    tree = {"p": nnx.Param(jnp.ones(2)), "s": nnx.BatchStat(jnp.zeros(2))}
+    assert jax.tree_util.tree_leaves(ptc.tree_labels(tree)) == ["Parameter", "BatchStat"]
+    params, rest = ptc.tree_partition(tree, Parameter)
+    assert jax.tree_util.tree_leaves(params) == jax.tree_util.tree_leaves(tree["p"])
+    assert jax.tree_util.tree_leaves(rest) == jax.tree_util.tree_leaves(tree["s"])
+    if not NNX_VARIABLES_ARE_NODES:  # flax 0.10: a Module is one opaque leaf of no kind
+        assert ptc.tree_labels(nnx.BatchNorm(3, rngs=nnx.Rngs(0))) == "none"
+
+
+@needs_nnx_nodes
 def test_nnx_markers_are_kinds():
     bn = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
     labels = ptc.tree_labels(bn)

@@ -10,7 +10,10 @@ each layer can be read, tested and changed knowing only the layers below it.
 L0  generic, no treeclass knowledge: the error types and the one depth guard (`_errors`),
     the bounded caches (`_cache`), code generation (`_codegen`), and the pytree helpers
     every layer needs (`_tree_util`: one-level flatten, what an array is, key names, the
-    short form of a leaf, merging structures and where two structures differ).
+    short form of a leaf, merging structures and where two structures differ); and the
+    leaf I/O both `_io` and `_weights` build on (`_io_file`: atomic writes and chunked
+    reads; `_io_leaves`: flat names, leaves to and from host arrays, the checks against a
+    template; `_io_npz`, `_io_safetensors`: the two file formats).
 L1  the class protocol: kinds (`_kinds`), `Field` (`_field`), the class metadata every
     other module reads through `meta_of`, with the static check and the one copy helper
     `with_field` (`_meta`), and what runs per instance (`_instance`).
@@ -21,7 +24,8 @@ L3  editing: the lens walk over nodes (`_lens_walk`), multi-leaf selections
     `value_and_tree`.
 L4  peripherals that use the layers below and nothing beside them: `tree_equal`
     (`_equal`), the treeclass `repr` and notebook HTML (`_repr`), summaries and diagrams
-    (`_summary`), sharding (`_shard`), saving and loading (`_io`).
+    (`_summary`), sharding (`_shard`), saving and loading (`_io`), flat weight dicts
+    (`_weights`).
 L5  assembly: the methods every treeclass gets (`_methods`), `@treeclass`/`TreeClass`
     (`_treeclass`), and `Optimizer`, itself a treeclass (`_optim`).
 
@@ -33,6 +37,9 @@ Changes from the plan in STYLE.md, and why:
 * Per-leaf kinds and axes (L2) live apart from the kind classes (L1): `field()` checks a
   kind when a class is defined, long before any tree is walked.
 * `tree_equal` is an L4 peripheral: only the assembled `==` (L5) needs it.
+* The leaf I/O and the file formats sit in L0, not beside `_io` in L4: they know nothing
+  of treeclasses (leaves, key paths, bytes), and two peripherals share them (`_io` saves
+  and loads files, `_weights` converts flat dicts with the same names and checks).
 * Within a layer, order matters only where one module builds on another (`_meta` reads
   `Field`, `_instance` uses `_meta`); the order below is that dependency order.
 
@@ -59,14 +66,26 @@ from pytreeclass._lens_walk import PathStep, put
 PACKAGE = Path(ptc.__file__).resolve().parent
 
 LAYERS: list[tuple[str, list[str]]] = [
-    ("L0 generic", ["_errors", "_cache", "_codegen", "_tree_util"]),
+    (
+        "L0 generic",
+        [
+            "_errors",
+            "_cache",
+            "_codegen",
+            "_tree_util",
+            "_io_file",
+            "_io_leaves",
+            "_io_npz",
+            "_io_safetensors",
+        ],
+    ),
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
     ("L2 selection", ["_leaf_facts", "_stack", "_nodesel", "_filters", "_partition", "_labels"]),
     (
         "L3 editing",
         ["_lens_walk", "_lens_select", "_lens_nodes", "_lens_compile", "_lens", "_value_and_tree"],
     ),
-    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_rng"]),
+    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_weights", "_rng"]),
     ("L5 assembly", ["_methods", "_treeclass", "_optim"]),
 ]
 PERIPHERALS = "L4 peripherals"

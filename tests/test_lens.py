@@ -21,6 +21,7 @@ from pytreeclass import BatchStat, Parameter, field, treeclass
 
 from .models import MLP, Linear
 from .strategies import Node, Pair, Stats, snapshot, trees
+from .versions import JAX_FLATTEN_RECURSES, needs_nnx_nodes
 
 LAWS = settings(max_examples=60, deadline=None)
 
@@ -570,8 +571,11 @@ def test_deep_paths_and_deep_trees():
     for _ in range(depth):
         node = node[0]
     assert node == 2
-    with pytest.raises(RecursionError, match="nested too deeply"):
-        ptc.at(tree)[...].get()
+    if JAX_FLATTEN_RECURSES:
+        with pytest.raises(RecursionError, match="nested too deeply"):
+            ptc.at(tree)[...].get()
+    else:  # newer JAX flattens any depth: selecting every leaf works too
+        assert jax.tree_util.tree_leaves(ptc.at(tree)[...].get()) == [1]
 
 
 # -- laws (hypothesis) -------------------------------------------------------------------------
@@ -729,6 +733,7 @@ def test_selection_laws(tree, data, f):
     assert snapshot(tree) == before
 
 
+@needs_nnx_nodes
 def test_foreign_marker_above_the_focus_sets_the_kind():
     from flax import nnx
 

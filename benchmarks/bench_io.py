@@ -1,0 +1,209 @@
+"""Section 7: saving and loading, `tree_save` / `tree_load` in both formats against the
+`safetensors` package and `np.savez`, from many small leaves to 1 GiB.
+
+The reference does the same work as `tree_save` / `tree_load`: fetch the arrays from the
+device, write, fsync (`safetensors.numpy.save_file` + `os.fsync`), and read, then put the
+arrays on the device (`safetensors.numpy.load_file` + `jax.device_put`). Times are wall
+clock (the work is I/O and XLA's threads), the minimum over a few repeats, with the page
+cache warm. Peak memory while loading 1 GiB is measured in a fresh process (peak RSS
+above the RSS before the call).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from timing import Section, Settings, fmt_ratio
+
+import pytreeclass as ptc
+
+LOAD_TARGET = 1.5
+SAVE_TARGET = 1.3
+MEMORY_TARGET_GIB = 1.3
+
+
+@ptc.treeclass
+class Layer:
+    w: jax.Array = ptc.field(kind=ptc.Parameter)
+
+
+@ptc.treeclass
+class Model:
+    layers: list
+
+
+def _model(n: int, shape: tuple[int, ...]) -> Model:
+    return Model([Layer(jnp.full(shape, float(i), jnp.float32)) for i in range(n)])
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _time(fn: Callable[[], Any], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s"
+
+
+def _rows(model: Model, folder: str, repeat: int) -> dict[str, tuple[float, float]]:
+    """{row: (save seconds, load seconds)} for one tree."""
+    from safetensors.numpy import load_file, save_file
+
+    flat = ptc.tree_to_dict(model)
+    npz, st = os.path.join(folder, "t.npz"), os.path.join(folder, "t.safetensors")
+    ref, plain = os.path.join(folder, "r.safetensors"), os.path.join(folder, "p.npz")
+
+    def ref_save() -> None:
+        save_file(jax.device_get(flat), ref)
+        _fsync(ref)
+
+    def plain_save() -> None:
+        np.savez(plain, **jax.device_get(flat))
+        _fsync(plain)
+
+    def plain_load() -> Any:
+        with np.load(plain) as f:
+            return jax.device_put({k: f[k] for k in f.files})
+
+    pairs = {
+        "safetensors.numpy (reference)": (ref_save, lambda: jax.device_put(load_file(ref))),
+        "np.savez / np.load": (plain_save, plain_load),
+        "pytreeclass .safetensors": (
+            lambda: ptc.tree_save(st, model),
+            lambda: ptc.tree_load(st, like=model),
+        ),
+        "pytreeclass .npz": (
+            lambda: ptc.tree_save(npz, model),
+            lambda: ptc.tree_load(npz, like=model),
+        ),
+    }
+    out = {name: [float("inf"), float("inf")] for name in pairs}
+    for _ in range(repeat):  # interleaved: a burst of load hits every row alike
+        for name, (save, load) in pairs.items():
+            out[name][0] = min(out[name][0], _time(save, 1))
+            out[name][1] = min(out[name][1], _time(load, 1))
+    return {name: (save_s, load_s) for name, (save_s, load_s) in out.items()}
+
+
+_MEMORY_SCRIPT = """
+import re, sys
+import jax, jax.numpy as jnp
+import pytreeclass as ptc
+path, kind = sys.argv[1], sys.argv[2]
+like = {"layers": [jax.ShapeDtypeStruct((2048, 2048), jnp.float32)] * 64}
+def rss(key):
+    text = open("/proc/self/status").read()
+    return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
+jnp.zeros(1).block_until_ready()
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak
+base = rss("VmRSS")
+if kind == "reference":
+    from safetensors.numpy import load_file
+    out = jax.device_put(load_file(path))
+else:
+    out = ptc.tree_load(path, like=like)
+jax.block_until_ready(out)
+print((rss("VmHWM") - base) / 2**30)
+"""
+
+
+def _peak_gib(path: str, kind: str) -> float | None:
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, path, kind],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    if proc.returncode != 0:
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_io(settings: Settings) -> Section:
+    sizes: list[tuple[str, int, tuple[int, ...]]] = [("1,000 x f32[4]", 1_000, (4,))]
+    if not settings.quick:
+        sizes = [
+            ("10,000 x f32[4]", 10_000, (4,)),
+            ("100,000 x f32[4]", 100_000, (4,)),
+            ("64 x f32[2048,2048] (1 GiB)", 64, (2048, 2048)),
+        ]
+    sec = Section(
+        "7. saving and loading (wall time, page cache warm)",
+        ["tree / library", "save", "load", "save / ref", "load / ref"],
+    )
+    folder = tempfile.mkdtemp(prefix="ptc-bench-io-")
+    try:
+        for label, n, shape in sizes:
+            model = _model(n, shape)
+            repeat = 1 if settings.quick else (2 if n >= 100_000 or n == 64 else 3)
+            rows = _rows(model, folder, repeat)
+            ref_save, ref_load = rows["safetensors.numpy (reference)"]
+            for name, (s, ld) in rows.items():
+                sec.add(
+                    f"{label}: {name}",
+                    _fmt_s(s),
+                    _fmt_s(ld),
+                    fmt_ratio(s / ref_save),
+                    fmt_ratio(ld / ref_load),
+                )
+                if name.startswith("pytreeclass"):
+                    fmt = name.split()[-1]
+                    sec.check(
+                        f"{fmt} load <= {LOAD_TARGET}x reference ({label})",
+                        fmt_ratio(ld / ref_load),
+                        ld / ref_load <= LOAD_TARGET,
+                    )
+                    sec.check(
+                        f"{fmt} save <= {SAVE_TARGET}x reference ({label})",
+                        fmt_ratio(s / ref_save),
+                        s / ref_save <= SAVE_TARGET,
+                    )
+            if n == 64:
+                for kind, file in [
+                    ("reference", "r.safetensors"),
+                    ("pytreeclass .safetensors", "t.safetensors"),
+                    ("pytreeclass .npz", "t.npz"),
+                ]:
+                    peak = _peak_gib(os.path.join(folder, file), kind)
+                    if peak is None:
+                        continue
+                    sec.notes.append(f"peak extra memory loading 1 GiB, {kind}: {peak:.2f} GiB")
+                    if kind != "reference":
+                        sec.check(
+                            f"peak extra memory loading 1 GiB ({kind}) <= {MEMORY_TARGET_GIB} GiB",
+                            f"{peak:.2f} GiB",
+                            peak <= MEMORY_TARGET_GIB,
+                        )
+            del model
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    sec.notes.append(
+        "reference: save = jax.device_get + safetensors.numpy.save_file + fsync; "
+        "load = safetensors.numpy.load_file + jax.device_put (both block until ready)"
+    )
+    return sec

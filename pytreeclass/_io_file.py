@@ -1,0 +1,220 @@
+"""Bytes on disk for `tree_save` / `tree_load`: atomic replacement and chunked reads.
+
+Both file formats (`.npz`, `.safetensors`) lay each leaf's bytes out back to back in a
+few contiguous regions ("spans": one per zip entry, or the whole safetensors data
+section). Reading goes span by span in file order, in chunks of a few MiB cut at leaf
+boundaries: each chunk is one `readinto` into fresh memory that the leaves then view, so
+there is one copy from the page cache, never a second, and a leaf larger than a chunk
+gets memory of its own, which `jax.device_put` may then keep without copying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "CHUNK",
+    "Slot",
+    "Span",
+    "atomic_write",
+    "check_tiling",
+    "corrupt",
+    "make_slot",
+    "read_slots",
+    "write_joined",
+]
+
+CHUNK = 8 << 20  # bytes per read of small leaves
+_JOIN = 1 << 20  # small leaves are written in joined pieces of about this size
+_ALIGN = 64  # what XLA wants to alias host memory without a copy
+
+
+def corrupt(path: str, why: str) -> ValueError:
+    return ValueError(
+        f"tree_load: cannot read {path!r}: {why}. The file is truncated, corrupt or not "
+        "written by ptc.tree_save; restore it from a backup or save it again."
+    )
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(target: str) -> Iterator[IO[bytes]]:
+    """A binary file object whose contents replace `target` only once all are on disk.
+
+    Writes go to a temporary file in the target's directory, which is fsynced and then
+    renamed over the target (`os.replace`): a crash at any point leaves the old file or
+    the new one, never a mix (at worst a stray `.<name>.*.tmp` file remains).
+    """
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, tmp = _create_temp(directory, os.path.basename(target))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def write_joined(out: Any, arrays: Sequence[np.ndarray]) -> None:
+    """Write the C-contiguous arrays' bytes in order: big ones as they are (no copy),
+    small ones joined into pieces of about a MiB (one write call per piece)."""
+    pending: list[Any] = []  # (numpy arrays: the buffer protocol is all join needs)
+    size = 0
+    for a in arrays:
+        if a.nbytes >= _JOIN:
+            if pending:
+                out.write(b"".join(pending))
+                pending, size = [], 0
+            out.write(a.reshape(-1).data.cast("B"))
+            continue
+        pending.append(a)
+        size += a.nbytes
+        if size >= _JOIN:
+            out.write(b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        out.write(b"".join(pending))
+
+
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
+    # Not tempfile.mkstemp: it creates files with mode 0600, and the checkpoint would keep
+    # that mode after the rename. O_CREAT | O_EXCL with 0666 honours the umask like open().
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_dir(directory: str) -> None:
+    # Make the rename itself durable; not possible on every platform (e.g. Windows).
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class Span(NamedTuple):
+    """A contiguous region of the file holding leaves back to back."""
+
+    start: int  # file offset of its first byte
+    size: int
+    label: str  # for messages: "float32.npy", "the data section", ...
+    crc: tuple[int, int] | None = None  # (CRC-32 of the bytes just before it, expected)
+
+
+class Slot(NamedTuple):
+    """Where one leaf's stored array lies."""
+
+    span: int  # index into the spans
+    offset: int  # byte offset inside the span
+    dtype: np.dtype  # the stored dtype
+    shape: tuple[int, ...]  # the stored shape
+    nbytes: int
+    fortran: bool  # stored in Fortran order (only `.npy` entries written by others)
+
+
+def make_slot(
+    span: int, offset: int, dtype: np.dtype, shape: tuple[int, ...], fortran: bool = False
+) -> Slot:
+    return Slot(span, offset, dtype, shape, math.prod(shape) * dtype.itemsize, fortran)
+
+
+def check_tiling(path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> None:
+    """Each span must hold its slots back to back, without gaps, overlaps or spare bytes."""
+    by_span: list[list[tuple[int, int]]] = [[] for _ in spans]
+    for s in slots:
+        by_span[s.span].append((s.offset, s.nbytes))
+    for span, members in zip(spans, by_span):
+        members.sort()
+        end = 0
+        for offset, nbytes in members:
+            if offset != end:
+                raise corrupt(path, f"the leaves in {span.label} overlap or leave gaps")
+            end += nbytes
+        if end != span.size:
+            raise corrupt(path, f"{span.label} holds {span.size} bytes but its leaves need {end}")
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGN
+    return raw[start : start + nbytes]
+
+
+def _read_exactly(f: Any, offset: int, buf: np.ndarray, path: str, label: str) -> None:
+    f.seek(offset)
+    view = buf.data
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise corrupt(path, f"it ends inside {label}")
+        got += n
+
+
+def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> list[Any]:
+    """Read every slot; returns per slot (its stored array, whether it owns its memory).
+
+    The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
+    all of it has been read; a mismatch is a `ValueError`.
+    """
+    out: list[Any] = [None] * len(slots)
+    order = sorted(range(len(slots)), key=lambda i: (slots[i].span, slots[i].offset))
+    size = os.fstat(f.fileno()).st_size
+    for span in spans:
+        if span.start + span.size > size:
+            raise corrupt(path, f"it ends inside {span.label}")
+    i = 0
+    crc_of = {n: s.crc[0] for n, s in enumerate(spans) if s.crc is not None}
+    while i < len(order):
+        first = slots[order[i]]
+        j, nbytes = i, 0
+        while j < len(order):
+            s = slots[order[j]]
+            if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
+                break
+            nbytes += s.nbytes
+            j += 1
+        span = spans[first.span]
+        buf = _aligned_empty(nbytes)
+        _read_exactly(f, span.start + first.offset, buf, path, span.label)
+        if first.span in crc_of:
+            crc_of[first.span] = zlib.crc32(buf.data, crc_of[first.span])
+        owned = j - i == 1
+        for k in order[i:j]:
+            s = slots[k]
+            layout = "F" if s.fortran else "C"
+            arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
+            out[k] = (arr, owned)
+        i = j
+    for n, span in enumerate(spans):
+        if span.crc is not None and crc_of[n] != span.crc[1]:
+            raise corrupt(path, f"the data in {span.label} is damaged (bad CRC-32)")
+    return out
