@@ -112,7 +112,13 @@ import re, sys
 import jax, jax.numpy as jnp
 import pytreeclass as ptc
 path, kind = sys.argv[1], sys.argv[2]
-like = {"layers": [jax.ShapeDtypeStruct((2048, 2048), jnp.float32)] * 64}
+@ptc.treeclass
+class Layer:
+    w: jax.Array
+@ptc.treeclass
+class Model:
+    layers: list
+like = Model([Layer(jax.ShapeDtypeStruct((2048, 2048), jnp.float32))] * 64)
 def rss(key):
     text = open("/proc/self/status").read()
     return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
@@ -140,7 +146,7 @@ def _peak_gib(path: str, kind: str) -> float | None:
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     if proc.returncode != 0:
-        return None
+        raise RuntimeError(f"measuring the peak memory failed:\n{proc.stderr[-3000:]}")
     return float(proc.stdout.strip().splitlines()[-1])
 
 

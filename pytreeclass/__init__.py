@@ -33,7 +33,12 @@ from ._partition import tree_filter as tree_filter
 from ._partition import tree_mask as tree_mask
 from ._partition import tree_merge as tree_merge
 from ._partition import tree_partition as tree_partition
+from ._rng import split_key as split_key
+from ._rng import tree_reseed as tree_reseed
 from ._shard import tree_shardings as tree_shardings
+from ._stack import scan_layers as scan_layers
+from ._stack import tree_stack as tree_stack
+from ._stack import tree_unstack as tree_unstack
 from ._summary import tree_aliases as tree_aliases
 from ._summary import tree_diagram as tree_diagram
 from ._summary import tree_summary as tree_summary
@@ -91,6 +96,8 @@ __all__ = [
     "field",
     "fields",
     "is_treeclass",
+    "scan_layers",
+    "split_key",
     "tree_aliases",
     "tree_diagram",
     "tree_equal",
@@ -102,10 +109,13 @@ __all__ = [
     "tree_mask",
     "tree_merge",
     "tree_partition",
+    "tree_reseed",
     "tree_save",
     "tree_shardings",
+    "tree_stack",
     "tree_summary",
     "tree_to_dict",
+    "tree_unstack",
     "treeclass",
     "value_and_tree",
 ]

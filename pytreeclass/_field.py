@@ -33,9 +33,13 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
         axes: logical sharding axis names of the array leaves under this field, or `None`.
         converter: called on the value during construction, never on unflatten.
         doc: a short description of the field, for readers and the docs.
+        stack: the logical name of the stacked axis when the field holds a stack of
+            layers (every array leaf below has it as a leading dimension), or `None`.
     """
 
-    __slots__ = ("axes", "converter", "kind", "static") + (() if _FIELD_TAKES_DOC else ("doc",))
+    __slots__ = ("axes", "converter", "kind", "stack", "static") + (
+        () if _FIELD_TAKES_DOC else ("doc",)
+    )
 
     def __init__(
         self,
@@ -53,6 +57,7 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
         axes: tuple[str | None, ...] | None,
         converter: Callable[[Any], Any] | None,
         doc: str | None,
+        stack: str | None = None,
     ) -> None:
         args = (default, default_factory, init, repr, hash, compare, metadata or {}, kw_only)
         if _FIELD_TAKES_DOC:
@@ -64,6 +69,7 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
         self.static = static
         self.axes = axes
         self.converter = converter
+        self.stack = stack
 
     def __repr__(self) -> str:
         extra = []
@@ -73,6 +79,8 @@ class Field(dataclasses.Field):  # type: ignore[type-arg]
             extra.append("static=True")
         if self.axes is not None:
             extra.append(f"axes={self.axes!r}")
+        if self.stack is not None:
+            extra.append(f"stack={self.stack!r}")
         if self.converter is not None:
             extra.append(f"converter={self.converter!r}")
         return f"Field(name={self.name!r}, type={self.type!r}{''.join(', ' + e for e in extra)})"
@@ -90,6 +98,7 @@ def field(
     metadata: Mapping[Any, Any] | None = None,
     doc: str | None = None,
     axes: tuple[str | None, ...] | None = None,
+    stack: str | None = None,
     kw_only: bool = ...,
     compare: bool = True,
     hash: bool | None = None,
@@ -106,6 +115,7 @@ def field(
     metadata: Mapping[Any, Any] | None = None,
     doc: str | None = None,
     axes: tuple[str | None, ...] | None = None,
+    stack: str | None = None,
     kw_only: bool = ...,
     compare: bool = True,
     hash: bool | None = None,
@@ -121,6 +131,7 @@ def field(
     metadata: Mapping[Any, Any] | None = None,
     doc: str | None = None,
     axes: tuple[str | None, ...] | None = None,
+    stack: str | None = None,
     kw_only: bool = ...,
     compare: bool = True,
     hash: bool | None = None,
@@ -137,6 +148,7 @@ def field(
     metadata: Mapping[Any, Any] | None = None,
     doc: str | None = None,
     axes: tuple[str | None, ...] | None = None,
+    stack: str | None = None,
     kw_only: Any = dataclasses.MISSING,
     compare: bool = True,
     hash: bool | None = None,
@@ -154,7 +166,12 @@ def field(
             (defaults included); never called on unflatten.
         metadata: free-form mapping, as in `dataclasses.field`.
         doc: a short description.
-        axes: logical sharding axis names for the array leaves under this field.
+        axes: logical sharding axis names for the array leaves under this field (for
+            a stack, the dimensions of one layer).
+        stack: the field holds a stack of layers: one value (say a `Block`) whose every
+            array leaf has a leading axis, one row per layer; `stack` names that axis
+            for `tree_shardings`. A lens index or slice right after the field picks layers
+            (`model.at.blocks[3]`), displays show the layer count. See `ptc.tree_stack`.
         kw_only: as in `dataclasses.field`.
         compare: whether `==` and `hash` use the field, as in `dataclasses.field`.
         hash: whether `hash` uses the field (`None`: as `compare`), as in
@@ -165,10 +182,10 @@ def field(
         the field's annotation and its default agree.
 
     Raises:
-        ValueError: both `default` and `default_factory` are given, or a static field
-            is given a kind or axes.
+        ValueError: both `default` and `default_factory` are given; a static field is
+            given a kind, axes or a stack; `stack` is also named in `axes`.
         TypeError: `kind` is not a `Kind` subclass, `axes` is not a tuple of str or
-            None, or `converter` is not callable.
+            None, `stack` is not a non-empty str, or `converter` is not callable.
 
     Examples:
         >>> import pytreeclass as ptc
@@ -201,6 +218,21 @@ def field(
             raise ValueError(
                 "field(static=True, axes=...): a static field holds no arrays to shard."
             )
+    if stack is not None:
+        if not isinstance(stack, str) or not stack:
+            raise TypeError(
+                f"field(stack={stack!r}): stack must be the logical name of the stacked "
+                "axis, a non-empty str, e.g. stack='layers'."
+            )
+        if static:
+            raise ValueError(
+                "field(static=True, stack=...): a static field holds no arrays to stack."
+            )
+        if axes is not None and stack in axes:
+            raise ValueError(
+                f"field(stack={stack!r}, axes={axes!r}): axes name the dimensions of one "
+                f"layer; the stacked axis {stack!r} is prepended to them, so leave it out."
+            )
     if converter is not None and not callable(converter):
         raise TypeError(f"field(converter={converter!r}): the converter must be callable.")
     return Field(
@@ -217,4 +249,5 @@ def field(
         axes=axes,
         converter=converter,
         doc=doc,
+        stack=stack,
     )

@@ -56,15 +56,24 @@ def pass_down(
         walk(part, value, out)
 
 
-def resolve(cache: BoundedCache, tree: Any, treedef: Any, walk: Walk, what: str) -> tuple[Any, ...]:
-    """One value per leaf of `tree` from `walk`, stored in `cache` under `treedef`.
+def resolve(
+    cache: BoundedCache,
+    tree: Any,
+    treedef: Any,
+    walk: Walk,
+    what: str,
+    start: Any = None,
+    finish: Callable[[Any], Any] | None = None,
+) -> tuple[Any, ...]:
+    """One value per leaf of `tree` from `walk` (from `start` at the root, each value passed
+    through `finish`), stored in `cache` under `treedef`.
 
     Callers look the cache up themselves first: a hit is then one `get`, with no call here
     (`leaf_kinds` runs on every filtered step).
     """
     out: list[Any] = []
-    walk(tree, None, out)
-    found = tuple(out)
+    walk(tree, start, out)
+    found = tuple(out) if finish is None else tuple(map(finish, out))
     # The walk reads treeclass fields directly and flattens everything else again, so a
     # custom node whose flatten changes between calls would misalign values and leaves.
     if len(found) != treedef.num_leaves:
@@ -155,14 +164,25 @@ def tree_kinds(tree: T) -> T:
 # -- sharding axes --------------------------------------------------------------------------------
 
 
-def _walk_axes(node: Any, axes: tuple[str | None, ...] | None, out: list[Any]) -> None:
+# A field declared `field(stack="layers")` holds layers stacked along a leading axis: every
+# leaf below it gets "layers" PREPENDED to the axes it has (stacks inside stacks prepend
+# theirs in order, outermost first). A stacked leaf whose fields set no axes gets
+# `("layers", ...)`: the stacked axis, then `None` for each remaining dimension.
+
+_Axes = tuple[str | None, ...]
+
+
+def _walk_axes(node: Any, axes: tuple[_Axes, _Axes | None], out: list[Any]) -> None:
+    # `axes` is (stack axes of the enclosing stacked fields, the nearest field's own axes).
     meta = meta_of(type(node))
     if meta is not None:
         d = node.__dict__
         by_name = meta.fields_by_name
+        stacks, inherited = axes
         for name in meta.child_names:
-            own = by_name[name].axes
-            _walk_axes(d[name], axes if own is None else own, out)
+            f = by_name[name]
+            own = inherited if f.axes is None else f.axes
+            _walk_axes(d[name], (stacks if f.stack is None else (*stacks, f.stack), own), out)
         return
     # Any other pytree: its leaves inherit `axes`, except under treeclasses found below.
     pass_down(node, axes, out, _walk_axes, _is_treeclass)
@@ -175,13 +195,23 @@ def _is_treeclass(x: Any) -> bool:
 _AXES_CACHE = BoundedCache(maxsize=4096)
 
 
-def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[str | None, ...] | None, ...]:
-    """The logical axes of each leaf of `tree` (None where no field sets them); per treedef."""
+def _final_axes(axes: tuple[_Axes, _Axes | None]) -> tuple[Any, ...] | None:
+    stacks, own = axes
+    if not stacks:
+        return own
+    return (*stacks, *((...,) if own is None else own))
+
+
+def leaf_axes(tree: Any, treedef: Any = None) -> tuple[tuple[Any, ...] | None, ...]:
+    """The logical axes of each leaf of `tree` (None where no field sets them); per treedef.
+
+    Under stacked fields a leaf's axes start with the stack names; a final `...` stands
+    for `None` over every remaining dimension (a stacked leaf whose field sets no axes)."""
     if treedef is None:
         treedef = jax.tree_util.tree_structure(tree)
     axes = _AXES_CACHE.get(treedef)
     if axes is None:
-        axes = resolve(_AXES_CACHE, tree, treedef, _walk_axes, "axes")
+        axes = resolve(_AXES_CACHE, tree, treedef, _walk_axes, "axes", ((), None), _final_axes)
     return axes
 
 

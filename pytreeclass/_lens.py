@@ -31,7 +31,7 @@ from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
 from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
 from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
-from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, put, walk, where
+from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, StackView, put, walk, where
 
 __all__ = ["Lens", "at", "lens_on"]
 
@@ -208,7 +208,8 @@ class Lens(Generic[T]):
         root, path = _GET(self)
         state = (root, path.steps, path.split)
         if path.split < 0:
-            return walk(root, path.steps, state, [])
+            out = walk(root, path.steps, state, [])
+            return out.value() if type(out) is StackView else out
         if path.nodes:
             return node_get(state, path.memo)
         _, ctx, sel = select_focus(state)

@@ -44,6 +44,8 @@ from ._lens_walk import (
     LIST,
     NAMEDTUPLE,
     NONE,
+    SCATTER,
+    STACK,
     TREECLASS,
     TUPLE,
     FilterStep,
@@ -51,7 +53,7 @@ from ._lens_walk import (
     match,
     node_code,
     rebuild,
-    walk,
+    walk_focus,
     where,
 )
 from ._meta import meta_of, with_field
@@ -247,7 +249,7 @@ def _leaves(c: _Cursor, mask: tuple[bool, ...], out: list[_Cursor]) -> None:
 def _select(state: tuple[Any, Any, int]) -> tuple[list[Any], Any, Leaves, list[_Cursor]]:
     root, steps, split = state
     trail: list[Any] = []
-    focus = walk(root, steps[:split], state, trail)
+    focus = walk_focus(root, steps[:split], state, trail)
     try:
         ctx, cursors = _positions(focus, steps[split:], outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:
@@ -387,7 +389,7 @@ def _plan(
     key = None
     if memo is not None:
         trail: list[Any] = []
-        focus = walk(root, steps[:split], state, trail) if split else root
+        focus = walk_focus(root, steps[:split], state, trail) if split else root
         treedef = _flatten(focus)[1]
         outer = outer_kind(trail) if trail else None
         if memo[1] is outer and memo[0] == treedef:
@@ -457,11 +459,13 @@ def hop_key(node: Any, code: int, token: Any) -> Any:
         return DictKey(token)
     if code == NAMEDTUPLE:
         return GetAttrKey(type(node)._fields[token])
+    if code == STACK:  # layers of a stacked field: `.blocks[3]`
+        return SequenceKey(token)
     return one_level(node)[0][token[2]]  # type: ignore[index]
 
 
 def node_items(state: tuple[Any, Any, int]) -> list[tuple[tuple[Any, ...], Any]]:
     """`(key path from the root, value)` of every selected position, in tree order."""
     trail, _, _, cursors = _select(state)
-    prefix = tuple(hop_key(*hop) for hop in trail)
+    prefix = tuple(hop_key(*hop) for hop in trail if hop[1] != SCATTER)
     return [((*prefix, *c.keys), c.value) for c in cursors]

@@ -20,6 +20,7 @@ from ._leaf_facts import Leaves
 from ._lens_walk import (
     ALL,
     LEAF,
+    STACK,
     TREECLASS,
     FilterStep,
     SliceKey,
@@ -27,7 +28,7 @@ from ._lens_walk import (
     match,
     node_code,
     rebuild,
-    walk,
+    walk_focus,
     where,
 )
 from ._meta import meta_of
@@ -41,6 +42,8 @@ _SELECTIONS = BoundedCache(maxsize=4096)
 def outer_kind(trail: list[tuple[Any, int, Any]]) -> Any:
     """The kind every leaf of the focus has because of a field (or marker) above it."""
     for parent, code, token in trail:
+        if code >= STACK:  # stack rows and views add no kind
+            continue
         if code == TREECLASS:
             kind = meta_of(type(parent)).fields_by_name[token].kind  # type: ignore[union-attr]
         else:
@@ -184,7 +187,7 @@ def select_focus(state: tuple[Any, Any, int]) -> tuple[list[Any], Leaves, tuple[
     """Walk to the focus, then select its leaves: `(trail to the focus, leaves, selection)`."""
     root, steps, split = state
     trail: list[Any] = []
-    node = walk(root, steps[:split], state, trail)
+    node = walk_focus(root, steps[:split], state, trail)  # stack rows: written back
     try:
         ctx, sel = _focus_mask(node, steps[split:], outer_kind(trail), state, split)
     except (RecursionError, SystemError) as e:

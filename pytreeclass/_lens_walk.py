@@ -4,6 +4,11 @@ Every node type gets a small code, decided once per type: treeclasses, dicts, li
 tuples and namedtuples have fast paths; Equinox modules, flax.struct and other dataclass
 pytrees are copied with `object.__new__` and a `__dict__` update (no `__init__`); any
 other pytree node is taken apart one level with `tree_flatten_with_path` and unflattened.
+
+A field declared `field(stack=...)` holds a stack of layers; an int or slice step right
+after it is a STACK hop. The walk then stays on the stacked tree (later steps are the same
+on a stack as on one layer) and remembers the rows; `StackView` takes them out at the end,
+and the update writes them back with `x.at[rows].set(v)` per leaf (a SCATTER hop).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ._cache import TypeTable
 from ._meta import drop_derived, meta_of, with_field
+from ._stack import scatter, stack_length, take
 from ._tree_util import has_shape_dtype, leaf_repr, one_level
 
 if TYPE_CHECKING:
@@ -34,6 +40,8 @@ __all__ = [
     "LIST",
     "NAMEDTUPLE",
     "NONE",
+    "SCATTER",
+    "STACK",
     "TREECLASS",
     "TUPLE",
     "FilterStep",
@@ -42,6 +50,7 @@ __all__ = [
     "PathStep",
     "SLICE",
     "SliceKey",
+    "StackView",
     "listing",
     "match",
     "node_code",
@@ -49,6 +58,7 @@ __all__ = [
     "rebuild",
     "step_into",
     "walk",
+    "walk_focus",
     "where",
 ]
 
@@ -67,10 +77,12 @@ class NodeCode(enum.IntEnum):
     NAMEDTUPLE = 6
     DATACLASS = 7  # dataclass pytrees keeping fields in __dict__ (Equinox, flax.struct)
     GENERIC = 8  # any other pytree node: flattened one level and unflattened
+    STACK = 9  # (a lens hop, no node type) an index into a stacked field: rows picked
+    SCATTER = 10  # (a lens hop) the picked rows written back into the stack
 
 
 # Module-level names: the hot paths compare against globals, not enum attribute lookups.
-LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC = NodeCode
+LEAF, NONE, TREECLASS, DICT, LIST, TUPLE, NAMEDTUPLE, DATACLASS, GENERIC, STACK, SCATTER = NodeCode
 SLICE = 11  # not a node type: the code of a list/tuple slice hop in a lens trail
 
 # Exact types only: a dict or list subclass is a leaf to JAX unless registered.
@@ -301,7 +313,8 @@ def _slice_child(
         fix = (
             "To change array elements use .apply(lambda a: a.at[1:3].set(v))."
             if hasattr(node, "shape")
-            else "Use a key, an index or [...] there."
+            else "Use a key, an index or [...] there (or declare the field a stack of "
+            "layers, field(stack=...), to slice its layers)."
         )
         raise TypeError(
             f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
@@ -377,6 +390,10 @@ def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tupl
 
 def rebuild(node: Any, code: int, token: Any, value: Any) -> Any:
     """A copy of `node` with the child at `token` (from `step_into`) replaced by `value`."""
+    if code == STACK:
+        return value  # the walk stayed on the stack: `value` is the updated stack already
+    if code == SCATTER:
+        return node.write(value)
     if code == TREECLASS:
         return with_field(node, token, value)
     if code in (LIST, DICT):
@@ -416,7 +433,7 @@ def match(step: PathStep, node: Any, keys: list[Any]) -> int | None:
             ):
                 return j
         return None
-    if step.attr:
+    if step.attr or type(key) is not int:
         return None
     positional = isinstance(node, tuple) or (
         bool(keys) and type(keys[0]) in (SequenceKey, FlattenedIndexKey)
@@ -443,14 +460,60 @@ def _tc_fields(cls: type) -> dict[str, Any] | None:
     return _TC.remember(cls, meta.fields_by_name)
 
 
+class StackView:
+    """Where a walk through a stack index ended: rows `idx` of the stacked subtree `node`."""
+
+    __slots__ = ("idx", "node", "state", "upto")
+
+    def __init__(self, node: Any, idx: tuple[Any, ...], state: Any, upto: int) -> None:
+        self.node, self.idx, self.state, self.upto = node, idx, state, upto
+
+    def value(self) -> Any:
+        """The addressed layer(s): an ordinary tree (a stack again for a slice)."""
+        return take(self.node, self.idx)
+
+    def write(self, value: Any) -> Any:
+        """The stacked subtree with the addressed rows replaced by `value`."""
+        return scatter(self.node, self.idx, value, where(self.state, self.upto))
+
+
+def _stack_hop(
+    node: Any, key: Any, idx: tuple[Any, ...] | None, state: Any, i: int, trail: list[Any]
+) -> tuple[Any, ...]:
+    """Record the stack index `key` (int or SliceKey) into `node`; the rows so far + it."""
+    depth = 0 if idx is None else len(idx)
+    field = where(state, i)
+    n = stack_length(node, where(state, i + 1), axis=depth, prefix=field)
+    if type(key) is int:
+        k = key + n if key < 0 else key
+        if not 0 <= k < n:
+            raise IndexError(
+                f"{where(state, i + 1)}: index out of range (the stack {field} has {n} layers)"
+            )
+        row: Any = k
+    else:
+        row = key.slice
+    trail.append((node, STACK, row))
+    return (row,) if idx is None else (*idx, row)
+
+
 def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]) -> Any:
-    """Follow path steps from `root`; record `(node, code, token)` per step in `trail`."""
+    """Follow path steps from `root`; record `(node, code, token)` per step in `trail`.
+
+    Returns the node reached, or a `StackView` when the path indexed a stack."""
     node = root
     tcs, codes = _TC, CODES
+    stacked = False  # whether `node` is the value of a field declared a stack
+    idx = None  # the stack rows picked so far
     for i, step in enumerate(steps):
         # The two commonest hops, inline: a treeclass field and a list index.
         cls = type(node)
         key = step.key
+        if stacked:
+            stacked = False
+            if (type(key) is int or type(key) is SliceKey) and not step.attr:
+                idx = _stack_hop(node, key, idx, state, i, trail)
+                continue
         names = tcs.get(cls)
         if names is None and codes.get(cls, TREECLASS) == TREECLASS:
             names = _tc_fields(cls)
@@ -458,6 +521,7 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
             if key in names:
                 trail.append((node, TREECLASS, key))
                 node = node.__dict__[key]
+                stacked = names[key].stack is not None  # type: ignore[index]
                 continue
         elif type(key) is int and codes.get(cls) == LIST and not step.attr:
             n = len(node)
@@ -469,6 +533,18 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
         child, code, token = step_into(node, step, state, i)
         trail.append((node, code, token))
         node = child
+    return node if idx is None else StackView(node, idx, state, len(steps))
+
+
+def walk_focus(
+    root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]
+) -> Any:
+    """`walk`, for a focus that later steps select in: a stack index ends in the picked
+    layers themselves, with a SCATTER hop in `trail` that writes them back."""
+    node = walk(root, steps, state, trail)
+    if type(node) is StackView:
+        trail.append((node, SCATTER, None))
+        node = node.value()
     return node
 
 
@@ -486,6 +562,9 @@ def put(
     if trail is None:
         trail = []
     node = walk(root, steps, state, trail)
+    if type(node) is StackView:
+        trail.append((node, SCATTER, None))
+        node = node.value() if fn is not None else None
     if fn is not None:
         value = fn(node)
     # Paths updated often are compiled (`_lens_compile`); this runs for a path's first

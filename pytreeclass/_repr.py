@@ -8,9 +8,11 @@ from __future__ import annotations
 import html
 from typing import Any
 
+import jax
 from jax.tree_util import GetAttrKey
 
 from ._meta import is_treeclass, meta_of
+from ._stack import TIMES, stack_size
 from ._tree_util import elide, has_shape_dtype, key_name, leaf_repr, one_level
 
 __all__ = ["html_repr", "treeclass_repr"]
@@ -37,12 +39,28 @@ def _key_label(key: Any) -> tuple[str, str]:
     return (name, "=") if isinstance(key, GetAttrKey) else (repr(name), ": ")
 
 
+class _Stack:
+    """A field declared `field(stack=...)`, for `_render`: shown as `Block x24(...)`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     """(open, close, separator, [(label, value)]) for containers we lay out; else None."""
     meta = meta_of(type(obj))
     if meta is not None:
         d = obj.__dict__
-        items = [(f.name, d.get(f.name, _UNSET)) for f in meta.fields if f.repr]
+        items = [
+            (
+                f.name,
+                _Stack(d[f.name]) if f.stack is not None and f.name in d else d.get(f.name, _UNSET),
+            )
+            for f in meta.fields
+            if f.repr
+        ]
         return f"{type(obj).__name__}(", ")", "=", items
     if isinstance(obj, dict):
         return "{", "}", ": ", [(repr(k), v) for k, v in obj.items()]
@@ -65,20 +83,37 @@ def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     return f"{type(obj).__name__}(", ")", sep, items
 
 
-def _render(obj: Any, indent: int, seen: frozenset[int]) -> str:
+def _render(obj: Any, indent: int, seen: frozenset[int], strip: int = 0) -> str:
+    # `strip`: how many leading (stacked) dimensions array shapes leave out: a stack shows
+    # as `Block x24(w=f32[4,4])`, the shapes of one layer.
+    count = ""
+    if type(obj) is _Stack:
+        obj = obj.value
+        n = stack_size(obj, strip)
+        if n is not None:  # a malformed stack shows as it is
+            count = f" {TIMES}{n}"
+            strip += 1
     parts = _items(obj)
     if parts is None:
+        if strip and has_shape_dtype(obj) and len(obj.shape) >= strip:
+            one = leaf_repr(jax.ShapeDtypeStruct(obj.shape[strip:], obj.dtype))
+            return f"{count[1:]} {one}" if count else one
         return leaf_repr(obj)
     if id(obj) in seen:
         return "<cycle>"
     seen = seen | {id(obj)}
     open_, close, sep, items = parts
+    if count:
+        name = type(obj).__name__
+        open_ = (
+            name + count + open_[len(name) :] if open_.startswith(name) else f"{count[1:]} {open_}"
+        )
     # Fields (of a treeclass, a namedtuple, an Equinox module: the `name=value` items) are
     # never hidden, or hyperparameters would vanish from print(config); only lists, tuples,
     # dicts and other nodes with positional or keyed children are shortened.
     if sep != "=":
         items = elide(items)
-    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen) for k, v in items]
+    rendered = [(f"{k}{sep}" if k else "") + _render(v, indent + 2, seen, strip) for k, v in items]
     flat = open_ + ", ".join(rendered) + close
     if len(flat) + indent <= _WIDTH and "\n" not in flat:
         return flat

@@ -9,6 +9,10 @@ field that sets `axes` (the innermost one). Unlike kinds, where the outermost fi
 can re-kind a whole submodule, axes describe the dimensions of particular arrays, which
 the field closest to them knows best; an outer field's `axes` act as a default for leaves
 whose own fields set none.
+
+A field declared `field(stack="layers")` holds layers stacked along a leading axis: every
+leaf below it gets "layers" PREPENDED to its axes (see `leaf_axes`), so a rule decides
+whether the layer axis is replicated or sharded.
 """
 
 from __future__ import annotations
@@ -74,14 +78,24 @@ def _normalize_rules(rules: Any, mesh: Any) -> dict[str, _RuleValue]:
 
 
 def _spec(
-    path: str, leaf: Any, axes: tuple[str | None, ...], rules: dict[str, _RuleValue]
+    path: str, leaf: Any, axes: tuple[Any, ...], rules: dict[str, _RuleValue]
 ) -> PartitionSpec:
     ndim = len(leaf.shape)
+    if axes[-1] is ...:  # stacked, with no axes of its own: None for the rest
+        if ndim >= len(axes) - 1:
+            axes = (*axes[:-1], *(None,) * (ndim - len(axes) + 1))
+        else:
+            raise ValueError(
+                f"tree_shardings: the leaf at {path} is {leaf_repr(leaf)} ({ndim} dims) but it "
+                f"sits in {len(axes) - 1} stacked field(s) ({axes[:-1]!r}), each of which "
+                "needs a leading dimension. Build stacks with ptc.tree_stack."
+            )
     if ndim != len(axes):
         raise ValueError(
             f"tree_shardings: the leaf at {path} is {leaf_repr(leaf)} ({ndim} dims) but its "
             f"field declares axes={axes!r} ({len(axes)} names). Give one logical name (or "
-            "None) per dimension."
+            "None) per dimension (the names of enclosing field(stack=...) axes come first "
+            "and count too)."
         )
     entries: list[_RuleValue] = []
     used: dict[str, str] = {}

@@ -13,9 +13,10 @@ import numpy as np
 
 from ._leaf_facts import Leaves, leaf_axes, leaf_kinds
 from ._meta import meta_of
+from ._stack import TIMES, find_stacks, stack_size
 from ._tree_util import MAX_ITEMS, Elided, has_shape_dtype, key_label, leaf_repr, one_level
 
-__all__ = ["SummaryRow", "TreeSummary", "tree_aliases", "tree_diagram", "tree_summary"]
+__all__ = ["StackRow", "SummaryRow", "TreeSummary", "tree_aliases", "tree_diagram", "tree_summary"]
 
 
 def _children(node: Any) -> list[tuple[Any, Any]] | None:
@@ -53,6 +54,17 @@ class SummaryRow(NamedTuple):
     shared: str | None = None
 
 
+class StackRow(NamedTuple):
+    """One field declared `field(stack=...)` in a `tree_summary` table."""
+
+    path: str
+    type: str  # the layer's type, e.g. "Block"
+    layers: int
+    count_per_layer: int
+    count: int  # pyright: ignore[reportIncompatibleMethodOverride]
+    bytes: int
+
+
 class TreeSummary(_Text):
     """The table `tree_summary` returns: a `str` (print it, compare it) with the data too.
 
@@ -60,10 +72,14 @@ class TreeSummary(_Text):
         rows: one `SummaryRow(path, node, kind, type, shape_dtype, count, bytes, shared)`
             per leaf.
         totals: `{kind name: (count, bytes)}` in order of first appearance, then `"all"`.
+        stacks: one `StackRow(path, type, layers, count_per_layer, count, bytes)` per
+            field declared `field(stack=...)`; the table shows it as a line such as
+            `.blocks  Block x24  1,040/layer  24,960` above the stack's leaves.
     """
 
     rows: tuple[SummaryRow, ...]
     totals: dict[str, tuple[int, int]]
+    stacks: tuple[StackRow, ...]
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{h}</th>" for h in _HEADER)
@@ -229,7 +245,15 @@ def tree_summary(tree: Any) -> TreeSummary:
         c, b = totals.get(k, (0, 0))
         totals[k] = (c + count, b + nbytes)
     totals["all"] = (sum(r.count for r in rows), sum(r.bytes for r in rows))
-    table = [_HEADER, *map(_cells, rows)]
+    stacks, heads = _stack_rows(tree, ctx.paths, rows)
+    body = []
+    for i, r in enumerate(rows):
+        for st in heads.get(i, ()):
+            per = f"{st.count_per_layer:,}/layer"
+            kind, typ = "", f"{st.type} {TIMES}{st.layers}"
+            body.append((st.path, "", kind, typ, per, f"{st.count:,}", f"{st.bytes:,}"))
+        body.append(_cells(r))
+    table = [_HEADER, *body]
     foot = [("total", "", k, "", "", f"{c:,}", f"{b:,}") for k, (c, b) in totals.items()]
     widths = [max(len(r[i]) for r in table + foot) for i in range(len(_HEADER))]
     rule = "  ".join("-" * w for w in widths)
@@ -245,7 +269,46 @@ def tree_summary(tree: Any) -> TreeSummary:
     out = TreeSummary(text)
     out.rows = tuple(rows)  # type: ignore[misc]
     out.totals = totals  # type: ignore[misc]
+    out.stacks = stacks  # type: ignore[misc]
     return out
+
+
+def _stack_rows(
+    tree: Any, paths: tuple[tuple[Any, ...], ...], rows: list[SummaryRow]
+) -> tuple[tuple[StackRow, ...], dict[int, list[StackRow]]]:
+    """The stacked fields of `tree` as table lines, keyed by the index of their first leaf."""
+    try:
+        sites = find_stacks(tree)
+    except ValueError:  # a malformed stack: the leaf rows still show what is there
+        return (), {}
+    out, heads = [], {}
+    for site in sites:
+        n = len(site.path)
+        inside = [i for i, p in enumerate(paths) if p[:n] == site.path]
+        count = sum(rows[i].count for i in inside)
+        nbytes = sum(rows[i].bytes for i in inside)
+        value = tree
+        for key in site.path:  # the stacked value, for its type name
+            value = _child(value, key)
+        row = StackRow(
+            jax.tree_util.keystr(site.path),
+            _type_name(value),
+            site.length,
+            count // site.length if site.length else 0,
+            count,
+            nbytes,
+        )
+        out.append(row)
+        if inside:
+            heads.setdefault(inside[0], []).append(row)
+    return tuple(out), heads
+
+
+def _child(node: Any, key: Any) -> Any:
+    for k, c in _children(node) or ():
+        if k == key:
+            return c
+    raise KeyError(key)  # pragma: no cover (find_stacks found it there)
 
 
 # -- diagram ----------------------------------------------------------------------------------
@@ -290,10 +353,13 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
         kind = kinds[i]
         notes = [] if kind is None else [kind.__name__]
         if axes[i] is not None and has_shape_dtype(x) and not isinstance(x, np.generic):
-            notes.append(f"axes={axes[i]!r}")
+            notes.append(f"axes={axes[i]!r}".replace("Ellipsis", "..."))
         return leaf_repr(x) + (f" ({', '.join(notes)})" if notes else "")
 
-    def walk(node: Any, prefix: str) -> None:
+    stacked: set[int] = set()  # ids of values of fields declared field(stack=...)
+
+    def walk(node: Any, prefix: str, depth: int = 0) -> None:
+        # `depth`: how many stacked fields enclose `node` (its leaves' stacked dimensions).
         children = _children(node) or []
         entries: list[tuple[str, Any, bool]] = []  # (label, value, is_static)
         meta = meta_of(type(node))
@@ -304,6 +370,8 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
                     entries.append((f.name, node.__dict__[f.name], True))
                 else:
                     entries.append((f.name, next(it)[1], False))
+                    if f.stack is not None:
+                        stacked.add(id(entries[-1][1]))
         else:
             entries = [(key_label(k), c, False) for k, c in children]
         skipped = 0
@@ -325,8 +393,13 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
             elif _children(value) is None:
                 lines.append(f"{prefix}{branch}{label}: {leaf_line(value)}")
             else:
-                lines.append(f"{prefix}{branch}{label}: {type(value).__name__}")
-                walk(value, prefix + cont)
+                inner, count = depth, ""
+                if id(value) in stacked:
+                    n = stack_size(value, depth)
+                    if n is not None:
+                        inner, count = depth + 1, f" {TIMES}{n}"
+                lines.append(f"{prefix}{branch}{label}: {type(value).__name__}{count}")
+                walk(value, prefix + cont, inner)
 
     if _children(tree) is None:
         lines.append(leaf_line(tree))

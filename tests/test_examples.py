@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +47,7 @@ def test_every_example_is_tested() -> None:
         "lora_finetune",
         "with_equinox",
         "with_flax",
+        "transformer_scan",
     }
     assert scripts == tested
 
@@ -174,6 +177,53 @@ def test_transfer_learning_freezes_the_encoder_and_trains_the_head() -> None:
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(tuned.head.w, start.head.w)
     assert not np.allclose(pretrained.encoder[0].w, fresh.encoder[0].w)
+
+
+# -- layer stacks: the scanned transformer ------------------------------------------------------
+
+
+def test_transformer_scan_trains_a_few_hundred_steps() -> None:
+    model, losses = example("transformer_scan").main(steps=300, progress=False)
+    assert len(losses) == 300 and all(np.isfinite(losses))
+    assert np.mean(losses[-20:]) < 0.7 * losses[0]  # ~4.45 (uniform over ~85 chars) -> ~2.5
+    assert "blocks=Block \u00d74(" in repr(model)
+    assert model.blocks.attn.qkv.shape[0] == 4  # still one stacked field after training
+
+
+def test_transformer_scan_equals_the_unrolled_loop() -> None:
+    ex = example("transformer_scan")
+    model, _, batches = ex.setup(layers=3)
+    x, _ = next(batches)
+    blocks = ptc.tree_unstack(model.blocks)
+
+    def unrolled(key):
+        h = model.tok[x] + model.pos[: x.shape[1]]
+        keys = [None] * 3 if key is None else list(ptc.split_key(key, 3))
+        for block, k in zip(blocks, keys):
+            h = block(h, k, model.rate)
+        return model.ln_f(h) @ model.tok.T
+
+    scanned = jax.jit(lambda key: model(x, key))
+    np.testing.assert_allclose(scanned(None), jax.jit(unrolled)(None), rtol=2e-5, atol=2e-5)
+    key = jax.random.key(3)
+    np.testing.assert_allclose(scanned(key), jax.jit(unrolled)(key), rtol=2e-5, atol=2e-5)
+    # layer 1 through the lens is the second block of the list
+    one = model.at.blocks[1].get()
+    np.testing.assert_array_equal(one.mlp.up, blocks[1].mlp.up)
+
+
+def test_transformer_scan_sharded_step_matches_one_device() -> None:
+    script = EXAMPLES / "transformer_scan.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--sharded"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8
+    assert report["blocks.mlp.up spec"] == "P(None, None, 'model')"  # layers, embed, mlp
+    assert report["blocks.attn.qkv shard"] == [4, 64, 3, 1, 16]  # 4 heads over 4 devices
+    np.testing.assert_allclose(report["loss sharded"], report["loss single"], rtol=1e-5)
+    assert report["max param diff"] < 1e-3
 
 
 def test_lora_finetune_trains_adapters_only_and_merges_them_back(capsys) -> None:

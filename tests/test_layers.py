@@ -80,12 +80,12 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
-    ("L2 selection", ["_leaf_facts", "_nodesel", "_filters", "_partition", "_labels"]),
+    ("L2 selection", ["_leaf_facts", "_stack", "_nodesel", "_filters", "_partition", "_labels"]),
     (
         "L3 editing",
         ["_lens_walk", "_lens_select", "_lens_nodes", "_lens_compile", "_lens", "_value_and_tree"],
     ),
-    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_weights"]),
+    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_weights", "_rng"]),
     ("L5 assembly", ["_methods", "_treeclass", "_optim"]),
 ]
 PERIPHERALS = "L4 peripherals"

@@ -1,0 +1,450 @@
+"""Layer stacks: many equal-structure trees held as one tree whose arrays gain a leading axis.
+
+Deep models keep their layers *stacked* (one `Block` whose every array has a leading
+"layers" axis) and run them with `jax.lax.scan`, so compile time does not grow with depth.
+This module owns the pieces that know what a stack is:
+
+* `tree_stack` / `tree_unstack` turn a list of trees into one stacked tree and back;
+* `stack_length` checks that every leaf of a stack shares the leading axis;
+* `find_stacks` lists the fields declared `field(stack=...)` in a tree;
+* `take` / `scatter` read and write rows of a stack (the lens steps `model.at.blocks[3]`);
+* `scan_layers` runs a stacked tree over a carry with `jax.lax.scan`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, NamedTuple, TypeVar, overload
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import GetAttrKey
+
+from ._meta import meta_of
+from ._tree_util import first_difference, leaf_repr
+
+__all__ = [
+    "TIMES",
+    "StackSite",
+    "find_stacks",
+    "scan_layers",
+    "scatter",
+    "stack_fields",
+    "stack_length",
+    "stack_size",
+    "take",
+    "tree_stack",
+    "tree_unstack",
+]
+
+TIMES = "\u00d7"  # the multiplication sign in `Block x24` (ruff flags the glyph itself)
+
+T = TypeVar("T")
+C = TypeVar("C")  # a carry
+S = TypeVar("S")  # a stack of layers
+
+_BUILD = "Build a stack with ptc.tree_stack([layer, ...]) or jax.vmap(make_layer)(keys)."
+
+
+def _keystr(path: tuple[Any, ...]) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+# -- building and taking apart ----------------------------------------------------------------
+
+
+def tree_stack(trees: Iterable[T], /) -> T:
+    """Stack equal-structure trees into one tree whose array leaves gain a leading axis.
+
+    Works on any pytree (treeclasses, dicts, Equinox modules, ...). Static fields (and
+    other pytree aux data) must be equal across the trees, as must each leaf's shape and
+    dtype; Python numbers become arrays. `tree_unstack` undoes it. The result is what a
+    field declared `field(stack="layers")` holds.
+
+    Args:
+        trees: a non-empty sequence (or iterable) of trees with one structure.
+
+    Returns:
+        One tree with the structure of `trees[0]`; each leaf is `jnp.stack` of the
+        trees' leaves at that position (leading axis: one row per tree).
+
+    Raises:
+        ValueError: no trees; a tree whose structure or static fields differ from the
+            first's (naming the first differing path); leaves at one path whose shapes
+            or dtypes differ, or that are not arrays or numbers (naming the path).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> s = ptc.tree_stack([{"w": jnp.zeros(3)}, {"w": jnp.ones(3)}])
+        >>> s["w"].shape
+        (2, 3)
+    """
+    trees = list(trees)
+    if not trees:
+        raise ValueError(
+            "tree_stack: got an empty list of trees; a stack needs at least one tree to "
+            "take its structure from."
+        )
+    flats = [jax.tree_util.tree_flatten(t) for t in trees]
+    treedef = flats[0][1]
+    for i, (_, td) in enumerate(flats[1:], 1):
+        if td != treedef:
+            diff = first_difference(trees[0], trees[i])
+            diff = diff.replace("trees 0 and 1", f"trees 0 and {i}").replace("tree 1", f"tree {i}")
+            raise ValueError(
+                f"tree_stack: tree {i} does not have tree 0's structure: {diff}. Stacked "
+                "trees must have the same structure and equal static fields."
+            )
+    columns = zip(*(leaves for leaves, _ in flats)) if flats[0][0] else ()
+    out = []
+    paths = None
+    for j, column in enumerate(columns):
+        bad = _stack_mismatch(column)
+        if bad is not None:
+            if paths is None:
+                paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(trees[0])[0]]
+            raise ValueError(f"tree_stack: the leaf at {_keystr(paths[j])} {bad}")
+        out.append(jnp.stack(column))
+    return treedef.unflatten(out)
+
+
+def _stack_mismatch(column: tuple[Any, ...]) -> str | None:
+    """Why the leaves of one position cannot be stacked, or None."""
+    first = column[0]
+    if not (hasattr(first, "shape") and hasattr(first, "dtype")):
+        if isinstance(first, (bool, int, float, complex, np.generic)):
+            return None  # Python numbers: jnp.stack makes an array of them
+        return (
+            f"is {leaf_repr(first)}, not an array or number, so it cannot be stacked. "
+            "Make it a static field (equal in every tree), or an array."
+        )
+    for i, x in enumerate(column[1:], 1):
+        if getattr(x, "shape", None) != first.shape or getattr(x, "dtype", None) != first.dtype:
+            return (
+                f"is {leaf_repr(first)} in tree 0 but {leaf_repr(x)} in tree {i}; every "
+                "tree must hold the same shape and dtype there."
+            )
+    return None
+
+
+def tree_unstack(tree: T, /) -> list[T]:
+    """Split a stacked tree along its leading axis: the list `tree_stack` was given.
+
+    Args:
+        tree: a tree whose every leaf is an array with the same leading dimension.
+
+    Returns:
+        A list with one tree per row of the leading axis, each with `tree`'s structure.
+
+    Raises:
+        ValueError: `tree` has no leaves, a leaf has no leading axis, or the leaves'
+            leading dimensions differ (naming the leaves).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> stacked = {"w": jnp.arange(4.0).reshape(2, 2)}
+        >>> [t["w"].tolist() for t in ptc.tree_unstack(stacked)]
+        [[0.0, 1.0], [2.0, 3.0]]
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    n = stack_length(tree, "tree_unstack")
+    rows = [list(x) for x in leaves]  # one unstack op per array, not one index per row
+    return [treedef.unflatten([r[i] for r in rows]) for i in range(n)]
+
+
+def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str = "") -> int:
+    """The size of dimension `axis` shared by every leaf of the stacked `tree`.
+
+    A ValueError naming the leaves (their paths after `prefix`) when they disagree, when a
+    leaf has no such dimension (a Python number, a 0-d array), or when there are no leaves.
+    """
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        raise ValueError(
+            f"{where}: the stack has no array leaves, so it has no layers to count. {_BUILD}"
+        )
+    n = None
+    for x in leaves:
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
+            break
+        n = shape[axis]
+    else:
+        return n  # type: ignore[return-value]
+
+    def name(p: tuple[Any, ...]) -> str:
+        return prefix + jax.tree_util.keystr(p) if prefix else _keystr(p)
+
+    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    p0, x0 = pairs[0]
+    for p, x in pairs:
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) <= axis:
+            what = "a leading (layer) axis" if axis == 0 else f"{axis + 1} stacked axes"
+            raise ValueError(
+                f"{where}: the leaf {name(p)} is {leaf_repr(x)}, which has no dimension "
+                f"{axis}; every leaf of a stack needs {what}. {_BUILD}"
+            )
+        if shape[axis] != x0.shape[axis]:
+            raise ValueError(
+                f"{where}: the leaves of a stack disagree on the number of layers "
+                f"(dimension {axis}): {name(p0)} is {leaf_repr(x0)} but {name(p)} is "
+                f"{leaf_repr(x)}. {_BUILD}"
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stack_size(tree: Any, axis: int) -> int | None:
+    """The size of dimension `axis` that every leaf of `tree` shares, or None (displays)."""
+    n = None
+    for x in jax.tree_util.tree_leaves(tree):
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
+            return None
+        n = shape[axis]
+    return n
+
+
+# -- stacks declared on fields ---------------------------------------------------------------
+
+
+class StackSite(NamedTuple):
+    """A field declared `field(stack=...)`, found in a tree by `find_stacks`."""
+
+    path: tuple[Any, ...]  # JAX key path to the stacked field's value
+    axis: str  # the logical name of the stacked axis
+    length: int  # the number of layers
+
+
+def stack_fields(cls: type) -> dict[str, str]:
+    """`{field name: stack axis name}` for the stacked fields of a treeclass (or `{}`)."""
+    meta = meta_of(cls)
+    if meta is None:
+        return {}
+    return {f.name: f.stack for f in meta.fields if f.stack is not None}
+
+
+def find_stacks(tree: Any) -> tuple[StackSite, ...]:
+    """Every field declared `field(stack=...)` in `tree`, outermost first.
+
+    Stacks nested inside a stack are listed too; their `length` is their own (dimension
+    1 of their leaves, after the outer stack's dimension 0, and so on).
+    """
+    out: list[StackSite] = []
+
+    def visit(node: Any, path: tuple[Any, ...], depth: int) -> None:
+        meta = meta_of(type(node))
+        if meta is None:
+            pairs = jax.tree_util.tree_flatten_with_path(
+                node, is_leaf=lambda x: x is not node and meta_of(type(x)) is not None
+            )[0]
+            for p, child in pairs:
+                if meta_of(type(child)) is not None:
+                    visit(child, path + p, depth)
+            return
+        d = node.__dict__
+        for name in meta.child_names:
+            f = meta.fields_by_name[name]
+            sub = (*path, GetAttrKey(name))
+            if f.stack is not None:
+                n = stack_length(d[name], "find_stacks", axis=depth, prefix=_keystr(sub))
+                out.append(StackSite(sub, f.stack, n))
+                visit(d[name], sub, depth + 1)
+            else:
+                visit(d[name], sub, depth)
+
+    visit(tree, (), 0)
+    return tuple(out)
+
+
+# -- rows of a stack (lens steps) ----------------------------------------------------------------
+
+
+def _index(idx: tuple[Any, ...]) -> Any:
+    return idx[0] if len(idx) == 1 else idx
+
+
+def take(tree: T, idx: tuple[Any, ...]) -> T:
+    """The rows `idx` (ints and slices over the leading axes) of every leaf of `tree`."""
+    i = _index(idx)
+    getter = operator.itemgetter(i)
+    return jax.tree.map(getter, tree)
+
+
+def _indexed_shape(shape: tuple[int, ...], idx: tuple[Any, ...]) -> tuple[int, ...]:
+    kept = []
+    for dim, i in zip(shape, idx):
+        if type(i) is slice:
+            kept.append(len(range(*i.indices(dim))))
+    return (*kept, *shape[len(idx) :])
+
+
+_NUMBERS = {bool: 0, int: 1, float: 2, complex: 3}
+
+
+def _category(dtype: Any) -> int:
+    for cat, kind in enumerate((np.bool_, np.integer, np.floating, np.complexfloating)):
+        if jnp.issubdtype(dtype, kind):
+            return cat
+    return -1
+
+
+def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
+    """`tree` with the rows `idx` of every leaf replaced by the leaves of `value`.
+
+    `value` must have the structure of `take(tree, idx)` (static fields included) and each
+    leaf that row's shape and dtype: a stack cannot hold layers of different shapes. A
+    Python number fills the rows (`bool` < `int` < `float` < `complex`: one the stack's
+    dtype holds without losing its kind).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    vleaves, vdef = jax.tree_util.tree_flatten(value)
+    if vdef != treedef:
+        diff = first_difference(take(tree, idx), value)
+        diff = diff.replace("tree 0", "the stack's layer").replace("tree 1", "the value")
+        diff = diff.replace("trees 0 and 1", "the stack's layer and the value")
+        raise ValueError(
+            f"{where}.set(): the value does not have the structure of a layer of the "
+            f"stack: {diff}. A stack's layers share one structure and equal static fields."
+        )
+    i = _index(idx)
+    out = []
+    paths = None
+    for j, (x, v) in enumerate(zip(leaves, vleaves)):
+        want = _indexed_shape(x.shape, idx)
+        if type(v) in _NUMBERS:  # a Python number fills the rows, if the dtype can hold it
+            ok = _NUMBERS[type(v)] <= _category(x.dtype)
+        else:
+            ok = np.shape(v) == want and getattr(v, "dtype", x.dtype) == x.dtype
+        if not ok:
+            if paths is None:
+                paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(value)[0]]
+            wanted = leaf_repr(jax.ShapeDtypeStruct(want, x.dtype))
+            what = f"'s leaf at {jax.tree_util.keystr(paths[j])}" if paths[j] else ""
+            raise ValueError(
+                f"{where}.set(): the value{what} is {leaf_repr(v)}, where the stack holds "
+                f"{wanted} (a stack's layers share shapes and dtypes; cast with "
+                ".astype(...) or reshape first)."
+            )
+        if isinstance(x, np.ndarray):
+            y = x.copy()
+            y[i] = v
+            out.append(y)
+        else:
+            out.append(x.at[i].set(v))
+    return treedef.unflatten(out)
+
+
+# -- scanning ---------------------------------------------------------------------------------
+
+
+@overload
+def scan_layers(
+    fn: Callable[[S, C], C],
+    layers: S,
+    carry: C,
+    /,
+    *,
+    stateful: Literal[False] = False,
+    remat: bool = False,
+    policy: Callable[..., Any] | None = None,
+    unroll: int | bool = 1,
+    reverse: bool = False,
+) -> C: ...
+@overload
+def scan_layers(
+    fn: Callable[[S, C], tuple[C, S]],
+    layers: S,
+    carry: C,
+    /,
+    *,
+    stateful: Literal[True],
+    remat: bool = False,
+    policy: Callable[..., Any] | None = None,
+    unroll: int | bool = 1,
+    reverse: bool = False,
+) -> tuple[C, S]: ...
+def scan_layers(
+    fn: Callable[[S, C], Any],
+    layers: S,
+    carry: C,
+    /,
+    *,
+    stateful: bool = False,
+    remat: bool = False,
+    policy: Callable[..., Any] | None = None,
+    unroll: int | bool = 1,
+    reverse: bool = False,
+) -> C | tuple[C, S]:
+    """Run a stack of layers over a carry with `jax.lax.scan`: one compiled step, any depth.
+
+    The compiled program holds `fn` once, so compile time does not grow with the number
+    of layers; gradients are those of the unrolled Python loop.
+
+    Args:
+        fn: `fn(layer, carry) -> carry`, called with one layer of the stack (an
+            ordinary, unstacked tree such as a `Block`). With `stateful=True`:
+            `fn(layer, carry) -> (carry, new_layer)`.
+        layers: the stacked layers (e.g. `model.blocks`): any tree whose leaves share
+            a leading axis; a tuple `(blocks, keys)` scans several stacks together.
+        carry: the initial carry (e.g. the activations).
+        stateful: layers with state (batch statistics, an RNG key): `fn` also returns
+            the updated layer, and the updated layers come back stacked.
+        remat: wrap `fn` in `jax.checkpoint`: recompute its activations in the
+            backward pass instead of storing them.
+        policy: with `remat=True`, what to save anyway, e.g.
+            `jax.checkpoint_policies.dots_saveable`.
+        unroll: passed to `jax.lax.scan` (layers per loop iteration; `True`: all).
+        reverse: run the last layer first.
+
+    Returns:
+        The final carry; with `stateful=True`, `(carry, new_layers)`.
+
+    Raises:
+        ValueError: `policy` without `remat=True`; leaves of `layers` that do not share
+            a leading axis; with `stateful=True`, a layer returned with another
+            structure.
+        TypeError: with `stateful=True`, `fn` returned something other than a pair.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import pytreeclass as ptc
+        >>> layers = ptc.tree_stack([{"w": jnp.float32(2)}, {"w": jnp.float32(3)}])
+        >>> ptc.scan_layers(lambda layer, x: x * layer["w"], layers, jnp.float32(1))
+        Array(6., dtype=float32)
+    """
+    if policy is not None and not remat:
+        raise ValueError(
+            "scan_layers: a checkpoint policy only applies with remat=True; pass "
+            "remat=True, policy=... (or drop policy)."
+        )
+    n = stack_length(layers, "scan_layers(layers)")
+    step = jax.checkpoint(fn, policy=policy, prevent_cse=False) if remat else fn
+    layer_def = jax.tree_util.tree_structure(layers)
+
+    def body(c: Any, layer: Any) -> tuple[Any, Any]:
+        out = step(layer, c)
+        if not stateful:
+            return out, None
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                "scan_layers(stateful=True): fn must return (carry, new_layer), got "
+                f"{leaf_repr(out) if not isinstance(out, tuple) else f'a {len(out)}-tuple'}."
+            )
+        new_c, new_layer = out
+        if jax.tree_util.tree_structure(new_layer) != layer_def:
+            diff = first_difference(layer, new_layer)
+            diff = diff.replace("tree 0", "the layer").replace("tree 1", "fn's layer")
+            diff = diff.replace("trees 0 and 1", "the layer and fn's layer")
+            raise ValueError(
+                "scan_layers(stateful=True): fn returned a layer whose structure differs "
+                f"from the layer it got: {diff}. Return the layer with updated leaves only."
+            )
+        return new_c, new_layer
+
+    carry, ys = jax.lax.scan(body, carry, layers, length=n, unroll=unroll, reverse=reverse)
+    return (carry, ys) if stateful else carry
