@@ -354,6 +354,37 @@ def test_docstring_examples_fit_in_80_columns() -> None:
     assert not too_wide, "docstring example lines over 80 characters:\n" + "\n".join(too_wide)
 
 
+PARAGRAPH_WORDS = 120
+
+
+def test_guide_paragraphs_are_short() -> None:
+    """A paragraph of prose (not a list item, table or code) stays under ~120 words."""
+    long = []
+    for page in _shown_pages():
+        paragraph: list[str] = []
+        start, fence = 0, ""
+        lines = [*page.read_text(encoding="utf-8").splitlines(), ""]
+        for n, line in enumerate(lines, 1):
+            m = _FENCE.match(line)
+            if fence or m:
+                if m and not fence:
+                    fence = m["fence"]
+                elif fence and line.strip().startswith(fence):
+                    fence = ""
+                line = ""
+            if not line.strip() or line.lstrip().startswith(("#", "|", "!!!", "* ", "- ")):
+                words = len(" ".join(paragraph).split())
+                if words > PARAGRAPH_WORDS:
+                    long.append(f"{_page_id(page)}:{start}: {words} words")
+                paragraph = [line] if line.lstrip().startswith(("* ", "- ")) else []
+                start = n
+                continue
+            if not paragraph:
+                start = n
+            paragraph.append(line)
+    assert not long, f"paragraphs over {PARAGRAPH_WORDS} words:\n" + "\n".join(long)
+
+
 def test_shown_code_has_no_lint_pragmas() -> None:
     pragmas = [
         f"{file}:{n}: {text.strip()}"
