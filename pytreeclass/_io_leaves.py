@@ -16,6 +16,7 @@ of each step, kept here:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -152,6 +153,9 @@ def dtype_facts(dtype: Any) -> _DtypeFacts:
 
 
 _SMALL = 1 << 14  # elements
+# `jax.device_put(..., may_alias=True)` lets the device keep memory we own instead of
+# copying it; older jax releases have no such keyword (and copy).
+_MAY_ALIAS = "may_alias" in inspect.signature(jax.device_put).parameters
 
 # What kind of leaf each Python type is, worked out once per type (a per-leaf hot path).
 _NUMBER, _DEVICE, _HOST, _OTHER = range(4)
@@ -453,7 +457,10 @@ def place(
         else:
             out[i] = data
     for (sharding, alias), (idx, arrs) in batches.items():
-        placed = jax.device_put(arrs, sharding, may_alias=True if alias else None)
+        if alias and _MAY_ALIAS:
+            placed = jax.device_put(arrs, sharding, may_alias=True)
+        else:
+            placed = jax.device_put(arrs, sharding)
         for i, x in zip(idx, placed):
             out[i] = x
     return out
