@@ -297,10 +297,15 @@ def sharded_vs_single(steps: int = 3) -> dict[str, object]:
         raise RuntimeError(
             "needs 8 devices: run with --sharded (or set XLA_FLAGS yourself)"
         )
-    auto = jax.sharding.AxisType.Auto
-    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(auto, auto))
+    if hasattr(jax.sharding, "AxisType"):  # jax >= 0.5.3 names the axis types
+        auto = jax.sharding.AxisType.Auto
+        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(auto, auto))
+    else:
+        mesh = jax.make_mesh((2, 4), ("data", "model"))
     model, opt, batches = setup()
-    data = jax.sharding.NamedSharding(mesh, jax.P("data", None))
+    data = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("data", None)
+    )
     placed = jax.device_put(model, ptc.tree_shardings(model, mesh, RULES))
     placed_opt = jax.device_put(opt, ptc.tree_shardings(opt, mesh, RULES))
     key = jax.random.key(1)
