@@ -421,8 +421,12 @@ def test_damaged_safetensors_fail_with_value_error_or_load(
         assert str(e).startswith("tree_load:")
     else:
         assert jax.tree.structure(loaded) == jax.tree.structure(tree)
-        kinds = [_bits(x)[:2] for x in jax.tree.leaves(loaded)]
-        assert kinds == [_bits(x)[:2] for x in jax.tree.leaves(tree)]
+        # type and dtype only: a flipped data byte may change a value (even a Python
+        # number's), never a leaf's type or dtype
+        kinds = [_bits(x)[:2] if hasattr(x, "dtype") else type(x) for x in jax.tree.leaves(loaded)]
+        assert kinds == [
+            _bits(x)[:2] if hasattr(x, "dtype") else type(x) for x in jax.tree.leaves(tree)
+        ]
 
 
 def test_loading_never_maps_the_file_into_the_result(tmp_path: Path) -> None:
