@@ -293,6 +293,8 @@ RULES = {
 
 def sharded_vs_single(steps: int = 3) -> dict[str, object]:
     """Run `steps` training steps on one device and on a 2 x 4 mesh."""
+    # the same random numbers sharded or not (the default from jax 0.5 on)
+    jax.config.update("jax_threefry_partitionable", True)
     if jax.device_count() < 8:
         raise RuntimeError(
             "needs 8 devices: run with --sharded (or set XLA_FLAGS yourself)"

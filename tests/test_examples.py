@@ -220,7 +220,9 @@ def test_transformer_scan_sharded_step_matches_one_device() -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["devices"] == 8
-    assert report["blocks.mlp.up spec"] == "P(None, None, 'model')"  # layers, embed, mlp
+    # layers, embed, mlp (older jax prints the spec as PartitionSpec(...), newer as P(...))
+    spec = report["blocks.mlp.up spec"].replace("PartitionSpec(", "P(")
+    assert spec == "P(None, None, 'model')"
     assert report["blocks.attn.qkv shard"] == [4, 64, 3, 1, 16]  # 4 heads over 4 devices
     np.testing.assert_allclose(report["loss sharded"], report["loss single"], rtol=1e-5)
     assert report["max param diff"] < 1e-3
