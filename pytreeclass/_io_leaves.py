@@ -35,6 +35,7 @@ __all__ = [
     "HostLeaf",
     "Offered",
     "Value",
+    "as_template_number",
     "check_leaf",
     "check_names",
     "decode",
@@ -400,9 +401,7 @@ def decode(stored: np.ndarray, got: Offered, key_impl: str | None) -> Any:
     return value
 
 
-def _as_template_number(
-    fn: str, where: str, value: Any, dtype: np.dtype, source: str
-) -> np.ndarray:
+def as_template_number(fn: str, where: str, value: Any, dtype: np.dtype, source: str) -> np.ndarray:
     """A Python number's 0-d array cast to a template dtype, refusing values that change."""
     value = np.asarray(value)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
@@ -442,7 +441,7 @@ def place(
             out[i] = type(leaf)(np.asarray(data).item())
             continue
         if cast:
-            data = _as_template_number(fn, paths[i], data, np.dtype(leaf.dtype), source)
+            data = as_template_number(fn, paths[i], data, np.dtype(leaf.dtype), source)
             owned = True
         if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct):
             sharding = getattr(leaf, "sharding", None)

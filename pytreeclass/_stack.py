@@ -228,11 +228,12 @@ def stack_fields(cls: type) -> dict[str, str]:
     return {f.name: f.stack for f in meta.fields if f.stack is not None}
 
 
-def find_stacks(tree: Any) -> tuple[StackSite, ...]:
+def find_stacks(tree: Any, where: str = "find_stacks") -> tuple[StackSite, ...]:
     """Every field declared `field(stack=...)` in `tree`, outermost first.
 
     Stacks nested inside a stack are listed too; their `length` is their own (dimension
-    1 of their leaves, after the outer stack's dimension 0, and so on).
+    1 of their leaves, after the outer stack's dimension 0, and so on). `where` names the
+    caller in the error raised for a stack whose leaves disagree on its length.
     """
     out: list[StackSite] = []
 
@@ -251,7 +252,7 @@ def find_stacks(tree: Any) -> tuple[StackSite, ...]:
             f = meta.fields_by_name[name]
             sub = (*path, GetAttrKey(name))
             if f.stack is not None:
-                n = stack_length(d[name], "find_stacks", axis=depth, prefix=_keystr(sub))
+                n = stack_length(d[name], where, axis=depth, prefix=_keystr(sub))
                 out.append(StackSite(sub, f.stack, n))
                 visit(d[name], sub, depth + 1)
             else:

@@ -3,11 +3,14 @@ checks as tree_load, and a PyTorch-style GPT-2 state dict mapped onto a treeclas
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pytreeclass as ptc
 from pytreeclass import Parameter, field, treeclass
@@ -318,3 +321,201 @@ def test_bad_rules_and_values_are_clear_errors() -> None:
         ptc.tree_from_dict(src, like={"w": "x"})
     with pytest.raises(ValueError, match=r"of the template both have the flat name 'a.b'"):
         ptc.tree_from_dict({}, like={"a.b": 1.0, "a": {"b": 2.0}})
+
+
+# -- numbered layers <-> a stacked field ------------------------------------------------------
+
+
+@treeclass
+class StackedGPT:
+    wte: jax.Array = field(kind=Parameter)
+    wpe: jax.Array = field(kind=Parameter)
+    blocks: Block = field(stack="layers")
+    ln_f: LayerNorm
+
+
+def stacked_like() -> StackedGPT:
+    m = gpt_like()
+    return StackedGPT(m.wte, m.wpe, ptc.tree_stack(m.blocks), m.ln_f)  # type: ignore[arg-type]
+
+
+def test_numbered_layers_fill_a_stacked_field() -> None:
+    sd = torch_state_dict()
+    model = ptc.tree_from_dict(sd, like=stacked_like(), rename=RENAME, transform=TRANSPOSE)
+    assert type(model) is StackedGPT and isinstance(model.blocks.qkv.w, jax.Array)
+    assert model.blocks.qkv.w.shape == (L, D, 3 * D)
+    for i in range(L):  # each row is its own layer's weight, transposed
+        np.testing.assert_array_equal(model.blocks.qkv.w[i], sd[f"h.{i}.attn.c_attn.weight"].T)
+        np.testing.assert_array_equal(model.blocks.ln2.bias[i], sd[f"h.{i}.ln_2.bias"])
+        np.testing.assert_array_equal(
+            model.at.blocks[i].out.w.get(), sd[f"h.{i}.mlp.c_proj.weight"].T
+        )
+    # The same weights as the list model, stacked.
+    listed = ptc.tree_from_dict(sd, like=gpt_like(), rename=RENAME, transform=TRANSPOSE)
+    assert_same(model.blocks, ptc.tree_stack(listed.blocks))
+    assert_same(model.ln_f, listed.ln_f)
+
+
+def test_unstack_writes_one_name_per_layer_and_reads_back() -> None:
+    sd = torch_state_dict()
+    model = ptc.tree_from_dict(sd, like=stacked_like(), rename=RENAME, transform=TRANSPOSE)
+    listed = ptc.tree_from_dict(sd, like=gpt_like(), rename=RENAME, transform=TRANSPOSE)
+    numbered = ptc.tree_to_dict(model, unstack=True)
+    by_list = ptc.tree_to_dict(listed)
+    assert sorted(numbered) == sorted(by_list)
+    for name, value in by_list.items():
+        np.testing.assert_array_equal(numbered[name], value)
+    # Each stacked leaf's layers come together, in order, where the leaf is.
+    assert list(numbered)[2:5] == [
+        "blocks.0.ln1.weight",
+        "blocks.1.ln1.weight",
+        "blocks.2.ln1.weight",
+    ]
+    # Both spellings read back into either template.
+    assert_same(ptc.tree_from_dict(numbered, like=stacked_like()), model)
+    assert_same(ptc.tree_from_dict(ptc.tree_to_dict(model), like=stacked_like()), model)
+    assert_same(ptc.tree_from_dict(numbered, like=gpt_like()), listed)
+    # Without stacks unstack changes nothing; with filters only selected leaves come.
+    assert ptc.tree_to_dict(listed, unstack=True).keys() == by_list.keys()
+    assert list(ptc.tree_to_dict(model, "qkv", unstack=True)) == [
+        f"blocks.{i}.qkv.{p}" for p in "wb" for i in range(L)
+    ]
+
+
+@treeclass
+class StackHolder:
+    blocks: dict = field(stack="layers")
+
+
+def test_unstacked_values_are_rows_of_the_leaf() -> None:
+    blocks = {"w": np.repeat(np.arange(3, dtype=np.float32)[:, None], 2, axis=1)}
+    tree = StackHolder(blocks)
+    flat = ptc.tree_to_dict(tree, unstack=True)
+    assert list(flat) == ["blocks.0.w", "blocks.1.w", "blocks.2.w"]
+    assert all(np.shares_memory(v, blocks["w"]) for v in flat.values())  # NumPy: views
+    np.testing.assert_array_equal(flat["blocks.2.w"], [2.0, 2.0])
+    on_device = jax.tree.map(jnp.asarray, tree)
+    rows = ptc.tree_to_dict(on_device, unstack=True)
+    assert all(isinstance(v, jax.Array) and v.shape == (2,) for v in rows.values())
+    abstract = ptc.tree_to_dict(jax.eval_shape(lambda: on_device), unstack=True)
+    assert abstract["blocks.1.w"] == jax.ShapeDtypeStruct((2,), jnp.float32)
+
+
+def test_unstack_refuses_a_stack_whose_leaves_disagree() -> None:
+    bad = StackHolder({"a": jnp.zeros((2, 1)), "b": jnp.zeros((3, 1))})
+    with pytest.raises(ValueError, match=r"tree_to_dict: the leaves of a stack disagree"):
+        ptc.tree_to_dict(bad, unstack=True)
+    with pytest.raises(ValueError, match=r"tree_from_dict: the leaves of a stack disagree"):
+        ptc.tree_from_dict({}, like=bad)
+
+
+@treeclass
+class Inner:
+    w: jax.Array
+    sub: dict = field(stack="inner")
+
+
+def test_nested_stacks_number_both_axes() -> None:
+    # 2 outer layers, each with 3 inner layers: sub leaves are [2, 3, ...].
+    inner = Inner(jnp.zeros((2, 4)), {"v": jnp.arange(2 * 3 * 5.0).reshape(2, 3, 5)})
+    tree = StackHolder(inner)  # type: ignore[arg-type]
+    flat = ptc.tree_to_dict(tree, unstack=True)
+    assert list(flat)[:3] == ["blocks.0.w", "blocks.1.w", "blocks.0.sub.0.v"]
+    assert len(flat) == 2 + 6
+    np.testing.assert_array_equal(flat["blocks.1.sub.2.v"], inner.sub["v"][1, 2])
+    assert_same(ptc.tree_from_dict(flat, like=tree), tree)
+    shuffled = dict(reversed(list(flat.items())))
+    assert_same(ptc.tree_from_dict(shuffled, like=tree), tree)
+
+
+def test_transforms_and_renames_see_the_numbered_names() -> None:
+    like = StackHolder(ptc.tree_stack([{"w": jnp.zeros(2)}] * 3))
+    src = {f"h.{i}.w": np.full(2, float(i), np.float32) for i in range(3)}
+    out = ptc.tree_from_dict(
+        src, like=like, rename=[(r"^h\.", "blocks.")], transform={r"^blocks\.1\.": lambda x: -x}
+    )
+    np.testing.assert_array_equal(out.blocks["w"], [[0, 0], [-1, -1], [2, 2]])
+
+
+def test_python_numbers_fill_rows_of_a_stacked_leaf() -> None:
+    like = StackHolder({"s": jnp.zeros(2, jnp.int8)})
+    out = ptc.tree_from_dict({"blocks.0.s": 3, "blocks.1.s": -4}, like=like)
+    assert out.blocks["s"].dtype == jnp.int8
+    np.testing.assert_array_equal(out.blocks["s"], [3, -4])
+    with pytest.raises(
+        ValueError,
+        match=r"value mismatch at \.blocks\[1\]\['s'\]: the dict has the Python int 300, "
+        r"which does not fit int8",
+    ):
+        ptc.tree_from_dict({"blocks.0.s": 3, "blocks.1.s": 300}, like=like)
+
+
+def test_stacked_field_errors_name_the_layer() -> None:
+    sd = torch_state_dict()
+    like = stacked_like()
+    load = functools.partial(ptc.tree_from_dict, like=like, rename=RENAME)
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch at \.blocks\[0\]\.qkv\.w \(the dict's 'h\.0\.attn\.c_attn\.weight'\): "
+        r"the dict has float32\[12,4\], the template float32\[4,12\]",
+    ):
+        load(sd)  # forgot the transpose
+    partial = {k: v for k, v in sd.items() if k != "h.2.attn.c_attn.weight"}
+    with pytest.raises(ValueError, match=r"\(missing from the dict: blocks\.2\.qkv\.w\)") as info:
+        load(partial, transform=TRANSPOSE)
+    assert "from its stacked name ('wte'" not in str(info.value)
+    assert "read from its stacked name ('blocks.ln1.weight') or from one name per layer " in str(
+        info.value
+    )
+    none = {k: v for k, v in sd.items() if ".attn.c_attn.weight" not in k}
+    with pytest.raises(ValueError, match=r"\(missing from the dict: blocks\.qkv\.w\)"):
+        load(none, transform=TRANSPOSE)
+
+
+def test_both_spellings_at_once_are_unexpected_unless_not_strict() -> None:
+    like = StackHolder(ptc.tree_stack([{"w": jnp.zeros(2)}] * 2))
+    both = {"blocks.w": np.ones((2, 2), np.float32)}
+    both |= {f"blocks.{i}.w": np.zeros(2, np.float32) for i in range(2)}
+    with pytest.raises(
+        ValueError, match=r"in the dict but not the template: blocks\.0\.w, blocks\.1\.w\)"
+    ):
+        ptc.tree_from_dict(both, like=like)
+    out = ptc.tree_from_dict(both, like=like, strict=False)  # the stacked name wins
+    np.testing.assert_array_equal(out.blocks["w"], np.ones((2, 2)))
+
+
+def test_numbered_layers_under_jit_and_grad() -> None:
+    like = StackHolder(ptc.tree_stack([{"w": jnp.zeros(2)}] * 3))
+    src = {f"blocks.{i}.w": jnp.full(2, i + 1.0) for i in range(3)}
+
+    def loss(d: dict) -> jax.Array:
+        tree = ptc.tree_from_dict(d, like=like)
+        return ptc.scan_layers(lambda layer, x: x * layer["w"], tree.blocks, jnp.ones(2)).sum()
+
+    assert float(jax.jit(loss)(src)) == 12.0
+    grads = jax.jit(jax.grad(loss))(src)
+    assert grads.keys() == src.keys()
+    np.testing.assert_allclose(grads["blocks.0.w"], [6.0, 6.0])  # d(1*2*3)/d w0 = 2*3
+    back = jax.jit(lambda t: ptc.tree_to_dict(t, unstack=True))(ptc.tree_from_dict(src, like=like))
+    assert back.keys() == src.keys()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    shapes=st.lists(st.lists(st.integers(1, 3), max_size=2), min_size=1, max_size=4),
+)
+def test_numbered_round_trip_property(n: int, shapes: list[list[int]]) -> None:
+    rng = np.random.default_rng(n)
+    layers = [
+        {f"x{j}": rng.normal(size=s).astype(np.float32) for j, s in enumerate(shapes)}
+        for _ in range(n)
+    ]
+    tree = StackHolder(ptc.tree_stack(layers))
+    numbered = ptc.tree_to_dict(tree, unstack=True)
+    assert len(numbered) == n * len(shapes)
+    for i, layer in enumerate(layers):
+        for k, v in layer.items():
+            np.testing.assert_array_equal(numbered[f"blocks.{i}.{k}"], v)
+    assert_same(ptc.tree_from_dict(numbered, like=tree), tree)
+    assert_same(ptc.tree_from_dict(ptc.tree_to_dict(tree), like=tree), tree)
