@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import jax
 
-from ._io_file import atomic_write, corrupt, read_slots
+from ._io_file import atomic_write, corrupt, gc_paused, read_slots
 from ._io_leaves import (
     Value,
     check_leaf,
@@ -84,28 +84,29 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
         >>> ptc.tree_load(path, like={"w": jnp.zeros(3), "lr": 0.0})
         {'lr': 0.1, 'w': Array([1., 1., 1.], dtype=float32)}
     """
-    target = os.fspath(path)
-    fmt = _format("tree_save", target, format)
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    if fmt == "safetensors":
-        names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
-    else:
-        names = [keystr(p) for p, _ in flat]
-        if len(set(names)) != len(names):
-            seen: set[str] = set()
-            for p in names:
-                if p in seen:
-                    raise ValueError(
-                        f"tree_save: two leaves have the key path {show(p)}; rename a dict "
-                        "key so every leaf has its own path."
-                    )
-                seen.add(p)
-    leaves = host_leaves("tree_save", flat)
-    with atomic_write(target) as f:
+    with gc_paused():
+        target = os.fspath(path)
+        fmt = _format("tree_save", target, format)
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
         if fmt == "safetensors":
-            write_safetensors(f, names, leaves)
+            names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
         else:
-            write_npz(f, leaves)
+            names = [keystr(p) for p, _ in flat]
+            if len(set(names)) != len(names):
+                seen: set[str] = set()
+                for p in names:
+                    if p in seen:
+                        raise ValueError(
+                            f"tree_save: two leaves have the key path {show(p)}; rename a dict "
+                            "key so every leaf has its own path."
+                        )
+                    seen.add(p)
+        leaves = host_leaves("tree_save", flat)
+        with atomic_write(target) as f:
+            if fmt == "safetensors":
+                write_safetensors(f, names, leaves)
+            else:
+                write_npz(f, leaves)
 
 
 def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = None) -> T:
@@ -148,41 +149,42 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
         >>> ptc.tree_load(path, like=[jnp.zeros(3)])
         [Array([0., 1., 2.], dtype=float32)]
     """
-    target = os.fspath(path)
-    fmt = _format("tree_load", target, format)
-    t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
-    paths = [keystr(p) for p, _ in t_flat]
-    t_leaves = [leaf for _, leaf in t_flat]
-    if fmt == "safetensors":
-        names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
-        what = "names"
-    else:
-        names, what = paths, "key paths"
-    with open(target, "rb") as f:
-        index = SafetensorsIndex(f, target) if fmt == "safetensors" else NpzIndex(f, target)
-        check_names(
-            "tree_load",
-            f"{target!r}",
-            "the file",
-            what,
-            names,
-            index.offered,
-            True,
-            "Was it saved from a different version of the model? Load it with a template "
-            "of that version, or select the common leaves.",
-        )
-        offered = [index.offered[n] for n in names]
-        casts = [
-            check_leaf("tree_load", p, leaf, got, "the file", _HINT)
-            for p, leaf, got in zip(paths, t_leaves, offered)
-        ]
-        stored = read_slots(f, target, index.spans, [index.slots[n] for n in names])
-    values = []
-    keys = index.key_impl
-    for p, name, got, (arr, owned), cast in zip(paths, names, offered, stored, casts):
-        try:
-            value = decode(arr, got, keys.get(name) if keys else None)
-        except (ValueError, TypeError) as e:
-            raise corrupt(target, f"the data for {show(p)} cannot be decoded ({e})") from None
-        values.append(Value(value, owned, cast))
-    return treedef.unflatten(place("tree_load", paths, t_leaves, values))
+    with gc_paused():
+        target = os.fspath(path)
+        fmt = _format("tree_load", target, format)
+        t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+        paths = [keystr(p) for p, _ in t_flat]
+        t_leaves = [leaf for _, leaf in t_flat]
+        if fmt == "safetensors":
+            names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
+            what = "names"
+        else:
+            names, what = paths, "key paths"
+        with open(target, "rb") as f:
+            index = SafetensorsIndex(f, target) if fmt == "safetensors" else NpzIndex(f, target)
+            check_names(
+                "tree_load",
+                f"{target!r}",
+                "the file",
+                what,
+                names,
+                index.offered,
+                True,
+                "Was it saved from a different version of the model? Load it with a template "
+                "of that version, or select the common leaves.",
+            )
+            offered = [index.offered[n] for n in names]
+            casts = [
+                check_leaf("tree_load", p, leaf, got, "the file", _HINT)
+                for p, leaf, got in zip(paths, t_leaves, offered)
+            ]
+            stored = read_slots(f, target, index.spans, [index.slots[n] for n in names])
+        values = []
+        keys = index.key_impl
+        for p, name, got, (arr, owned), cast in zip(paths, names, offered, stored, casts):
+            try:
+                value = decode(arr, got, keys.get(name) if keys else None)
+            except (ValueError, TypeError) as e:
+                raise corrupt(target, f"the data for {show(p)} cannot be decoded ({e})") from None
+            values.append(Value(value, owned, cast))
+        return treedef.unflatten(place("tree_load", paths, t_leaves, values))

@@ -11,6 +11,7 @@ gets memory of its own, which `jax.device_put` may then keep without copying.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import secrets
@@ -27,6 +28,7 @@ __all__ = [
     "atomic_write",
     "check_tiling",
     "corrupt",
+    "gc_paused",
     "make_slot",
     "read_slots",
     "write_joined",
@@ -35,6 +37,24 @@ __all__ = [
 CHUNK = 8 << 20  # bytes per read of small leaves
 _JOIN = 1 << 20  # small leaves are written in joined pieces of about this size
 _ALIGN = 64  # what XLA wants to alias host memory without a copy
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for a burst of allocations.
+
+    Saving or loading allocates a few objects per leaf (views, arrays, names), none of
+    them in reference cycles, and each automatic collection on the way scans every live
+    object, the model's included: a third of the time of loading 10,000 small leaves.
+    The collector is switched back on afterwards, unless it was off before.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def corrupt(path: str, why: str) -> ValueError:

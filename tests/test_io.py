@@ -775,3 +775,26 @@ def test_tree_load_puts_leaves_on_the_template_leafs_sharding(tmp_path: Path) ->
         timeout=300,
     )
     assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]
+
+
+def test_the_garbage_collector_is_left_as_it_was(tmp_path: Path) -> None:
+    # Saving and loading pause the cyclic collector (a speed-up for many leaves); they
+    # must hand it back in the state they found it, errors included.
+    import gc
+
+    path = tmp_path / "m.safetensors"
+    model = make_mlp()
+    assert gc.isenabled()
+    ptc.tree_save(path, model)
+    assert ptc.tree_load(path, like=model) == model
+    assert gc.isenabled()
+    with pytest.raises(ValueError, match="shape mismatch"):
+        ptc.tree_load(path, like=model.at.layers[0].w.set(jnp.zeros((1, 1))))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        ptc.tree_save(path, model)
+        assert ptc.tree_load(path, like=model) == model
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
