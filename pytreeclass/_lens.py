@@ -31,7 +31,17 @@ from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
 from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
 from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
-from ._lens_walk import ALL, FilterStep, PathStep, SliceKey, StackView, put, walk, where
+from ._lens_walk import (
+    ALL,
+    FilterStep,
+    PathStep,
+    SliceKey,
+    StackView,
+    TracedIndex,
+    put,
+    walk,
+    where,
+)
 
 __all__ = ["Lens", "at", "lens_on"]
 
@@ -98,6 +108,14 @@ _ROOT = _Path((), -1)
 _INTERNED, _COMPILED = [0], [0]
 _MAX_INTERNED, _MAX_COMPILED = 1 << 16, 4096
 
+
+def _is_int_scalar(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return (
+        isinstance(x, jax.Array | np.ndarray) and x.ndim == 0 and np.issubdtype(dtype, np.integer)  # type: ignore[arg-type]
+    )
+
+
 # A lens keeps `(root, path)` in its one slot.
 _OWN = frozenset({"get", "set", "apply", "items", "paths", "_ptc"})
 _getattribute = object.__getattribute__
@@ -108,7 +126,8 @@ class Lens(Generic[T]):
     """An immutable path into a pytree; `.get()`, `.set(v)` and `.apply(fn)` end it.
 
     Build one with `obj.at` (treeclasses) or `ptc.at(tree)` (any pytree), then chain steps:
-    `.name`, `["key"]`, `[i]` (negative too), `[...]` (every child) or a filter in
+    `.name`, `["key"]`, `[i]` (negative too; on a stacked field `i` may be a traced
+    integer), `[...]` (every child) or a filter in
     brackets (a kind, a type, a callable, a mask, `ptc.Any/All/Not`, `ptc.PathContains`;
     a bare `str` or `int` is always a key/index step). A filter naming a node type
     (`ptc.OfType(Linear)`) selects whole nodes: `apply(fn)` then calls `fn` once per
@@ -169,6 +188,11 @@ class Lens(Generic[T]):
                 step = PathStep(int(key), False)
             elif isinstance(key, slice):
                 step = PathStep(SliceKey(key), False)
+            elif _is_int_scalar(key):  # a JAX / NumPy 0-d integer array
+                if isinstance(key, jax.core.Tracer):
+                    step = PathStep(TracedIndex(key), False)  # a layer of a stack only
+                else:
+                    step = PathStep(int(key), False)
             elif t in _FILTER_TYPES or isinstance(key, type):
                 # Filters that compare by value (kinds, types, names) are interned.
                 try:

@@ -51,6 +51,7 @@ __all__ = [
     "SLICE",
     "SliceKey",
     "StackView",
+    "TracedIndex",
     "listing",
     "match",
     "node_code",
@@ -173,6 +174,20 @@ class SliceKey:
         return text if s.step is None else f"{text}:{s.step}"
 
 
+class TracedIndex:
+    """The key of a `[i]` step whose `i` is a traced integer (inside `jit`, `scan`,
+    `fori_loop`): it can only pick a layer of a stacked field. Compared by identity: a
+    tracer is neither hashable nor known."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<traced {self.value.dtype}>"
+
+
 def _parts(s: slice) -> tuple[Any, Any, Any]:
     return (s.start, s.stop, s.step)
 
@@ -266,6 +281,12 @@ def _missing(
     path = where(state, i + 1)
     key = step.key
     typ = type(node).__name__
+    if type(key) is TracedIndex:
+        return TypeError(
+            f"{path}: a traced index picks a layer of a stacked field (field(stack=...)) "
+            f"only; {typ} needs a concrete Python int. Stack the layers (ptc.tree_stack) "
+            "into a field declared ptc.field(stack=...), or index outside the traced code."
+        )
     if code in (TREECLASS, DATACLASS, NAMEDTUPLE) and (type(key) is str or code != NAMEDTUPLE):
         names = _field_names(node, code)
         if type(key) is not str:
@@ -491,10 +512,15 @@ def _stack_hop(
                 f"{where(state, i + 1)}: index out of range (the stack {field} has {n} layers)"
             )
         row: Any = k
+    elif type(key) is TracedIndex:
+        row = key.value  # not known here: jnp indexing clamps it into range, as x[i] does
     else:
         row = key.slice
     trail.append((node, STACK, row))
     return (row,) if idx is None else (*idx, row)
+
+
+_STACK_KEYS = (int, SliceKey, TracedIndex)
 
 
 def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]) -> Any:
@@ -511,7 +537,7 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
         key = step.key
         if stacked:
             stacked = False
-            if (type(key) is int or type(key) is SliceKey) and not step.attr:
+            if type(key) in _STACK_KEYS and not step.attr:
                 idx = _stack_hop(node, key, idx, state, i, trail)
                 continue
         names = tcs.get(cls)

@@ -269,9 +269,16 @@ def _index(idx: tuple[Any, ...]) -> Any:
     return idx[0] if len(idx) == 1 else idx
 
 
+def _traced(idx: tuple[Any, ...]) -> bool:
+    return any(isinstance(r, jax.core.Tracer) for r in idx)
+
+
 def take(tree: T, idx: tuple[Any, ...]) -> T:
-    """The rows `idx` (ints and slices over the leading axes) of every leaf of `tree`."""
+    """The rows `idx` (ints, slices or traced ints over the leading axes) of every leaf of
+    `tree`. A traced index out of range is clamped into it (as JAX's `x[i]` does)."""
     i = _index(idx)
+    if _traced(idx):
+        return jax.tree.map(lambda x: jnp.asarray(x)[i], tree)
     getter = operator.itemgetter(i)
     return jax.tree.map(getter, tree)
 
@@ -313,6 +320,7 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
             f"stack: {diff}. A stack's layers share one structure and equal static fields."
         )
     i = _index(idx)
+    traced = _traced(idx)
     out = []
     paths = None
     for j, (x, v) in enumerate(zip(leaves, vleaves)):
@@ -331,7 +339,9 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
                 f"{wanted} (a stack's layers share shapes and dtypes; cast with "
                 ".astype(...) or reshape first)."
             )
-        if isinstance(x, np.ndarray):
+        if traced:  # clamped into range like `take`, so a set is read back by a get
+            out.append(jnp.asarray(x).at[i].set(v, mode="clip"))
+        elif isinstance(x, np.ndarray):
             y = x.copy()
             y[i] = v
             out.append(y)

@@ -572,3 +572,94 @@ def test_node_filters_after_an_index() -> None:
     assert m2.blocks.b[:, 0].tolist() == [0.0, 0.0, 2.0, 3.0]
     got = m.at.blocks[2][ptc.OfType(Block)].get()
     assert float(got.scale) == 2.0
+
+
+# -- traced layer indices ----------------------------------------------------------------------
+
+
+def test_a_traced_index_picks_a_layer_under_jit() -> None:
+    m = make_model()
+    get = jax.jit(lambda m, i: m.at.blocks[i].get())
+    for i in range(-L, L):  # negative indices count from the end, as for ints
+        assert same(get(m, i), m.at.blocks[i].get()), i
+    put = jax.jit(lambda m, i, b: m.at.blocks[i].set(b))
+    new = make_block(9)
+    for i in (0, 2, -1):
+        assert same(put(m, i, new), m.at.blocks[i].set(new)), i
+    scaled = jax.jit(lambda m, i: m.at.blocks[i].w.apply(lambda w: 10 * w))(m, 1)
+    assert same(scaled, m.at.blocks[1].w.apply(lambda w: 10 * w))
+    negated = jax.jit(lambda m, i: m.at.blocks[i][Parameter].apply(jnp.negative))(m, 3)
+    assert same(negated, m.at.blocks[3][Parameter].apply(jnp.negative))
+
+
+def test_a_concrete_array_index_is_an_int() -> None:
+    m = make_model()
+    assert same(m.at.blocks[jnp.int32(2)].get(), m.at.blocks[2].get())
+    assert same(m.at.blocks[np.int64(-1)].b.set(jnp.zeros(5)), m.at.blocks[-1].b.set(jnp.zeros(5)))
+    with pytest.raises(IndexError, match=r"model\.blocks\[7\]: index out of range"):
+        m.at.blocks[jnp.array(7)].get()
+
+
+def test_traced_indices_in_fori_loop_and_scan() -> None:
+    m = make_model()
+
+    def body(i: jax.Array, m: Model) -> Model:
+        return m.at.blocks[i].b.apply(lambda b: b * (i + 1))
+
+    out = jax.lax.fori_loop(0, L, body, m)
+    want = m.blocks.b * jnp.arange(1, L + 1.0)[:, None]
+    np.testing.assert_allclose(out.blocks.b, want)
+    assert same(out.blocks.w, m.blocks.w)  # the other leaves are untouched
+
+    def step(carry: jax.Array, i: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return carry + m.at.blocks[i].b.get().sum(), i
+
+    total, _ = jax.lax.scan(step, jnp.float32(0), jnp.arange(L))
+    np.testing.assert_allclose(total, m.blocks.b.sum())
+
+
+def test_traced_index_under_grad_and_vmap() -> None:
+    m = make_model()
+    rows = jax.vmap(lambda i: m.at.blocks[i].get())(jnp.arange(L))
+    assert same(rows, m.blocks)
+
+    def loss(m: Model, i: jax.Array) -> jax.Array:
+        return jnp.sum(m.at.blocks[i].w.get() ** 2)
+
+    g = jax.jit(jax.grad(loss))(m, 2)
+    np.testing.assert_allclose(g.blocks.w[2], 2 * m.blocks.w[2])
+    assert float(jnp.abs(g.blocks.w[jnp.array([0, 1, 3])]).sum()) == 0.0
+
+
+def test_nested_stacks_take_a_traced_inner_index() -> None:
+    d = make_deep()
+    f = jax.jit(lambda d, i, j: d.at.outer[i].inner[j].v.set(jnp.zeros(4)))
+    assert same(f(d, 1, 1), d.at.outer[1].inner[1].v.set(jnp.zeros(4)))
+    g = jax.jit(lambda d, j: d.at.outer[2].inner[j].v.get())
+    assert same(g(d, -2), d.at.outer[2].inner[0].v.get())
+
+
+def test_a_traced_index_out_of_range_clamps_like_jax() -> None:
+    # Not knowable while tracing: reads clamp into range (as x[i] does in JAX), and writes
+    # clamp the same way, so what a set writes is what a get at that index reads.
+    m = make_model()
+    get = jax.jit(lambda m, i: m.at.blocks[i].get())
+    assert same(get(m, L + 3), m.at.blocks[L - 1].get())
+    new = make_block(9)
+    out = jax.jit(lambda m, i: m.at.blocks[i].set(new))(m, L + 3)
+    assert same(out, m.at.blocks[L - 1].set(new))
+    assert same(get(out, L + 3), new)
+
+
+def test_a_traced_index_outside_a_stack_is_a_clear_error() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"tree\[<traced int32>\]: a traced index picks a layer of a stacked field "
+        r"\(field\(stack=\.\.\.\)\) only; list needs a concrete Python int",
+    ):
+        jax.jit(lambda xs, i: ptc.at(xs)[i].get())([jnp.ones(2)], 0)
+    m = make_model()
+    with pytest.raises(TypeError, match=r"model\.head\[<traced int32>\]: a traced index"):
+        jax.jit(lambda m, i: m.at.head[i].get())(m, 0)
+    with pytest.raises(TypeError, match=r"is not a filter"):  # a float array is no index
+        m.at.blocks[jnp.float32(1)].get()
