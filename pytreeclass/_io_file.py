@@ -17,6 +17,7 @@ import os
 import secrets
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, NamedTuple
 
 import numpy as np
@@ -203,7 +204,9 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
-    all of it has been read; a mismatch is a `ValueError`.
+    all of it has been read; a mismatch is a `ValueError`. For large files the CRC of
+    each chunk is computed on a second thread while the next chunk is read (both
+    release the GIL), so the check costs little more than the read.
     """
     out: list[Any] = [None] * len(slots)
     order = sorted(range(len(slots)), key=lambda i: (slots[i].span, slots[i].offset))
@@ -211,30 +214,52 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     for span in spans:
         if span.start + span.size > size:
             raise corrupt(path, f"it ends inside {span.label}")
-    i = 0
     crc_of = {n: s.crc[0] for n, s in enumerate(spans) if s.crc is not None}
-    while i < len(order):
-        first = slots[order[i]]
-        j, nbytes = i, 0
-        while j < len(order):
-            s = slots[order[j]]
-            if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
-                break
-            nbytes += s.nbytes
-            j += 1
-        span = spans[first.span]
-        buf = _aligned_empty(nbytes)
-        _read_exactly(f, span.start + first.offset, buf, path, span.label)
-        if first.span in crc_of:
-            crc_of[first.span] = zlib.crc32(buf.data, crc_of[first.span])
-        owned = j - i == 1
-        for k in order[i:j]:
-            s = slots[k]
-            layout = "F" if s.fortran else "C"
-            arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
-            out[k] = (arr, owned)
-        i = j
+
+    def check(n: int, data: memoryview) -> None:  # in order: one worker, FIFO
+        crc_of[n] = zlib.crc32(data, crc_of[n])
+
+    checked = sum(spans[n].size for n in crc_of)
+    with ThreadPoolExecutor(1) if checked >= _CRC_THREAD else _Inline() as worker:
+        i = 0
+        while i < len(order):
+            first = slots[order[i]]
+            j, nbytes = i, 0
+            while j < len(order):
+                s = slots[order[j]]
+                if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
+                    break
+                nbytes += s.nbytes
+                j += 1
+            span = spans[first.span]
+            buf = _aligned_empty(nbytes)
+            _read_exactly(f, span.start + first.offset, buf, path, span.label)
+            if first.span in crc_of:
+                worker.submit(check, first.span, buf.data)
+            owned = j - i == 1
+            for k in order[i:j]:
+                s = slots[k]
+                layout = "F" if s.fortran else "C"
+                arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
+                out[k] = (arr, owned)
+            i = j
     for n, span in enumerate(spans):
         if span.crc is not None and crc_of[n] != span.crc[1]:
             raise corrupt(path, f"the data in {span.label} is damaged (bad CRC-32)")
     return out
+
+
+_CRC_THREAD = 64 << 20  # bytes to check from which a second thread pays
+
+
+class _Inline:
+    """`ThreadPoolExecutor`'s `submit` run at once, for small files."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        fn(*args)

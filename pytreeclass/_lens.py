@@ -31,13 +31,15 @@ from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
 from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
 from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
-from ._lens_walk import (
+from ._lens_steps import (
     ALL,
     FilterStep,
     PathStep,
     SliceKey,
-    StackView,
     TracedIndex,
+)
+from ._lens_walk import (
+    StackView,
     put,
     walk,
     where,

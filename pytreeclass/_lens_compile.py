@@ -11,7 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from ._codegen import compile_function
-from ._lens_walk import DATACLASS, DATACLASS_FIELDS, DICT, LIST, TREECLASS, TUPLE
+from ._lens_steps import (
+    DATACLASS,
+    DATACLASS_FIELDS,
+    DICT,
+    LIST,
+    TREECLASS,
+    TUPLE,
+)
 from ._meta import FLAT, check_static, drop_derived, meta_of
 
 __all__ = ["MISS", "compile_put"]

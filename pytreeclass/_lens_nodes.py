@@ -35,7 +35,7 @@ from ._filters import Position
 from ._kinds import foreign_kind
 from ._leaf_facts import Leaves
 from ._lens_select import outer_kind
-from ._lens_walk import (
+from ._lens_steps import (
     ALL,
     DATACLASS,
     DICT,
@@ -49,9 +49,11 @@ from ._lens_walk import (
     TREECLASS,
     TUPLE,
     FilterStep,
+    node_code,
+)
+from ._lens_walk import (
     listing,
     match,
-    node_code,
     rebuild,
     walk_focus,
     where,

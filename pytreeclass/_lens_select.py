@@ -17,16 +17,18 @@ from ._cache import BoundedCache
 from ._errors import reraise_if_too_deep
 from ._kinds import foreign_kind
 from ._leaf_facts import Leaves
-from ._lens_walk import (
+from ._lens_steps import (
     ALL,
     LEAF,
     STACK,
     TREECLASS,
     FilterStep,
     SliceKey,
+    node_code,
+)
+from ._lens_walk import (
     listing,
     match,
-    node_code,
     rebuild,
     walk_focus,
     where,

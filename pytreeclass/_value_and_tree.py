@@ -21,7 +21,17 @@ from typing import Any, Concatenate, TypeVar
 
 from ._errors import too_deep_error
 from ._instance import EDIT, MUTABLE
-from ._lens_walk import CODES, DICT, LEAF, LIST, NAMEDTUPLE, NONE, TREECLASS, TUPLE, node_code
+from ._lens_steps import (
+    CODES,
+    DICT,
+    LEAF,
+    LIST,
+    NAMEDTUPLE,
+    NONE,
+    TREECLASS,
+    TUPLE,
+    node_code,
+)
 from ._meta import FLAT, check_static, drop_derived, meta_of
 from ._tree_util import one_level
 

@@ -27,3 +27,8 @@ class MLP:
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+def make_mlp() -> MLP:
+    """The 3 -> 4 -> 2 MLP most tests start from: weights of ones, biases of zeros."""
+    return MLP([Linear(jnp.ones((3, 4)), jnp.zeros(4)), Linear(jnp.ones((4, 2)), jnp.zeros(2))])

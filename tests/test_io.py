@@ -391,7 +391,16 @@ def test_damaged_files_fail_with_value_error_or_load_intact(
         assert_same(loaded, tree)
 
 
-def test_flipped_data_byte_is_caught_by_the_checksum(saved: Path) -> None:
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "crc-thread"])
+def test_flipped_data_byte_is_caught_by_the_checksum(
+    saved: Path, threaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large files check the CRC on a second thread; small ones inline. Both must catch it.
+    import pytreeclass._io_file as io_file
+
+    monkeypatch.setattr(io_file, "CHUNK", 16 if threaded else io_file.CHUNK)
+    monkeypatch.setattr(io_file, "_CRC_THREAD", 0 if threaded else io_file._CRC_THREAD)
+    assert ptc.tree_load(saved, like=make_mlp()) == make_mlp()  # many chunks, intact
     data = bytearray(saved.read_bytes())
     w = np.asarray(make_mlp().layers[0].w).tobytes()
     at = bytes(data).index(w)

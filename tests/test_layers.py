@@ -19,7 +19,8 @@ L1  the class protocol: kinds (`_kinds`), `Field` (`_field`), the class metadata
     `with_field` (`_meta`), and what runs per instance (`_instance`).
 L2  selection: per-leaf facts cached per treedef (kinds, axes, key paths: `_leaf_facts`),
     filters (`_filters`), partition/merge (`_partition`), labels (`_labels`).
-L3  editing: the lens walk over nodes (`_lens_walk`), multi-leaf selections
+L3  editing: node codes and path steps (`_lens_steps`), the lens walk over nodes
+    (`_lens_walk`), multi-leaf selections
     (`_lens_select`), compiled updates (`_lens_compile`), `Lens`/`at` (`_lens`), and
     `value_and_tree`.
 L4  peripherals that use the layers below and nothing beside them: `tree_equal`
@@ -61,7 +62,8 @@ import pytest
 
 import pytreeclass as ptc
 from pytreeclass import _meta
-from pytreeclass._lens_walk import PathStep, put
+from pytreeclass._lens_steps import PathStep
+from pytreeclass._lens_walk import put
 
 PACKAGE = Path(ptc.__file__).resolve().parent
 
@@ -83,7 +85,15 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("L2 selection", ["_leaf_facts", "_stack", "_nodesel", "_filters", "_partition", "_labels"]),
     (
         "L3 editing",
-        ["_lens_walk", "_lens_select", "_lens_nodes", "_lens_compile", "_lens", "_value_and_tree"],
+        [
+            "_lens_steps",
+            "_lens_walk",
+            "_lens_select",
+            "_lens_nodes",
+            "_lens_compile",
+            "_lens",
+            "_value_and_tree",
+        ],
     ),
     ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_weights", "_rng"]),
     ("L5 assembly", ["_methods", "_treeclass", "_optim"]),

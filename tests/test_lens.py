@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
 
-from .models import MLP, Linear
+from .models import MLP, Linear, make_mlp
 from .strategies import Node, Pair, Stats, snapshot, trees
 from .versions import JAX_FLATTEN_RECURSES, needs_nnx_nodes
 
@@ -30,15 +30,11 @@ class Frozen(Parameter):
     pass
 
 
-def make_mlp() -> MLP:
-    return MLP([Linear(jnp.ones((3, 4)), jnp.zeros(4)), Linear(jnp.ones((4, 2)), jnp.zeros(2))])
-
-
 # -- single paths ------------------------------------------------------------------------------
 
 
-def test_set_get_apply_on_a_model():
-    m = make_mlp()
+def test_set_get_apply_on_a_model(mlp: MLP) -> None:
+    m = mlp
     m2 = m.at.layers[0].w.set(jnp.full((3, 4), 2.0))
     assert float(m2.layers[0].w.sum()) == 24.0
     assert float(m.layers[0].w.sum()) == 12.0  # original unchanged
@@ -48,8 +44,8 @@ def test_set_get_apply_on_a_model():
     assert type(m2) is MLP and type(m2.layers) is list and type(m2.layers[0]) is Linear
 
 
-def test_untouched_subtrees_are_shared_and_only_the_path_is_rebuilt():
-    m = make_mlp()
+def test_untouched_subtrees_are_shared_and_only_the_path_is_rebuilt(mlp: MLP) -> None:
+    m = mlp
     m2 = m.at.layers[0].w.set(jnp.zeros((3, 4)))
     assert m2 is not m and m2.layers is not m.layers and m2.layers[0] is not m.layers[0]
     assert m2.layers[1] is m.layers[1]
@@ -57,8 +53,8 @@ def test_untouched_subtrees_are_shared_and_only_the_path_is_rebuilt():
     assert m2.layers[0].b is m.layers[0].b
 
 
-def test_set_replaces_a_subtree_and_a_leaf_by_a_subtree():
-    m = make_mlp()
+def test_set_replaces_a_subtree_and_a_leaf_by_a_subtree(mlp: MLP) -> None:
+    m = mlp
     new_layer = Linear(jnp.zeros((3, 4)), jnp.ones(4))
     assert m.at.layers[0].set(new_layer).layers[0] is new_layer
     assert m.at.layers.set([]).layers == []
@@ -89,8 +85,8 @@ def test_containers_keep_their_types():
     assert type(out) is FrozenDict and out["b"]["c"] == 5
 
 
-def test_static_field_through_a_lens_gives_a_new_treedef():
-    m = make_mlp()
+def test_static_field_through_a_lens_gives_a_new_treedef(mlp: MLP) -> None:
+    m = mlp
     m2 = m.at.layers[0].features.set(8)
     assert m2.layers[0].features == 8 and m.layers[0].features == 4
     assert jax.tree_util.tree_structure(m2) != jax.tree_util.tree_structure(m)
@@ -123,8 +119,8 @@ def test_dunder_and_ipython_names_are_not_steps():
     assert ptc.at({"_repr_html_": 1})["_repr_html_"].get() == 1
 
 
-def test_lens_is_immutable_and_each_step_is_new():
-    m = make_mlp()
+def test_lens_is_immutable_and_each_step_is_new(mlp: MLP) -> None:
+    m = mlp
     base = m.at.layers
     a, b = base[0], base[1]
     assert repr(base) == "Lens(model.layers)"
@@ -198,8 +194,8 @@ def test_wrong_step_for_a_sequence():
         ptc.at(Pair(1, 2))[2].get()
 
 
-def test_stepping_into_a_leaf_or_none():
-    m = make_mlp()
+def test_stepping_into_a_leaf_or_none(mlp: MLP) -> None:
+    m = mlp
     with pytest.raises(
         AttributeError,
         match=r"model\.layers\[0\]\.w\.x: cannot step into the leaf f32\[3,4\] at model\.layers\[0\]\.w\. To change array elements use",
@@ -220,8 +216,8 @@ def test_missing_child_of_a_generic_node():
         ptc.at(fd)["x"].set(1)
 
 
-def test_missing_step_after_a_selection():
-    m = make_mlp()
+def test_missing_step_after_a_selection(mlp: MLP) -> None:
+    m = mlp
     with pytest.raises(
         AttributeError,
         match=r"model\.layers\[\.\.\.\]\.bb: no child \.bb under any selected node; children there: \.w, \.b",
@@ -256,8 +252,8 @@ def test_long_listings_are_cut():
 # -- multi-leaf selections ---------------------------------------------------------------------
 
 
-def test_filter_selection_get_set_apply():
-    m = make_mlp()
+def test_filter_selection_get_set_apply(mlp: MLP) -> None:
+    m = mlp
     half = m.at[Parameter].apply(lambda p: p * 0.5)
     assert float(half.layers[0].w.sum()) == 6.0 and half.mean is m.mean
     got = m.at[Parameter].get()
@@ -267,8 +263,8 @@ def test_filter_selection_get_set_apply():
     assert zeroed.mean == 1.0 and zeroed.layers[0].w is m.layers[0].w
 
 
-def test_ellipsis_selects_every_child():
-    m = make_mlp()
+def test_ellipsis_selects_every_child(mlp: MLP) -> None:
+    m = mlp
     m5 = m.at.layers[...].b.set(0.5)
     assert all(layer.b == 0.5 for layer in m5.layers)
     assert m5.layers[0].w is m.layers[0].w and m5.mean is m.mean
@@ -315,8 +311,8 @@ def test_mask_filter_in_a_lens():
     assert ptc.at(tree)[{"a": True, "b": False}].set(0) == {"a": 0, "b": 2}
 
 
-def test_multi_set_with_a_tree_and_holes():
-    m = make_mlp()
+def test_multi_set_with_a_tree_and_holes(mlp: MLP) -> None:
+    m = mlp
     sel = m.at[Parameter].get()
     new = jax.tree.map(lambda p: p + 1, sel)  # None holes stay None
     m2 = m.at[Parameter].set(new)
@@ -334,8 +330,8 @@ def test_multi_set_none_clears_the_selected_leaves():
     assert out == {"a": 1, "b": None}
 
 
-def test_multi_set_with_a_wrong_structure_names_the_mismatch():
-    m = make_mlp()
+def test_multi_set_with_a_wrong_structure_names_the_mismatch(mlp: MLP) -> None:
+    m = mlp
     with pytest.raises(
         ValueError,
         match=r"model\[Parameter\]\.set\(\): the value does not match the selection's structure: the trees differ at \.layers: the selection has list with children \[0\], \[1\]; the value has list with children \[0\]\. Pass a single leaf",
@@ -353,8 +349,8 @@ def test_multi_set_with_a_wrong_structure_names_the_mismatch():
         ptc.at({"a": None, "b": 1})[...].set({"a": 5, "b": 2})
 
 
-def test_empty_selection_is_a_no_op():
-    m = make_mlp()
+def test_empty_selection_is_a_no_op(mlp: MLP) -> None:
+    m = mlp
     out = m.at[ptc.State].apply(lambda x: x + 1)
     assert out.layers[0].w is m.layers[0].w and out.mean is not m.mean  # mean is a BatchStat
     out = m.at.layers[...][ptc.Rng].set(0.0)
@@ -493,8 +489,8 @@ def test_flax_struct_and_treeclass_inside_containers():
     assert float(out.params["dense"].mean) == 5.0
 
 
-def test_equinox_tree_at_agrees():
-    m = make_mlp()
+def test_equinox_tree_at_agrees(mlp: MLP) -> None:
+    m = mlp
     v = jnp.full((4, 2), 3.0)
     ours = m.at.layers[1].w.set(v)
     theirs = eqx.tree_at(lambda t: t.layers[1].w, m, v)
@@ -527,8 +523,8 @@ def test_lens_under_jit():
     assert float(out.layers[0].w.sum()) == 0.0 and float(out.layers[1].b[0]) == 1.0
 
 
-def test_lens_under_grad():
-    m = make_mlp()
+def test_lens_under_grad(mlp: MLP) -> None:
+    m = mlp
     x = jnp.ones((5, 3))
 
     def loss(w, m):
@@ -544,8 +540,8 @@ def test_lens_under_grad():
     assert grads.layers[0].w.shape == (3, 4) and grads.mean is None
 
 
-def test_lens_in_scan_body():
-    m = make_mlp()
+def test_lens_in_scan_body(mlp: MLP) -> None:
+    m = mlp
 
     def body(m, i):
         m = m.at.mean.apply(lambda s: s + i)
@@ -746,8 +742,8 @@ def test_foreign_marker_above_the_focus_sets_the_kind():
     assert float(out["p"].get_value().sum()) == 4.0 and out["s"].get_value() is s_value
 
 
-def test_lens_under_vmap():
-    m = make_mlp()
+def test_lens_under_vmap(mlp: MLP) -> None:
+    m = mlp
     ws = jnp.stack([jnp.full((3, 4), float(i)) for i in range(5)])
     batched = jax.vmap(lambda w: m.at.layers[0].w.set(w).at[BatchStat].set(w.sum()))(ws)
     assert batched.layers[0].w.shape == (5, 3, 4) and batched.mean.shape == (5,)

@@ -17,12 +17,7 @@ from jax.tree_util import GetAttrKey
 import pytreeclass as ptc
 from pytreeclass import Parameter, field, treeclass
 
-from .models import MLP, Linear
-
-
-def _model() -> MLP:
-    return MLP([Linear(jnp.ones((3, 4)), jnp.zeros(4)), Linear(jnp.ones((4, 2)), jnp.zeros(2))])
-
+from .models import MLP, Linear, make_mlp
 
 # -- declaring and constructing -------------------------------------------------------------
 
@@ -55,8 +50,8 @@ def test_order_option():
     assert Version.__eq__ is type(a).__eq__  # ours (arrays by value), not dataclasses'
 
 
-def test_is_a_dataclass():
-    m = _model()
+def test_is_a_dataclass(mlp: MLP) -> None:
+    m = mlp
     assert dataclasses.is_dataclass(m)
     assert [f.name for f in dataclasses.fields(Linear)] == ["w", "b", "features"]
     m2 = dataclasses.replace(m, mean=jnp.ones(()))
@@ -134,8 +129,8 @@ def test_reserved_field_name():
 # -- immutability ---------------------------------------------------------------------------
 
 
-def test_frozen_assignment_and_deletion():
-    m = _model()
+def test_frozen_assignment_and_deletion(mlp: MLP) -> None:
+    m = mlp
     with pytest.raises(dataclasses.FrozenInstanceError, match=r"obj = obj\.at\.mean\.set\(value\)"):
         m.mean = jnp.ones(())  # type: ignore[misc]
     with pytest.raises(ptc.FrozenInstanceError, match="cannot delete field 'mean'"):
@@ -296,16 +291,16 @@ def test_static_fields_live_in_the_treedef():
 # -- pytree registration ------------------------------------------------------------------
 
 
-def test_registered_with_keys():
-    m = _model()
+def test_registered_with_keys(mlp: MLP) -> None:
+    m = mlp
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(m)[0]]
     assert paths[0] == (GetAttrKey("layers"), jax.tree_util.SequenceKey(0), GetAttrKey("w"))
     assert paths[-1] == (GetAttrKey("mean"),)
     assert jax.tree_util.keystr(paths[1]) == ".layers[0].b"
 
 
-def test_round_trip_flatten_unflatten_is_identity_on_leaves():
-    m = _model()
+def test_round_trip_flatten_unflatten_is_identity_on_leaves(mlp: MLP) -> None:
+    m = mlp
     leaves, treedef = jax.tree_util.tree_flatten(m)
     m2 = treedef.unflatten(leaves)
     assert type(m2) is MLP and m2 == m
@@ -313,8 +308,8 @@ def test_round_trip_flatten_unflatten_is_identity_on_leaves():
     assert m2.layers[0].features == 4
 
 
-def test_transforms_as_plain_arguments():
-    m = _model()
+def test_transforms_as_plain_arguments(mlp: MLP) -> None:
+    m = mlp
     x = jnp.ones((5, 3))
 
     def loss(m, x):
@@ -341,8 +336,8 @@ def test_transforms_as_plain_arguments():
     assert jax.jit(lambda m: m)(m) == m
 
 
-def test_pickle_and_copy_round_trip():
-    m = _model()
+def test_pickle_and_copy_round_trip(mlp: MLP) -> None:
+    m = mlp
     for clone in (pickle.loads(pickle.dumps(m)), copy.copy(m), copy.deepcopy(m)):
         assert type(clone) is MLP and clone == m
         with pytest.raises(ptc.FrozenInstanceError):
@@ -524,7 +519,7 @@ def test_treeclass_base_makes_what_the_decorator_makes():
     assert (w.name, w.kind, features.name, features.static) == ("w", Parameter, "features", True)
     assert ptc.is_treeclass(TLinear) and ptc.is_treeclass(m)
     assert not ptc.is_treeclass(ptc.TreeClass) and not hasattr(ptc.TreeClass, "__ptc_meta__")
-    assert isinstance(m, ptc.TreeClass) and not isinstance(_model(), ptc.TreeClass)
+    assert isinstance(m, ptc.TreeClass) and not isinstance(make_mlp(), ptc.TreeClass)
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(m)[0]]
     assert paths[0] == (GetAttrKey("layers"), jax.tree_util.SequenceKey(0), GetAttrKey("w"))
     assert jax.tree_util.tree_structure(m).num_leaves == 5  # `features` is in the treedef
