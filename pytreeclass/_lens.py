@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import jax
 import numpy as np
+from jax.core import Tracer
 
 from ._filters import All, Not, OfKind, OfType, PathContains, as_filter
 from ._filters import Any as Any_
@@ -191,7 +192,7 @@ class Lens(Generic[T]):
             elif isinstance(key, slice):
                 step = PathStep(SliceKey(key), False)
             elif _is_int_scalar(key):  # a JAX / NumPy 0-d integer array
-                if isinstance(key, jax.core.Tracer):
+                if isinstance(key, Tracer):
                     step = PathStep(TracedIndex(key), False)  # a layer of a stack only
                 else:
                     step = PathStep(int(key), False)

@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, overload
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jax.tree_util import GetAttrKey
 
 from ._meta import meta_of
@@ -270,7 +271,7 @@ def _index(idx: tuple[Any, ...]) -> Any:
 
 
 def _traced(idx: tuple[Any, ...]) -> bool:
-    return any(isinstance(r, jax.core.Tracer) for r in idx)
+    return any(isinstance(r, Tracer) for r in idx)
 
 
 def take(tree: T, idx: tuple[Any, ...]) -> T:
