@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._errors import reraise_if_too_deep
 from ._leaf_facts import Leaves, leaf_axes, leaf_kinds
 from ._meta import meta_of
 from ._stack import TIMES, find_stacks, stack_size
@@ -220,6 +221,14 @@ def tree_summary(tree: Any) -> TreeSummary:
         total          -                                  1      4
         total          all                               13     52
     """
+    try:
+        return _summary(tree)
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_summary", e)
+        raise
+
+
+def _summary(tree: Any) -> TreeSummary:
     ctx = Leaves(tree)
     paths = [jax.tree_util.keystr(p) or "<root>" for p in ctx.paths]
     shared: dict[int, str] = {}
@@ -341,6 +350,14 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
             ├── w: f32[3,4] (Parameter)
             └── size: 3 (static)
     """
+    try:
+        return _diagram(tree, max_items)
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_diagram", e)
+        raise
+
+
+def _diagram(tree: Any, max_items: int | None) -> str:
     treedef = jax.tree_util.tree_structure(tree)
     kinds = leaf_kinds(tree, treedef)
     axes = leaf_axes(tree, treedef)

@@ -59,6 +59,8 @@ _DEEP_CALLS = {
     "tree_kinds": ptc.tree_kinds,
     "tree_equal": lambda t: ptc.tree_equal(t, [t]),
     "lens": lambda t: ptc.at(t)[float].apply(abs),
+    "tree_summary": ptc.tree_summary,
+    "tree_diagram": ptc.tree_diagram,
 }
 
 
@@ -77,8 +79,9 @@ _DEEP_RESULTS = {
     "tree_kinds": lambda t, r: _leaves(r) == [],  # a kind of None for every leaf
     "tree_equal": lambda t, r: r is False,
     "lens": lambda t, r: _leaves(r) == _leaves(t),  # abs() of positive floats
+    "tree_summary": lambda t, r: len(r.rows) == len(_leaves(t)),
 }
-_OWN_RECURSION = {"tree_merge"}
+_OWN_RECURSION = {"tree_merge", "tree_diagram"}
 
 
 @pytest.mark.parametrize("name", sorted(_DEEP_CALLS))
