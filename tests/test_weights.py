@@ -519,3 +519,19 @@ def test_numbered_round_trip_property(n: int, shapes: list[list[int]]) -> None:
             np.testing.assert_array_equal(numbered[f"blocks.{i}.{k}"], v)
     assert_same(ptc.tree_from_dict(numbered, like=tree), tree)
     assert_same(ptc.tree_from_dict(ptc.tree_to_dict(tree), like=tree), tree)
+
+
+def test_numbered_names_that_collide_with_another_leaf_are_refused() -> None:
+    # `s.blocks.0.w` is both layer 0 of the stacked leaf `s.blocks.w` and a dict key path.
+    like = {"s": StackHolder({"w": jnp.zeros((2, 1))}), "s.blocks.0": {"w": jnp.zeros(1)}}
+    src = {"s.blocks.0.w": np.zeros(1, np.float32), "s.blocks.1.w": np.zeros(1, np.float32)}
+    with pytest.raises(
+        ValueError,
+        match=r"tree_from_dict: the template has two leaves named 's\.blocks\.0\.w' once stacked "
+        r"fields are numbered by layer; flat names must be unique",
+    ):
+        ptc.tree_from_dict(src, like=like)
+    # Read by their stacked names there is no clash.
+    stacked = {"s.blocks.w": np.ones((2, 1), np.float32), "s.blocks.0.w": np.ones(1, np.float32)}
+    out = ptc.tree_from_dict(stacked, like=like)
+    assert out["s"].blocks["w"].shape == (2, 1)
