@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write",
     "check_tiling",
     "corrupt",
+    "crc32_combine",
     "gc_paused",
     "make_slot",
     "read_slots",
@@ -204,9 +205,9 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
-    all of it has been read; a mismatch is a `ValueError`. For large files the CRC of
-    each chunk is computed on a second thread while the next chunk is read (both
-    release the GIL), so the check costs little more than the read.
+    all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
+    CRC is computed on worker threads while the next chunks are read (both release the
+    GIL), and the chunks' CRCs are then combined, so the check adds little to the read.
     """
     out: list[Any] = [None] * len(slots)
     order = sorted(range(len(slots)), key=lambda i: (slots[i].span, slots[i].offset))
@@ -214,13 +215,10 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     for span in spans:
         if span.start + span.size > size:
             raise corrupt(path, f"it ends inside {span.label}")
-    crc_of = {n: s.crc[0] for n, s in enumerate(spans) if s.crc is not None}
-
-    def check(n: int, data: memoryview) -> None:  # in order: one worker, FIFO
-        crc_of[n] = zlib.crc32(data, crc_of[n])
-
-    checked = sum(spans[n].size for n in crc_of)
-    with ThreadPoolExecutor(1) if checked >= _CRC_THREAD else _Inline() as worker:
+    # Per checked span: (CRC, length) of each chunk in file order, or a pending future.
+    parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
+    checked = sum(spans[n].size for n in parts)
+    with ThreadPoolExecutor(_CRC_WORKERS) if checked >= _CRC_THREAD else _Inline() as pool:
         i = 0
         while i < len(order):
             first = slots[order[i]]
@@ -234,8 +232,8 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
             span = spans[first.span]
             buf = _aligned_empty(nbytes)
             _read_exactly(f, span.start + first.offset, buf, path, span.label)
-            if first.span in crc_of:
-                worker.submit(check, first.span, buf.data)
+            if first.span in parts:
+                parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
             owned = j - i == 1
             for k in order[i:j]:
                 s = slots[k]
@@ -243,17 +241,33 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
                 arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
                 out[k] = (arr, owned)
             i = j
-    for n, span in enumerate(spans):
-        if span.crc is not None and crc_of[n] != span.crc[1]:
-            raise corrupt(path, f"the data in {span.label} is damaged (bad CRC-32)")
+    for n, chunks in parts.items():
+        crc = spans[n].crc[0]  # type: ignore[index]
+        for chunk_crc, nbytes in chunks:
+            crc = crc32_combine(crc, chunk_crc.result(), nbytes)
+        if crc != spans[n].crc[1]:  # type: ignore[index]
+            raise corrupt(path, f"the data in {spans[n].label} is damaged (bad CRC-32)")
     return out
 
 
-_CRC_THREAD = 64 << 20  # bytes to check from which a second thread pays
+_CRC_THREAD = 64 << 20  # bytes to check from which worker threads pay
+_CRC_WORKERS = 2
+
+
+class _Done:
+    """A finished result, shaped like a `Future`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
 
 
 class _Inline:
-    """`ThreadPoolExecutor`'s `submit` run at once, for small files."""
+    """`ThreadPoolExecutor`'s `submit`, run at once (small files)."""
 
     def __enter__(self) -> _Inline:
         return self
@@ -261,5 +275,50 @@ class _Inline:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def submit(self, fn: Any, *args: Any) -> None:
-        fn(*args)
+    def submit(self, fn: Any, *args: Any) -> _Done:
+        return _Done(fn(*args))
+
+
+# -- CRC-32 of a concatenation ---------------------------------------------------------------
+# zlib's crc32_combine, which Python's zlib does not expose: the CRC of A + B from the CRCs
+# of A and B and the length of B. Appending n zero bytes to a message is a linear map on
+# its CRC (a 32 x 32 matrix over GF(2), kept as 32 column words); the maps for 2^k bytes
+# are made once by squaring, and n's bits pick which to apply.
+
+
+def _gf2_times(matrix: Sequence[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _zeros_operators() -> list[list[int]]:
+    one_bit = [0xEDB88320] + [1 << k for k in range(31)]  # one zero bit appended
+    op = one_bit
+    for _ in range(3):  # 2, 4, 8 bits: one zero byte
+        op = [_gf2_times(op, column) for column in op]
+    ops = [op]
+    for _ in range(63):  # 2^k zero bytes, k = 1 .. 63
+        op = [_gf2_times(op, column) for column in op]
+        ops.append(op)
+    return ops
+
+
+_ZEROS: list[list[int]] = []
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of `a + b` given `crc1 = crc32(a)`, `crc2 = crc32(b)`, `len2 = len(b)`."""
+    if not _ZEROS:
+        _ZEROS.extend(_zeros_operators())
+    k = 0
+    while len2:
+        if len2 & 1:
+            crc1 = _gf2_times(_ZEROS[k], crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2

@@ -807,3 +807,16 @@ def test_the_garbage_collector_is_left_as_it_was(tmp_path: Path) -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300), st.binary(max_size=40))
+def test_crc32_combine_is_the_crc_of_the_concatenation(a: bytes, b: bytes, prefix: bytes) -> None:
+    # The chunks of a large file are checked on worker threads and their CRCs combined.
+    import zlib
+
+    from pytreeclass._io_file import crc32_combine
+
+    start = zlib.crc32(prefix)
+    assert crc32_combine(zlib.crc32(a, start), zlib.crc32(b), len(b)) == zlib.crc32(a + b, start)
+    assert crc32_combine(start, zlib.crc32(b), len(b)) == zlib.crc32(b, start)
