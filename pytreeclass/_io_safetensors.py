@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 from ._io_file import Slot, Span, check_tiling, corrupt, make_slot, write_joined
@@ -43,7 +43,7 @@ _CODES: dict[str, Any] = {
     "U16": np.uint16,
     "I16": np.int16,
     "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
+    "BF16": jnp.bfloat16,
     "U32": np.uint32,
     "I32": np.int32,
     "F32": np.float32,
@@ -51,8 +51,8 @@ _CODES: dict[str, Any] = {
     "I64": np.int64,
     "F64": np.float64,
     "C64": np.complex64,
-    "F8_E5M2": ml_dtypes.float8_e5m2,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": jnp.float8_e5m2,
+    "F8_E4M3": jnp.float8_e4m3fn,
 }
 _DTYPES = {code: np.dtype(t) for code, t in _CODES.items()}
 _CODE_OF = {dt: code for code, dt in _DTYPES.items()}
