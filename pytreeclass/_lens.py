@@ -112,10 +112,13 @@ _INTERNED, _COMPILED = [0], [0]
 _MAX_INTERNED, _MAX_COMPILED = 1 << 16, 4096
 
 
+_ARRAYS = (jax.Array, np.ndarray)
+
+
 def _is_int_scalar(x: Any) -> bool:
     dtype = getattr(x, "dtype", None)
     return (
-        isinstance(x, jax.Array | np.ndarray) and x.ndim == 0 and np.issubdtype(dtype, np.integer)  # type: ignore[arg-type]
+        isinstance(x, _ARRAYS) and x.ndim == 0 and np.issubdtype(dtype, np.integer)  # type: ignore[arg-type]
     )
 
 
@@ -185,18 +188,7 @@ class Lens(Generic[T]):
                 step = ALL if key is Ellipsis else PathStep(key, False)
                 child = path.extend(step, path.items, key)
         else:
-            if isinstance(key, str):
-                step = PathStep(str(key), False)
-            elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-                step = PathStep(int(key), False)
-            elif isinstance(key, slice):
-                step = PathStep(SliceKey(key), False)
-            elif _is_int_scalar(key):  # a JAX / NumPy 0-d integer array
-                if isinstance(key, Tracer):
-                    step = PathStep(TracedIndex(key), False)  # a layer of a stack only
-                else:
-                    step = PathStep(int(key), False)
-            elif t in _FILTER_TYPES or isinstance(key, type):
+            if t in _FILTER_TYPES or isinstance(key, type):
                 # Filters that compare by value (kinds, types, names) are interned.
                 try:
                     child = path.items[key]
@@ -208,6 +200,17 @@ class Lens(Generic[T]):
                 new = _new(Lens)
                 _SET(new, (root, child))
                 return new
+            elif isinstance(key, str):
+                step = PathStep(str(key), False)
+            elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+                step = PathStep(int(key), False)
+            elif isinstance(key, slice):
+                step = PathStep(SliceKey(key), False)
+            elif _is_int_scalar(key):  # a JAX / NumPy 0-d integer array
+                if isinstance(key, Tracer):
+                    step = PathStep(TracedIndex(key), False)  # a layer of a stack only
+                else:
+                    step = PathStep(int(key), False)
             else:
                 step = FilterStep(as_filter(key))
             child = path.extend(step, None, None)
