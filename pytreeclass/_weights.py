@@ -369,7 +369,8 @@ def tree_from_dict(
                 if cast:
                     data = as_template_number(fn, keystr(p), data, np.dtype(leaf.dtype), "the dict")
                 parts.append(data)
-            value = Value(_stacked(parts, layers.lengths), True)
+            stacked = _stacked(parts, layers.lengths)  # new memory, unless JAX's own
+            value = Value(stacked, not isinstance(stacked, jax.Array))
         else:
             value = value_for(name, key_path, leaf)
         paths.append(keystr(key_path))

@@ -535,3 +535,13 @@ def test_numbered_names_that_collide_with_another_leaf_are_refused() -> None:
     stacked = {"s.blocks.w": np.ones((2, 1), np.float32), "s.blocks.0.w": np.ones(1, np.float32)}
     out = ptc.tree_from_dict(stacked, like=like)
     assert out["s"].blocks["w"].shape == (2, 1)
+
+
+def test_numbered_layers_into_a_numpy_template_give_writable_numpy() -> None:
+    like = StackHolder({"w": np.zeros((2, 3), np.float32)})
+    for make in (np.ones, jnp.ones):  # layers from NumPy or from JAX
+        src = {f"blocks.{i}.w": make(3, np.float32) * i for i in range(2)}
+        out = ptc.tree_from_dict(src, like=like)
+        w = out.blocks["w"]
+        assert type(w) is np.ndarray and w.flags.writeable
+        np.testing.assert_array_equal(w, [[0, 0, 0], [1, 1, 1]])
