@@ -364,6 +364,19 @@ def test_truncated_file_is_a_clear_error(saved: Path, fraction: float) -> None:
         ptc.tree_load(saved, like=make_mlp())
 
 
+def damage(path: Path, data: st.DataObject) -> None:
+    """Truncate the file at `path` or flip 1-3 of its bytes, as hypothesis draws it."""
+    raw = bytearray(path.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="length")]
+    else:
+        for _ in range(data.draw(st.integers(1, 3), label="flips")):
+            raw[data.draw(st.integers(0, len(raw) - 1), label="at")] = data.draw(
+                st.integers(0, 255)
+            )
+    path.write_bytes(bytes(raw))
+
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_damaged_files_fail_with_value_error_or_load_intact(
@@ -374,15 +387,7 @@ def test_damaged_files_fail_with_value_error_or_load_intact(
     tree = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4, jnp.bfloat16), "n": 1.5}
     path = tmp_path_factory.mktemp("fuzz") / "t.npz"
     ptc.tree_save(path, tree)
-    raw = bytearray(path.read_bytes())
-    if data.draw(st.booleans(), label="truncate"):
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="length")]
-    else:
-        for _ in range(data.draw(st.integers(1, 3), label="flips")):
-            raw[data.draw(st.integers(0, len(raw) - 1), label="at")] = data.draw(
-                st.integers(0, 255)
-            )
-    path.write_bytes(bytes(raw))
+    damage(path, data)
     try:
         loaded = ptc.tree_load(path, like=tree)
     except ValueError as e:

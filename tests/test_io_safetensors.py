@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import pytreeclass as ptc
 
-from .test_io import _bits, assert_same, make_mlp
+from .test_io import _bits, assert_same, damage, make_mlp
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 safetensors = pytest.importorskip("safetensors")
@@ -406,15 +406,7 @@ def test_damaged_safetensors_fail_with_value_error_or_load(
     tree = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4, jnp.bfloat16), "n": 1.5}
     path = tmp_path_factory.mktemp("fuzz") / "t.safetensors"
     ptc.tree_save(path, tree)
-    raw = bytearray(path.read_bytes())
-    if data.draw(st.booleans(), label="truncate"):
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="length")]
-    else:
-        for _ in range(data.draw(st.integers(1, 3), label="flips")):
-            raw[data.draw(st.integers(0, len(raw) - 1), label="at")] = data.draw(
-                st.integers(0, 255)
-            )
-    path.write_bytes(bytes(raw))
+    damage(path, data)
     try:
         loaded = ptc.tree_load(path, like=tree)
     except ValueError as e:
