@@ -20,6 +20,7 @@ from ._io_leaves import (
     check_leaf,
     check_names,
     decode,
+    first_repeat,
     flat_names,
     host_leaves,
     keystr,
@@ -92,15 +93,12 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
             names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
         else:
             names = [keystr(p) for p, _ in flat]
-            if len(set(names)) != len(names):
-                seen: set[str] = set()
-                for p in names:
-                    if p in seen:
-                        raise ValueError(
-                            f"tree_save: two leaves have the key path {show(p)}; rename a dict "
-                            "key so every leaf has its own path."
-                        )
-                    seen.add(p)
+            twice = first_repeat(names)
+            if twice is not None:
+                raise ValueError(
+                    f"tree_save: two leaves have the key path {show(twice)}; rename a dict "
+                    "key so every leaf has its own path."
+                )
         leaves = host_leaves("tree_save", flat)
         with atomic_write(target) as f:
             if fmt == "safetensors":

@@ -42,6 +42,7 @@ __all__ = [
     "describe",
     "dtype_facts",
     "flat_name",
+    "first_repeat",
     "flat_names",
     "host_leaves",
     "itemsize_of",
@@ -113,6 +114,18 @@ def flat_names(
                 )
             first[name] = p
     return names
+
+
+def first_repeat(items: Sequence[Any]) -> Any:
+    """The first item that appeared before in `items`, or None (one set, no sort)."""
+    if len(set(items)) == len(items):
+        return None
+    seen: set[Any] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None  # pragma: no cover (the set said there is one)
 
 
 def show(path: str) -> str:

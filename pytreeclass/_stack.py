@@ -168,14 +168,9 @@ def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str
         raise ValueError(
             f"{where}: the stack has no array leaves, so it has no layers to count. {_BUILD}"
         )
-    n = None
-    for x in leaves:
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
-            break
-        n = shape[axis]
-    else:
-        return n  # type: ignore[return-value]
+    n = _shared_size(leaves, axis)
+    if n is not None:
+        return n
 
     def name(p: tuple[Any, ...]) -> str:
         return prefix + jax.tree_util.keystr(p) if prefix else _keystr(p)
@@ -201,8 +196,12 @@ def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str
 
 def stack_size(tree: Any, axis: int) -> int | None:
     """The size of dimension `axis` that every leaf of `tree` shares, or None (displays)."""
+    return _shared_size(jax.tree_util.tree_leaves(tree), axis)
+
+
+def _shared_size(leaves: list[Any], axis: int) -> int | None:
     n = None
-    for x in jax.tree_util.tree_leaves(tree):
+    for x in leaves:
         shape = getattr(x, "shape", None)
         if shape is None or len(shape) <= axis or (n is not None and shape[axis] != n):
             return None

@@ -35,6 +35,7 @@ from ._io_leaves import (
     check_leaf,
     check_names,
     dtype_facts,
+    first_repeat,
     flat_name,
     flat_names,
     keystr,
@@ -412,14 +413,12 @@ def _wanted(
             wanted += layer_names
         else:
             wanted.append(name)
-    seen: set[str] = set()
-    for n in wanted:
-        if n in seen:
-            raise ValueError(
-                f"{fn}: the template has two leaves named {n!r} once stacked fields are "
-                f"numbered by layer; {_ONE_NAME}"
-            )
-        seen.add(n)
+    twice = first_repeat(wanted)
+    if twice is not None:
+        raise ValueError(
+            f"{fn}: the template has two leaves named {twice!r} once stacked fields are "
+            f"numbered by layer; {_ONE_NAME}"
+        )
     assert example is not None  # a stack has leaves (find_stacks checks)
     hint = (
         f"{_HINT} A leaf of a stacked field is read from its stacked name "
