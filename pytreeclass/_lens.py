@@ -116,10 +116,8 @@ _ARRAYS = (jax.Array, np.ndarray)
 
 
 def _is_int_scalar(x: Any) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return (
-        isinstance(x, _ARRAYS) and x.ndim == 0 and np.issubdtype(dtype, np.integer)  # type: ignore[arg-type]
-    )
+    """A 0-d integer JAX or NumPy array (an index, concrete or traced)."""
+    return isinstance(x, _ARRAYS) and x.ndim == 0 and np.issubdtype(x.dtype, np.integer)
 
 
 # A lens keeps `(root, path)` in its one slot.

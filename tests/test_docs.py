@@ -662,3 +662,12 @@ def test_search_check_would_catch_the_default_separator(site: Path) -> None:
     index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
     using = _pages_using(index, "tree_partition")
     assert not using <= _search(index, "tree_partition", r"[\s\-]+")
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    # The README's first screen has two set-up commands; CI must run the second as written.
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [line for line in readme[:30] if line.startswith("python3 -m venv .venv")]
+    assert len(commands) == 2 and "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in [line.strip() for line in ci]
