@@ -7,12 +7,13 @@ and the node types it met (`compile_put`), and falls back to the general walk ot
 * Single steps (`.name`, `["key"]`, `[i]`) walk to one subtree. A path made only of them
   is updated by rebuilding the nodes along it and nothing else: no flatten of the whole
   tree, no `__init__`, no converters, and every untouched subtree is shared by identity.
-* The first multi step (`[...]` or a filter) ends the walk: the subtree reached so far is
-  the *focus*, and it and every later step say which of the focus's leaves are selected.
-  Updating a selection costs one flatten and one unflatten of the focus; the selection
-  itself is cached per treedef when every step depends on structure alone.
-* A filter that names a node type (`ptc.OfType(Linear)`) makes the path a *node
-  selection* (`_lens_nodes`): it selects whole nodes, and `apply` calls `fn` once per node.
+* A path with a multi step (`[...]`, a filter, `.nth`) is a *selection*, made by the one
+  selection engine (`_select`) from the root: every step composes with every other, and
+  a filter judges leaves as `tree_mask(root, filter)` does. The subtree reached before the
+  first multi step is the *focus* that `get()` returns with holes. An update through a
+  selection whose steps depend on structure alone runs a plan cached per treedef.
+* A filter that names a node type (`ptc.OfType(Linear)`) selects whole nodes, and `apply`
+  calls `fn` once per node (once per layer of a stacked field).
 
 Errors name the path from the root, which is called `model` when it is a treeclass or
 another dataclass-like module (Equinox, flax.struct) and `tree` otherwise.
@@ -30,8 +31,6 @@ from jax.core import Tracer
 from ._filters import All, Not, OfKind, OfType, PathContains, as_filter
 from ._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
-from ._lens_nodes import hop_key, is_cacheable, is_node_path, node_get, node_items, node_update
-from ._lens_select import aligned, is_single_leaf, put_focus, select_focus
 from ._lens_steps import (
     ALL,
     FilterStep,
@@ -40,10 +39,24 @@ from ._lens_steps import (
     TracedIndex,
 )
 from ._lens_walk import (
+    Mapped,
     StackView,
     put,
     walk,
     where,
+)
+from ._select import (
+    NthStep,
+    is_single_leaf,
+    planned_update,
+    sel_apply,
+    sel_get,
+    sel_insert,
+    sel_items,
+    sel_remove,
+    sel_set,
+    sel_set_items,
+    select,
 )
 
 __all__ = ["Lens", "at", "lens_on"]
@@ -58,16 +71,11 @@ class _Path:
     given `.name` or `[key]` is made once and reused, so a step costs one dict lookup and
     no tuple copy, and `model.at.layers[3].w` built twice shares one `_Path`."""
 
-    __slots__ = ("attrs", "items", "memo", "nodes", "plan", "plans", "split", "steps", "tries")
+    __slots__ = ("attrs", "items", "plan", "plans", "split", "steps", "tries")
 
     def __init__(self, steps: tuple[Any, ...], split: int) -> None:
-        self.steps, self.split = steps, split  # split: index of the first multi step, or -1
-        self.nodes = is_node_path(steps)  # a filter names a node type: positions, not leaves
-        # A node selection's last plan, `[treedef, outer kind, plan]`, when it depends on
-        # structure alone.
-        self.memo: list[Any] | None = None
-        if self.nodes and is_cacheable(steps[split:]):
-            self.memo = [None, _UNSET, None]  # matches no outer kind: the first call fills it
+        # split: index of the first multi step (`[...]`, a filter, `.nth`), or -1
+        self.steps, self.split = steps, split
         self.attrs: dict[str, _Path] = {}  # `.name` -> child path
         self.items: dict[Any, _Path] = {}  # `[str]`, `[int]`, `[...]` -> child path
         self.plans: dict[type, Any] = {}  # type of root -> compiled update (`compile_put`)
@@ -106,7 +114,6 @@ class _Path:
         return child
 
 
-_UNSET = object()
 _ROOT = _Path((), -1)
 _INTERNED, _COMPILED = [0], [0]
 _MAX_INTERNED, _MAX_COMPILED = 1 << 16, 4096
@@ -121,7 +128,10 @@ def _is_int_scalar(x: Any) -> bool:
 
 
 # A lens keeps `(root, path)` in its one slot.
-_OWN = frozenset({"get", "set", "apply", "items", "paths", "_ptc"})
+_OWN = frozenset(
+    {"get", "set", "apply", "items", "paths", "remove", "insert_before", "insert_after", "nth"}
+    | {"set_items", "_ptc"}
+)
 _getattribute = object.__getattribute__
 _new = object.__new__
 
@@ -236,12 +246,12 @@ class Lens(Generic[T]):
         root, path = _GET(self)
         state = (root, path.steps, path.split)
         if path.split < 0:
-            out = walk(root, path.steps, state, [])
+            try:
+                out = walk(root, path.steps, state, [])
+            except Mapped:
+                return _mapped_get(root, path)
             return out.value() if type(out) is StackView else out
-        if path.nodes:
-            return node_get(state, path.memo)
-        _, ctx, sel = select_focus(state)
-        return ctx.treedef.unflatten([x if s else None for x, s in zip(ctx.leaves, sel)])
+        return sel_get(select(root, path.steps, state, path.split))
 
     def set(self, value: Any) -> T:
         """A copy of the root with `value` at the path (or at every selected leaf).
@@ -274,19 +284,16 @@ class Lens(Generic[T]):
             if out is not MISS:
                 return out
         if path.split < 0:
-            return path.put(root, value, None)
+            try:
+                return path.put(root, value, None)
+            except Mapped:
+                return _mapped_set(root, path, value, "set")
         state = (root, path.steps, path.split)
-        if path.nodes:
-            return node_update(state, value, None, path.memo)
-        trail, ctx, sel = select_focus(state)
         if value is None or is_single_leaf(value):
-            new = [value if s else x for x, s in zip(ctx.leaves, sel)]
-        else:
-            vals = aligned(value, ctx, state)
-            new = [v if s and v is not None else x for x, v, s in zip(ctx.leaves, vals, sel)]
-        return put_focus(trail, ctx, new)
+            return planned_update(root, path.steps, state, path.split, lambda _: value)
+        return sel_set(select(root, path.steps, state, path.split), value)
 
-    def apply(self, fn: Callable[[Any], Any]) -> T:
+    def apply(self, fn: Callable[..., Any], *, with_path: bool = False) -> T:
         """A copy of the root with `fn` applied at the path (or to every selected leaf).
 
         A node selection calls `fn` once per selected node and puts what it returns
@@ -295,6 +302,8 @@ class Lens(Generic[T]):
         Args:
             fn: called on the value at the path (or on each selected leaf); its result
                 takes the value's place.
+            with_path: call `fn(key_path, value)` instead, with the key path from the
+                root (a tuple of JAX keys), as `jax.tree_util.tree_map_with_path` does.
 
         Returns:
             A new root of the same type; the root itself is unchanged.
@@ -305,17 +314,19 @@ class Lens(Generic[T]):
             IndexError: a step's index is out of range.
         """
         root, path = _GET(self)
-        if path.split < 0:
+        if path.split < 0 and not with_path:
             plan = path.plan
             if plan is not None:
                 out = plan(root, None, fn)
                 if out is not MISS:
                     return out
-            return path.put(root, None, fn)
-        if path.nodes:
-            return node_update((root, path.steps, path.split), None, fn, path.memo)
-        trail, ctx, sel = select_focus((root, path.steps, path.split))
-        return put_focus(trail, ctx, [fn(x) if s else x for x, s in zip(ctx.leaves, sel)])
+            try:
+                return path.put(root, None, fn)
+            except Mapped:
+                return _mapped_set(root, path, fn(_mapped_get(root, path)), "apply")
+        if not with_path:
+            return planned_update(root, path.steps, (root, path.steps, path.split), path.split, fn)
+        return sel_apply(_selection(root, path), fn, with_path)
 
     def items(self) -> list[tuple[tuple[Any, ...], Any]]:
         """`(key path, value)` of everything the lens selects, in tree order.
@@ -339,16 +350,7 @@ class Lens(Generic[T]):
             [((DictKey(key='a'),), [1, 2])]
         """
         root, path = _GET(self)
-        state = (root, path.steps, path.split)
-        if path.split < 0:
-            trail: list[Any] = []
-            value = walk(root, path.steps, state, trail)
-            return [(tuple(hop_key(*hop) for hop in trail), value)]
-        if path.nodes:
-            return node_items(state)
-        trail, ctx, sel = select_focus(state)
-        prefix = tuple(hop_key(*hop) for hop in trail)
-        return [((*prefix, *p), x) for x, p, s in zip(ctx.leaves, ctx.paths, sel) if s]
+        return sel_items(_selection(root, path))
 
     def paths(self) -> list[str]:
         """The key paths of what the lens selects, as strings (`'.layers[0]'`).
@@ -363,6 +365,81 @@ class Lens(Generic[T]):
             ["['a']", "['b'][1]"]
         """
         return [jax.tree_util.keystr(p) for p, _ in self.items()]
+
+    # -- verbs on the selected elements --
+
+    def nth(self, n: int, /) -> Lens[T]:
+        """Narrow the selection to its `n`-th element (negative from the end); out of range
+        selects nothing. Steps may follow.
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": [1, 2], "b": [3]})[...][...].nth(-1).set(0)
+            {'a': [1, 2], 'b': [0]}
+        """
+        if type(n) is not int:
+            raise TypeError(f"{_where_all(self)}.nth(n): n must be an int, got {n!r}")
+        root, path = _GET(self)
+        new = _new(Lens)
+        _SET(new, (root, path.extend(NthStep(n), None, None)))
+        return new
+
+    def remove(self) -> T:
+        """A copy of the root without the selected elements: list and tuple items drop out
+        (no `None` hole), dict entries are deleted, layers leave a stacked field.
+
+        Raises:
+            TypeError: a selected element is a field or attribute (fields cannot be
+                removed; set it instead), or the root itself.
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": [1, 2, 3]})["a"][ptc.Predicate(lambda x: x > 1)].remove()
+            {'a': [1]}
+        """
+        root, path = _GET(self)
+        return sel_remove(_selection(root, path))
+
+    def insert_before(self, x: Any) -> T:
+        """A copy of the root with `x` inserted before each selected list, tuple or stack
+        item (`x(item)` when `x` is a function).
+
+        Raises:
+            TypeError: a selected element is not an item of a list, tuple or stack.
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at([1, 2])[1].insert_before(9)
+            [1, 9, 2]
+        """
+        root, path = _GET(self)
+        return sel_insert(_selection(root, path), x, after=False)
+
+    def insert_after(self, x: Any) -> T:
+        """As `insert_before`, after each selected item.
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at([1, 2])[...].insert_after(lambda v: v * 10)
+            [1, 10, 2, 20]
+        """
+        root, path = _GET(self)
+        return sel_insert(_selection(root, path), x, after=True)
+
+    def set_items(self, mapping: Any, /) -> T:
+        """A copy of the root with each selected key path set to its value: the inverse of
+        `items()`. Keys are key paths (tuples of JAX keys) or their `keystr` strings.
+
+        Raises:
+            KeyError: a key is not a path this lens selects (the message lists them).
+
+        Examples:
+            >>> import pytreeclass as ptc
+            >>> ptc.at({"a": 1, "b": 2})[...].set_items({"['b']": 5})
+            {'a': 1, 'b': 5}
+        """
+        root, path = _GET(self)
+        return sel_set_items(_selection(root, path), mapping)
 
     # -- misuse --
 
@@ -397,6 +474,46 @@ def _internable(key: Any) -> bool:
 
 _GET = Lens._ptc.__get__  # type: ignore[attr-defined]
 _SET = Lens._ptc.__set__  # type: ignore[attr-defined]
+
+
+def _selection(root: Any, path: _Path) -> Any:
+    split = len(path.steps) if path.split < 0 else path.split
+    return select(root, path.steps, (root, path.steps, path.split), split)
+
+
+def _mapped_get(root: Any, path: _Path) -> Any:
+    """A path that continues inside each item of a list's slice (`layers[::2].w`): the
+    items' values, as a list (a tuple for a tuple's slice), as a stack's slice gives
+    the sub-stack."""
+    sel = _selection(root, path)
+    values = [v for _, v in sel_items(sel)]
+    return tuple(values) if _sliced_type(root, path) is tuple else values
+
+
+def _sliced_type(root: Any, path: _Path) -> type:
+    steps = path.steps
+    for i, step in enumerate(steps):
+        if type(step) is PathStep and type(step.key) is SliceKey:
+            node = walk(root, steps[:i], (root, steps, -1), [])
+            return type(node)
+    return list  # pragma: no cover - only paths with a slice get here
+
+
+def _mapped_set(root: Any, path: _Path, value: Any, verb: str) -> Any:
+    sel = _selection(root, path)
+    n = len(sel.positions)
+    here = where((root, path.steps, -1), len(path.steps))
+    fix = f"Set it to (or return from apply) a list or tuple of {n} item(s), one per item."
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{here}.{verb}(): the path continues inside each item of a slice, so the value "
+            f"must be a list or tuple; got {type(value).__name__}. {fix}"
+        )
+    if len(value) != n:
+        raise ValueError(
+            f"{here}.{verb}(): the path selects {n} item(s), but the value has {len(value)}. {fix}"
+        )
+    return sel_set_items(sel, {keys: v for (keys, _), v in zip(sel_items(sel), value)})
 
 
 def _where_all(lens: Lens[Any]) -> str:

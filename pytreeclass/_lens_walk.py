@@ -44,11 +44,13 @@ from ._stack import scatter, stack_length, take
 from ._tree_util import has_shape_dtype, leaf_repr, one_level
 
 __all__ = [
+    "Mapped",
     "StackView",
     "listing",
     "match",
     "put",
     "rebuild",
+    "slice_child",
     "step_into",
     "walk",
     "walk_focus",
@@ -128,7 +130,7 @@ def _describe(x: Any) -> str:
     return f"{type(x).__name__} {leaf_repr(x)}"
 
 
-def _slice_child(
+def slice_child(
     node: Any, code: int, s: slice, state: tuple[Any, Any, int], i: int
 ) -> tuple[Any, int, Any]:
     """`[a:b]` on a list or tuple: the sub-sequence, and the indices it came from."""
@@ -175,7 +177,7 @@ def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tupl
         code = node_code(node)
     key = step.key
     if type(key) is SliceKey:
-        return _slice_child(node, code, key.slice, state, i)
+        return slice_child(node, code, key.slice, state, i)
     if code == TREECLASS:
         if type(key) is str and key in meta_of(type(node)).fields_by_name:  # type: ignore[union-attr]
             return node.__dict__[key], code, key
@@ -333,6 +335,7 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
     tcs, codes = _TC, CODES
     stacked = False  # whether `node` is the value of a field declared a stack
     idx = None  # the stack rows picked so far
+    static = False  # a static field inside a stack's layer: the whole stack's own
     for i, step in enumerate(steps):
         # The two commonest hops, inline: a treeclass field and a list index.
         cls = type(node)
@@ -349,7 +352,10 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
             if key in names:
                 trail.append((node, TREECLASS, key))
                 node = node.__dict__[key]
-                stacked = names[key].stack is not None  # type: ignore[index]
+                f = names[key]
+                stacked = f.stack is not None  # type: ignore[union-attr]
+                if idx is not None and f.static:  # type: ignore[union-attr]
+                    static = True  # shared by every layer: read and set whole
                 continue
         elif type(key) is int and codes.get(cls) == LIST and not step.attr:
             n = len(node)
@@ -358,10 +364,17 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
                 trail.append((node, LIST, k))
                 node = node[k]
                 continue
+        if trail and trail[-1][1] == SLICE and (step.attr or type(key) is str):
+            raise Mapped  # a name after a list's slice: inside each item (`_select`)
         child, code, token = step_into(node, step, state, i)
         trail.append((node, code, token))
         node = child
-    return node if idx is None else StackView(node, idx, state, len(steps))
+    return node if idx is None or static else StackView(node, idx, state, len(steps))
+
+
+class Mapped(Exception):
+    """Raised by `walk` for a path that continues inside each item of a list's slice
+    (`model.at.layers[::2].w`): the lens answers it with the selection engine."""
 
 
 def walk_focus(

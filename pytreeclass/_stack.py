@@ -35,6 +35,7 @@ __all__ = [
     "stack_fields",
     "stack_length",
     "stack_size",
+    "shared_leaf",
     "take",
     "tree_stack",
     "tree_unstack",
@@ -153,7 +154,8 @@ def tree_unstack(tree: T, /) -> list[T]:
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     n = stack_length(tree, "tree_unstack")
-    rows = [list(x) for x in leaves]  # one unstack op per array, not one index per row
+    # one unstack op per array, not one index per row; shared leaves go to every layer
+    rows = [[x] * n if shared_leaf(x) else list(x) for x in leaves]
     return [treedef.unflatten([r[i] for r in rows]) for i in range(n)]
 
 
@@ -163,7 +165,7 @@ def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str
     A ValueError naming the leaves (their paths after `prefix`) when they disagree, when a
     leaf has no such dimension (a Python number, a 0-d array), or when there are no leaves.
     """
-    leaves = jax.tree_util.tree_leaves(tree)
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if not shared_leaf(x)]
     if not leaves:
         raise ValueError(
             f"{where}: the stack has no array leaves, so it has no layers to count. {_BUILD}"
@@ -175,7 +177,7 @@ def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str
     def name(p: tuple[Any, ...]) -> str:
         return prefix + jax.tree_util.keystr(p) if prefix else _keystr(p)
 
-    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    pairs = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if not shared_leaf(x)]
     p0, x0 = pairs[0]
     for p, x in pairs:
         shape = getattr(x, "shape", None)
@@ -196,7 +198,14 @@ def stack_length(tree: Any, where: str = "the stack", axis: int = 0, prefix: str
 
 def stack_size(tree: Any, axis: int) -> int | None:
     """The size of dimension `axis` that every leaf of `tree` shares, or None (displays)."""
-    return _shared_size(jax.tree_util.tree_leaves(tree), axis)
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if not shared_leaf(x)]
+    return _shared_size(leaves, axis) if leaves else None
+
+
+def shared_leaf(x: Any) -> bool:
+    """A leaf of a stack that every layer shares rather than a row of: anything that is
+    not an array (an activation function or a string in an `eqx.filter_vmap` stack)."""
+    return not (hasattr(x, "shape") and hasattr(x, "dtype")) or isinstance(x, type)
 
 
 def _shared_size(leaves: list[Any], axis: int) -> int | None:
@@ -278,9 +287,9 @@ def take(tree: T, idx: tuple[Any, ...]) -> T:
     `tree`. A traced index out of range is clamped into it (as JAX's `x[i]` does)."""
     i = _index(idx)
     if _traced(idx):
-        return jax.tree.map(lambda x: jnp.asarray(x)[i], tree)
+        return jax.tree.map(lambda x: x if shared_leaf(x) else jnp.asarray(x)[i], tree)
     getter = operator.itemgetter(i)
-    return jax.tree.map(getter, tree)
+    return jax.tree.map(lambda x: x if shared_leaf(x) else getter(x), tree)
 
 
 def _indexed_shape(shape: tuple[int, ...], idx: tuple[Any, ...]) -> tuple[int, ...]:
@@ -324,9 +333,32 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
     out = []
     paths = None
     for j, (x, v) in enumerate(zip(leaves, vleaves)):
+        if shared_leaf(x):  # shared by every layer: a layer cannot hold its own
+            if v is not x and not _same_shared(v, x):
+                if paths is None:
+                    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(value)[0]]
+                raise ValueError(
+                    f"{where}.set(): the value's leaf at {jax.tree_util.keystr(paths[j])} is "
+                    f"{leaf_repr(v)}, but every layer of the stack shares {leaf_repr(x)} there "
+                    "(it is not an array, so it has no row per layer). Keep it, or set it "
+                    "for the whole stack."
+                )
+            out.append(x)
+            continue
         want = _indexed_shape(x.shape, idx)
         if type(v) in _NUMBERS:  # a Python number fills the rows, if the dtype can hold it
             ok = _NUMBERS[type(v)] <= _category(x.dtype)
+            if ok and type(v) is int and _category(x.dtype) == 1:
+                info = np.iinfo(x.dtype)
+                if not info.min <= v <= info.max:
+                    if paths is None:
+                        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(value)[0]]
+                    at = jax.tree_util.keystr(paths[j])
+                    raise OverflowError(
+                        f"{where}{at}.set(): {v} does not fit the stack's dtype "
+                        f"{np.dtype(x.dtype).name} (range {info.min}..{info.max}); pass a "
+                        "value in range, or cast the leaf to a wider dtype first."
+                    )
         else:
             ok = np.shape(v) == want and getattr(v, "dtype", x.dtype) == x.dtype
         if not ok:
@@ -348,6 +380,13 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
         else:
             out.append(x.at[i].set(v))
     return treedef.unflatten(out)
+
+
+def _same_shared(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:
+        return False
 
 
 # -- scanning ---------------------------------------------------------------------------------
@@ -457,5 +496,26 @@ def scan_layers(
             )
         return new_c, new_layer
 
+    leaves = jax.tree_util.tree_leaves(layers)
+    if any(map(shared_leaf, leaves)):  # shared leaves (functions...) are closed over
+        flat, treedef = jax.tree_util.tree_flatten(layers)
+        arrays = [None if shared_leaf(x) else x for x in flat]
+
+        def body_shared(c: Any, rows: Any) -> tuple[Any, Any]:
+            layer = treedef.unflatten([x if r is None else r for x, r in zip(flat, rows)])
+            new_c, new_layer = body(c, layer)
+            if new_layer is not None:
+                new_layer = [
+                    None if shared_leaf(x) else y
+                    for x, y in zip(flat, jax.tree_util.tree_leaves(new_layer))
+                ]
+            return new_c, new_layer
+
+        carry, ys = jax.lax.scan(
+            body_shared, carry, arrays, length=n, unroll=unroll, reverse=reverse
+        )
+        if stateful:
+            ys = treedef.unflatten([x if r is None else r for x, r in zip(flat, ys)])
+        return (carry, ys) if stateful else carry
     carry, ys = jax.lax.scan(body, carry, layers, length=n, unroll=unroll, reverse=reverse)
     return (carry, ys) if stateful else carry

@@ -21,7 +21,7 @@ L2  selection: per-leaf facts cached per treedef (kinds, axes, key paths: `_leaf
     filters (`_filters`), partition/merge (`_partition`), labels (`_labels`).
 L3  editing: node codes and path steps (`_lens_steps`), the lens walk over nodes
     (`_lens_walk`), multi-leaf selections
-    (`_lens_select`), compiled updates (`_lens_compile`), `Lens`/`at` (`_lens`), and
+    (one selection engine over the node-kind table: `_nodes`, `_select`), compiled updates (`_lens_compile`), `Lens`/`at` (`_lens`), and
     `value_and_tree`.
 L4  peripherals that use the layers below and nothing beside them: `tree_equal`
     (`_equal`), the treeclass `repr` and notebook HTML (`_repr`), summaries and diagrams
@@ -88,8 +88,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "_lens_steps",
             "_lens_walk",
-            "_lens_select",
-            "_lens_nodes",
+            "_nodes",
+            "_select",
             "_lens_compile",
             "_lens",
             "_value_and_tree",

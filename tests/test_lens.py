@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pytreeclass as ptc
-from pytreeclass import BatchStat, Parameter, field, treeclass
+from pytreeclass import BatchStat, OfType, Parameter, field, treeclass
 
 from .models import MLP, Linear, make_mlp
 from .strategies import Node, Pair, Stats, snapshot, trees
@@ -228,14 +228,10 @@ def test_missing_step_after_a_selection(mlp: MLP) -> None:
         match=r"model\[Parameter\]\.layers\[\.\.\.\]\.w\.q: no child \.q under any selected node; children there: \(none\)",
     ):
         m.at[Parameter].layers[...].w.q.get()
-    with pytest.raises(
-        AttributeError,
-        match=r"model\.layers\[\.\.\.\]\.features: no child \.features under any selected node; "
-        r"children there: \.w, \.b; \.features is a static field, which a selection of leaves "
-        r"does not reach: select the nodes by type, e\.g\. \.at\[ptc\.OfType\(Linear\)\]\.features, "
-        r"or update one path at a time, e\.g\. model\.layers\[0\]\.features",
-    ):
-        m.at.layers[...].features.set(8)
+    # A static field is reached after a selection too (one node model for every step).
+    m2 = m.at.layers[...].features.set(8)
+    assert [layer.features for layer in m2.layers] == [8, 8]
+    assert [layer.features for layer in m.layers] == [4, 4]
 
 
 def test_not_a_filter_in_brackets():
@@ -359,15 +355,28 @@ def test_empty_selection_is_a_no_op(mlp: MLP) -> None:
 
 
 def test_selection_is_cached_per_treedef():
-    from pytreeclass._lens_select import _SELECTIONS
+    from pytreeclass._select import _PLANS
 
     m = make_mlp()
-    before = len(_SELECTIONS)
+    before = len(_PLANS)
     m.at.layers[...][Parameter].set(0.0)
     m.at.layers[...][Parameter].set(1.0)
-    assert len(_SELECTIONS) == before + 1
-    m.at[lambda x: x.ndim == 2].get()  # depends on values: never cached
-    assert len(_SELECTIONS) == before + 1
+    assert len(_PLANS) == before + 1
+    m.at[lambda x: x.ndim == 2].set(0.0)  # depends on values: never cached
+    assert len(_PLANS) == before + 1
+
+
+def test_the_plan_cache_reads_each_tree_from_its_own_nodes():
+    # Warm the cache with a tree that is ==-equal to the next one but holds other keys
+    # and values: the second tree must come back with its own keys and leaves.
+    warm = {1: [1.0, 2.0], 2: 3.0}
+    other = {True: [10.0, 20.0], 2: 30.0}
+    assert ptc.at(warm)[...][...].apply(lambda x: x + 1) == {1: [2.0, 3.0], 2: 3.0}
+    out = ptc.at(other)[...][...].apply(lambda x: x + 1)
+    assert out == {True: [11.0, 21.0], 2: 30.0}
+    assert [type(k) for k in out] == [bool, int]
+    assert ptc.at(warm)[OfType(list)].apply(len) == {1: 2, 2: 3.0}
+    assert ptc.at(other)[OfType(list)].apply(len) == {True: 2, 2: 30.0}
 
 
 # -- purity: no __init__, no converters, no full flatten ----------------------------------------

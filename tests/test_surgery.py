@@ -143,7 +143,10 @@ def test_containers_are_node_types():
     # A namedtuple is a tuple: the outermost tuple wins, nothing inside it is searched.
     assert ptc.at(tree)[tuple].paths() == ["['b']", "['p']"]
     assert ptc.at(tree)[dict].paths() == [""]  # the root itself
-    assert ptc.at(tree)["b"][dict].paths() == ["['b'][1]"]
+    # A filter judges by the whole tree, as tree_mask(tree, dict) does: the root is a
+    # dict, so every leaf of ['b'] is under one; the inner dict is the outermost match.
+    assert ptc.at(tree)["b"][dict].paths() == ["['b'][0]", "['b'][1]"]
+    assert ptc.at([tree["b"]])[0][dict].paths() == ["[0][1]"]
     assert ptc.at(tree)[type(None)].paths() == ["['n']"]
     assert ptc.at(tree)[type(None)].set(0.0)["n"] == 0.0
 

@@ -51,7 +51,7 @@ def _same(a: Any, b: Any) -> bool:
 @contextmanager
 def tiny_caches() -> Iterator[None]:
     """Shrink every cache so that threads constantly evict each other's entries."""
-    from pytreeclass import _filters, _labels, _leaf_facts, _lens_select, _partition
+    from pytreeclass import _filters, _labels, _leaf_facts, _partition, _select
 
     caches = [
         _leaf_facts._KINDS_CACHE,
@@ -59,7 +59,7 @@ def tiny_caches() -> Iterator[None]:
         _filters._MASK_CACHE,
         _partition._PLANS,
     ]
-    caches += [_lens_select._SELECTIONS, _partition._SELECTIONS, _partition._MASKS, _labels._LABELS]
+    caches += [_select._PLANS, _partition._SELECTIONS, _partition._MASKS, _labels._LABELS]
     sizes = [c.maxsize for c in caches]
     interval = sys.getswitchinterval()
     try:

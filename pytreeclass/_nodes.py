@@ -1,0 +1,335 @@
+"""The node-kind table: how every kind of pytree node is read, keyed and rebuilt.
+
+One entry per kind of node a selection can meet: a treeclass, a list, a tuple, a
+namedtuple, a dict, a dataclass-like module (Equinox, flax.struct), any other registered
+node (Flax NNX modules among them), and a *stacked field*, seen as the sequence of its
+layers. Each entry answers the same questions, so the selection engine (`_select`) never
+switches on the kind of node itself:
+
+* `children(node)`: `(JAX key, child, token)` per child, in flatten order;
+* `rebuild(node, {token: value})`: a copy with those children replaced, each once;
+* `static(node, name)`: whether `name` is a static attribute (configuration kept in the
+  treedef: a static treeclass field, an Equinox `field(static=True)`, an NNX attribute);
+  `put_static` sets one out of place, the original never touched;
+* `remove(node, tokens)` / `insert(node, token, values, after)` for the kinds that are
+  sequences or mappings (lists, tuples, dicts, stacks).
+
+The single-path walk (`_lens_walk`) keeps its own inlined hops for speed; the tests check
+that it and this table agree on every kind of node.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+from jax.tree_util import GetAttrKey, SequenceKey
+
+from ._cache import TypeTable
+from ._lens_steps import (
+    DATACLASS,
+    DATACLASS_FIELDS,
+    DICT,
+    GENERIC,
+    LEAF,
+    LIST,
+    NAMEDTUPLE,
+    NONE,
+    STACK,
+    TREECLASS,
+    TUPLE,
+    node_code,
+)
+from ._meta import drop_derived, meta_of, with_field
+from ._stack import scatter, shared_leaf, stack_length, take
+from ._tree_util import one_level
+
+__all__ = ["KINDS", "NodeKind", "StackKind", "kind_of"]
+
+_new = object.__new__
+
+
+class NodeKind:
+    """How one kind of node is read and rebuilt (the defaults: a leaf, no children)."""
+
+    code: int = LEAF
+    sequence = False  # remove / insert work on its children
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        return []
+
+    def child(self, node: Any, token: Any) -> Any:
+        """The child at `token` (as `children` names it)."""
+        return node[token]
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        raise TypeError(f"{type(node).__name__} has no children to replace")
+
+    def static(self, node: Any, name: Any) -> bool:
+        return False
+
+    def put_static(self, node: Any, name: str, value: Any) -> Any:
+        raise AssertionError("unreachable: static() said no")  # pragma: no cover
+
+    def remove(self, node: Any, tokens: list[Any]) -> Any:
+        raise TypeError
+
+
+class _Leaf(NodeKind):
+    pass
+
+
+class _NoneKind(NodeKind):
+    code = NONE
+
+
+class _Treeclass(NodeKind):
+    code = TREECLASS
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        d = node.__dict__
+        names = meta_of(type(node)).child_names  # type: ignore[union-attr]
+        return [(GetAttrKey(n), d[n], n) for n in names]
+
+    def child(self, node: Any, token: Any) -> Any:
+        return node.__dict__[token]
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        for name, value in new:  # few fields: one copy each
+            node = with_field(node, name, value)
+        return node
+
+    def static(self, node: Any, name: Any) -> bool:
+        return name in meta_of(type(node)).static_names  # type: ignore[union-attr]
+
+    def put_static(self, node: Any, name: str, value: Any) -> Any:
+        return with_field(node, name, value)  # checks hashability
+
+
+class _Dataclass(NodeKind):
+    """Equinox modules, flax.struct and other dataclass pytrees keeping fields in __dict__."""
+
+    code = DATACLASS
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        d = node.__dict__
+        names = _child_names(node)
+        return [(GetAttrKey(n), d[n] if n in d else getattr(node, n), n) for n in names]
+
+    def child(self, node: Any, token: Any) -> Any:
+        d = node.__dict__
+        return d[token] if token in d else getattr(node, token)
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        out = _new(type(node))
+        d = out.__dict__
+        d.update(node.__dict__)
+        d.update(new)  # pairs (name, value)
+        names = DATACLASS_FIELDS[type(node)]  # every field, static ones included
+        if len(d) > len(names):  # a cached_property describes the old node
+            drop_derived(d, names)
+        return out
+
+    def static(self, node: Any, name: Any) -> bool:
+        return name in DATACLASS_FIELDS[type(node)] and name not in _child_names(node)
+
+    def put_static(self, node: Any, name: str, value: Any) -> Any:
+        try:
+            hash(value)
+        except TypeError:
+            raise TypeError(
+                f"static field {name!r} of {type(node).__name__} holds an unhashable "
+                f"{type(value).__name__}; static values live in the treedef, which jax.jit "
+                "hashes: use a hashable value (a tuple instead of a list)."
+            ) from None
+        return self.rebuild(node, [(name, value)])
+
+
+_CHILDREN = TypeTable(8192)  # per dataclass-like type: the fields that are children
+
+
+def _child_names(node: Any) -> tuple[str, ...]:
+    names = _CHILDREN.get(type(node))
+    if names is None:
+        keys = one_level(node)[0]  # type: ignore[index]
+        names = _CHILDREN.remember(type(node), tuple(k.name for k in keys))
+    return names
+
+
+class _Sequence(NodeKind):
+    sequence = True
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        return [(SequenceKey(i), x, i) for i, x in enumerate(node)]
+
+    def _make(self, node: Any, items: list[Any]) -> Any:
+        return items if type(node) is list else tuple(items)
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        if type(node) is list:
+            out = node.copy()
+            for i, v in new:
+                out[i] = v
+            return out
+        items = list(node)
+        for i, v in new:
+            items[i] = v
+        return tuple(items)
+
+    def remove(self, node: Any, tokens: list[Any]) -> Any:
+        drop = set(tokens)
+        return self._make(node, [x for i, x in enumerate(node) if i not in drop])
+
+    def insert(self, node: Any, where: dict[Any, tuple[list[Any], list[Any]]]) -> Any:
+        items: list[Any] = []
+        for i, x in enumerate(node):
+            before, after = where.get(i, ((), ()))
+            items.extend(before)
+            items.append(x)
+            items.extend(after)
+        return self._make(node, items)
+
+
+class _List(_Sequence):
+    code = LIST
+
+
+class _Tuple(_Sequence):
+    code = TUPLE
+
+
+class _NamedTuple(NodeKind):
+    code = NAMEDTUPLE
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        return [(GetAttrKey(n), x, i) for i, (n, x) in enumerate(zip(type(node)._fields, node))]
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        items = list(node)
+        for i, v in new:
+            items[i] = v
+        return tuple.__new__(type(node), items)
+
+
+class _Dict(NodeKind):
+    code = DICT
+    sequence = True
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        keys = one_level(node)[0]  # type: ignore[index]  # JAX's key order (sorted)
+        return [(k, node[k.key], k.key) for k in keys]
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        out = node.copy()  # keeps OrderedDict / defaultdict (and its factory)
+        for k, v in new:
+            out[k] = v
+        return out
+
+    def remove(self, node: Any, tokens: list[Any]) -> Any:
+        out = node.copy()
+        for k in tokens:
+            del out[k]
+        return out
+
+
+class _Generic(NodeKind):
+    """Any other registered node: flattened one level, rebuilt by unflatten. Flax NNX
+    modules keep their configuration as attributes outside the children: those are
+    static attributes, set on the fresh node that unflatten makes."""
+
+    code = GENERIC
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        keys, children, _ = one_level(node)  # type: ignore[misc]
+        return [(k, c, j) for j, (k, c) in enumerate(zip(keys, children))]
+
+    def child(self, node: Any, token: Any) -> Any:
+        return one_level(node, keyed=False)[1][token]  # type: ignore[index]
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        _, children, treedef = one_level(node, keyed=False)  # type: ignore[misc]
+        children = list(children)
+        for j, v in new:
+            children[j] = v
+        return treedef.unflatten(children)
+
+    def static(self, node: Any, name: Any) -> bool:
+        return type(name) is str and _nnx_static(node, name)
+
+    def put_static(self, node: Any, name: str, value: Any) -> Any:
+        _, children, treedef = one_level(node, keyed=False)  # type: ignore[misc]
+        new = treedef.unflatten(list(children))  # a fresh module: the original is untouched
+        if new is node:  # pragma: no cover - a node type whose unflatten returns its input
+            new = copy.copy(node)
+        object.__setattr__(new, name, value)
+        return new
+
+
+def _nnx_static(node: Any, name: str) -> bool:
+    """Is `name` a plain (non-pytree) attribute of a Flax NNX module?"""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None or not isinstance(node, nnx.Module) or name.startswith("_"):
+        return False
+    d = getattr(node, "__dict__", {})
+    if name not in d:
+        return False
+    value = d[name]
+    return not jax.tree_util.all_leaves([value]) or isinstance(
+        value, (bool, int, float, str, type(None))
+    )
+
+
+class StackKind(NodeKind):
+    """A field declared `field(stack=...)`, seen as the sequence of its layers.
+
+    Its children are the layers (`take`), keyed `[i]`; rebuilding writes rows back
+    (`scatter`), so a layer put back must have the layer's structure, shapes and dtypes.
+    Non-array leaves (an activation function in an `eqx.filter_vmap` stack) are shared
+    by every layer."""
+
+    code = STACK
+    sequence = True
+
+    def __init__(self, where: str = "the stack") -> None:
+        self.where = where
+
+    def length(self, node: Any) -> int:
+        return stack_length(node, self.where, prefix=self.where)
+
+    def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
+        return [(SequenceKey(i), take(node, (i,)), i) for i in range(self.length(node))]
+
+    def child(self, node: Any, token: Any) -> Any:
+        return take(node, (token,))
+
+    def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        for i, layer in new:
+            at = f"{self.where}[{i}]" if type(i) is int else f"{self.where}[<traced>]"
+            node = scatter(node, (i,), layer, at)
+        return node
+
+    def remove(self, node: Any, tokens: list[Any]) -> Any:
+        drop = set(tokens)
+        keep = np.array([i for i in range(self.length(node)) if i not in drop], dtype=np.int64)
+        return jax.tree.map(lambda x: x if shared_leaf(x) else x[keep], node)
+
+
+KINDS: dict[int, NodeKind] = {
+    LEAF: _Leaf(),
+    NONE: _NoneKind(),
+    TREECLASS: _Treeclass(),
+    DATACLASS: _Dataclass(),
+    LIST: _List(),
+    TUPLE: _Tuple(),
+    NAMEDTUPLE: _NamedTuple(),
+    DICT: _Dict(),
+    GENERIC: _Generic(),
+}
+
+
+def kind_of(node: Any) -> NodeKind:
+    """The table entry for `node` (decided once per type; see `_lens_steps.node_code`)."""
+    return KINDS[node_code(node)]
