@@ -12,6 +12,7 @@ from ._filters import Not as Not
 from ._filters import OfKind as OfKind
 from ._filters import OfType as OfType
 from ._filters import PathContains as PathContains
+from ._filters import PathMatch as PathMatch
 from ._filters import Predicate as Predicate
 from ._io import tree_load as tree_load
 from ._io import tree_save as tree_save
@@ -87,6 +88,7 @@ __all__ = [
     "OptState",
     "Parameter",
     "PathContains",
+    "PathMatch",
     "Predicate",
     "Rng",
     "State",

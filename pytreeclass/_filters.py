@@ -9,6 +9,8 @@ list pass and two unflattens.
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -20,9 +22,10 @@ import numpy as np
 from jax.core import Tracer
 
 from ._cache import BoundedCache, TypeTable
+from ._io_leaves import flat_name
 from ._kinds import Kind
 from ._leaf_facts import Leaves
-from ._nodesel import always_node, inside_flags, node_types, type_members
+from ._meta import meta_of
 from ._tree_util import first_difference, key_name
 
 __all__ = [
@@ -33,13 +36,126 @@ __all__ = [
     "OfKind",
     "OfType",
     "PathContains",
+    "PathMatch",
     "Position",
     "Predicate",
+    "always_node",
     "as_filter",
     "combined",
+    "inside_flags",
     "is_cacheable",
+    "node_types",
     "select_leaves",
+    "type_members",
 ]
+
+
+# -- node types ---------------------------------------------------------------------------------
+#
+# A type in a filter tests leaves with `isinstance`, as always. It also tests pytree *nodes*
+# unless it is a type of common leaves too: a type that `int`, `float`, `complex`, `bool`,
+# `str`, `bytes`, NumPy arrays and scalars, or `jax.Array` are subclasses of (`object`,
+# `numbers.Number`, `Hashable`, `Sequence`, ...) would match nodes and leaves alike, and
+# stays a leaf test. Every other class is a *node type*: a node is matched when its class
+# is a subclass of it (treeclasses, Equinox modules, flax.struct dataclasses, `dict`,
+# `list`, `tuple`, namedtuples, `None`, any registered node, and base classes of those).
+# Node types are in the treedef (`node_data()[0]`), so which leaves lie under a matched
+# node is a fact of the structure, computed once per (treedef, types) and cached.
+
+# Leaf types that no node-selecting type may be a base of (see the module docs).
+_LEAF_TYPES = (bool, int, float, complex, str, bytes, np.ndarray, np.generic, jax.Array)
+
+
+def type_members(t: Any) -> tuple[type, ...]:
+    """The classes of a type, a tuple of types or a union (`A | B`, `Union[A, B]`)."""
+    if isinstance(t, tuple):
+        return tuple(m for x in t for m in type_members(x))
+    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+        return tuple(m for x in typing.get_args(t) for m in type_members(x))
+    if t is None:
+        return (type(None),)
+    return (t,)
+
+
+def _may_match_leaves(t: type) -> bool:
+    for leaf_type in _LEAF_TYPES:
+        try:
+            if issubclass(leaf_type, t):
+                return True
+        except TypeError:  # e.g. a Protocol with data members: decided per instance only
+            return True
+    return False
+
+
+_NODE_TYPES: dict[Any, tuple[type, ...]] = {}
+
+
+def node_types(t: Any) -> tuple[type, ...]:
+    """The members of `t` that select nodes (empty for leaf types such as `jax.Array`)."""
+    try:
+        return _NODE_TYPES[t]
+    except (KeyError, TypeError):
+        pass
+    out = tuple(m for m in type_members(t) if isinstance(m, type) and not _may_match_leaves(m))
+    try:
+        if len(_NODE_TYPES) < 1024:
+            _NODE_TYPES[t] = out
+    except TypeError:
+        pass
+    return out
+
+
+def always_node(t: type) -> bool:
+    """True when no instance of `t` can be a leaf: every subclass is a registered node.
+
+    Treeclasses (and `ptc.TreeClass`), Equinox modules and `None` qualify; a `dict`, a
+    flax.struct class or another registered class may have unregistered subclasses, whose
+    instances JAX treats as leaves, so those are tested on leaves too.
+    """
+    if t is type(None) or meta_of(t) is not None:
+        return True
+    if t.__module__ == "pytreeclass._treeclass" and t.__name__ == "TreeClass":
+        return True
+    eqx = sys.modules.get("equinox")
+    module = getattr(eqx, "Module", None)
+    return module is not None and issubclass(t, module)
+
+
+def _is_instance_type(cls: Any, types: tuple[type, ...]) -> bool:
+    try:
+        return issubclass(cls, types)
+    except TypeError:
+        return False
+
+
+_INSIDE = BoundedCache(maxsize=4096)
+
+
+def inside_flags(treedef: Any, types: tuple[type, ...]) -> tuple[bool, ...]:
+    """Per leaf of `treedef`: does it lie under a node whose class is one of `types`?"""
+    key = (treedef, types)
+    out = _INSIDE.get(key)
+    if out is None:
+        flags: list[bool] = []
+
+        def walk(td: Any, inside: bool) -> None:
+            data = td.node_data()
+            if data is None:  # a leaf
+                flags.append(inside)
+                return
+            if inside or _is_instance_type(data[0], types):
+                flags.extend([True] * td.num_leaves)
+                return
+            for child in td.children():
+                walk(child, False)
+
+        walk(treedef, False)
+        out = tuple(flags)
+        _INSIDE.put(key, out)
+    return out
+
+
+# -- filters ------------------------------------------------------------------------------------
 
 
 class Position:
@@ -64,7 +180,8 @@ class Filter:
        (a treeclass, `dict`, an Equinox module, ...) selects whole subtrees;
     3. a callable `leaf -> bool` (`Predicate`), e.g. `equinox.is_array`;
     4. a string: leaves whose key path has a field, attribute or key of that name
-       (`PathContains`);
+       (`PathContains`); a string with a dot, the leaves under that dotted name as
+       `tree_to_dict` prints it (`"blocks.0.attn"`, a `PathMatch`);
     5. a pytree of bools with the tree's structure (a mask), a `bool` standing for a
        whole subtree;
     6. `Any(*filters)`, `All(*filters)`, `Not(filter)`.
@@ -254,6 +371,45 @@ class PathContains(Filter):
 
     def node_test(self, pos: Position) -> bool | None:
         return any(key_name(k) == self.name for k in pos.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class PathMatch(Filter):
+    r"""Leaves whose dotted name, as `tree_to_dict` prints it (`blocks.0.attn.w`), matches
+    the regular expression `pattern` whole (`re.fullmatch`).
+
+    A bare string filter with a dot means the leaves under that dotted name:
+    `"blocks.0.attn"` selects `blocks.0.attn` itself and every `blocks.0.attn.<...>`.
+
+    Args:
+        pattern: a regular expression, matched against the whole dotted name.
+
+    Raises:
+        re.error: `pattern` is not a valid regular expression.
+
+    Examples:
+        >>> import pytreeclass as ptc
+        >>> tree = {"blocks": [{"w": 1.0, "b": 2.0}, {"w": 3.0, "b": 4.0}]}
+        >>> ptc.tree_mask(tree, ptc.PathMatch(r"blocks\.\d+\.w"))
+        {'blocks': [{'b': False, 'w': True}, {'b': False, 'w': True}]}
+        >>> ptc.tree_mask(tree, "blocks.1")
+        {'blocks': [{'b': False, 'w': False}, {'b': True, 'w': True}]}
+    """
+
+    pattern: str
+    structural = True
+
+    def __post_init__(self) -> None:
+        re.compile(self.pattern)  # a bad pattern fails here, not on first use
+
+    def mask(self, ctx: Leaves) -> tuple[bool, ...]:
+        match = re.compile(self.pattern).fullmatch
+        return tuple(match(flat_name(path)) is not None for path in ctx.paths)
+
+    @staticmethod
+    def prefix(name: str) -> PathMatch:
+        """The leaves at the dotted name `name` or under it."""
+        return PathMatch(re.escape(name) + r"(\..+)?")
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -467,7 +623,7 @@ def as_filter(f: _Any) -> Filter:
             out = _TYPE_FILTERS.remember(f, OfKind(f) if issubclass(f, Kind) else OfType(f))
         return out
     if isinstance(f, str):
-        return PathContains(f)
+        return PathMatch.prefix(f) if "." in f else PathContains(f)
     if f is None:  # the mask of a leafless tree (tree_mask(None) is None); else an error
         return _NONE_MASK
     status = _bool_tree_status(f)

@@ -1,4 +1,4 @@
-"""`tree_labels`: a label per leaf from its kind, for `optax.multi_transform`."""
+"""`tree_labels`: a label per leaf from its kind or from filters, for `optax.multi_transform`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import jax
 
 from ._cache import BoundedCache, type_tag
 from ._errors import reraise_if_too_deep
+from ._filters import as_filter, select_leaves
+from ._kinds import Kind
 from ._leaf_facts import constant_tree, leaf_kinds
 from ._meta import is_treeclass
 
@@ -37,8 +39,14 @@ def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
 
     Args:
         tree: any pytree.
-        mapping: `{Kind or None: label}` overriding the default labels; a subkind takes
-            the entry of its nearest listed ancestor, `None` is for kind-less leaves.
+        mapping: `{key: label}` overriding the default labels. When every key is a
+            `Kind` (or `None`, for kind-less leaves), a subkind takes the entry of its
+            nearest listed ancestor. Any other filter may be a key too (a node type
+            such as `ptc.OfType(Norm)`, a name, a dotted name, a callable,
+            `ptc.Any/All/Not`): then the keys are tried in the mapping's order and the
+            first whose filter selects a leaf gives its label (a `Kind` key selects that
+            kind and its subkinds, `None` the kind-less leaves); a leaf no key selects
+            keeps its default label.
 
     Returns:
         A tree with `tree`'s structure whose leaves are labels, the kind's class name
@@ -46,7 +54,7 @@ def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
         otherwise.
 
     Raises:
-        TypeError: `mapping` is not a mapping.
+        TypeError: `mapping` is not a mapping, or one of its keys is not a filter.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -60,6 +68,8 @@ def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
         Layer(w='Parameter', mean='BatchStat')
         >>> ptc.tree_labels(layer, {ptc.State: "frozen"})
         Layer(w='Parameter', mean='frozen')
+        >>> ptc.tree_labels(layer, {"mean": "stats", ptc.Parameter: "adam"})
+        Layer(w='adam', mean='stats')
     """
     if mapping is not None and not isinstance(mapping, Mapping):
         raise TypeError(
@@ -76,6 +86,8 @@ def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
         make = _LABELS.get(key)  # None for unhashable labels: computed every call
         if make is not None:
             return make()
+        if mapping is not None and not all(_is_kind_key(k) for k in mapping):
+            return _labels_by_filters(tree, treedef, mapping, key)
         kinds = leaf_kinds(tree, treedef)
         table: dict[Any, Any] = {}
         labels = []
@@ -90,3 +102,35 @@ def tree_labels(tree: T, /, mapping: Mapping[Any, Any] | None = None) -> T:
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("tree_labels", e)
         raise
+
+
+def _is_kind_key(k: Any) -> bool:
+    return k is None or (isinstance(k, type) and issubclass(k, Kind))
+
+
+def _labels_by_filters(tree: Any, treedef: Any, mapping: Mapping[Any, Any], key: Any) -> Any:
+    """Labels from a mapping with filter keys: the first key selecting a leaf wins."""
+    kinds = leaf_kinds(tree, treedef)
+    labels: list[Any] = [_kind_label(k, None) for k in kinds]
+    done = [False] * len(labels)
+    flat = jax.tree_util.tree_flatten(tree)
+    cacheable = True
+    for k, label in mapping.items():
+        if k is None:
+            sel = tuple(kind is None for kind in kinds)
+        else:
+            try:
+                f = as_filter(k)
+            except TypeError as e:
+                raise TypeError(
+                    f"tree_labels(mapping): the key {k!r} is not a filter: {e}"
+                ) from None
+            cacheable = cacheable and f.structural
+            sel = select_leaves(tree, (f,), flat)[1]
+        for i, s in enumerate(sel):
+            if s and not done[i]:
+                labels[i], done[i] = label, True
+    make = constant_tree(treedef, labels)
+    if cacheable:
+        _LABELS.put(key, make)
+    return make()

@@ -322,8 +322,8 @@ class Lens(Generic[T]):
                     return out
             try:
                 return path.put(root, None, fn)
-            except Mapped:
-                return _mapped_set(root, path, fn(_mapped_get(root, path)), "apply")
+            except Mapped:  # inside each item of a list's slice: fn per item
+                return sel_apply(_selection(root, path), fn, False)
         if not with_path:
             return planned_update(root, path.steps, (root, path.steps, path.split), path.split, fn)
         return sel_apply(_selection(root, path), fn, with_path)
@@ -487,7 +487,13 @@ def _mapped_get(root: Any, path: _Path) -> Any:
     the sub-stack."""
     sel = _selection(root, path)
     values = [v for _, v in sel_items(sel)]
+    if not _has_slice(path):  # one position (an NNX attribute)
+        return values[0]
     return tuple(values) if _sliced_type(root, path) is tuple else values
+
+
+def _has_slice(path: _Path) -> bool:
+    return any(type(s) is PathStep and type(s.key) is SliceKey for s in path.steps)
 
 
 def _sliced_type(root: Any, path: _Path) -> type:
@@ -501,6 +507,8 @@ def _sliced_type(root: Any, path: _Path) -> type:
 
 def _mapped_set(root: Any, path: _Path, value: Any, verb: str) -> Any:
     sel = _selection(root, path)
+    if not _has_slice(path):  # one position (an NNX attribute)
+        return sel_set_items(sel, {sel.positions[0].keys: value})
     n = len(sel.positions)
     here = where((root, path.steps, -1), len(path.steps))
     fix = f"Set it to (or return from apply) a list or tuple of {n} item(s), one per item."

@@ -92,6 +92,9 @@ def compile_put(steps: tuple[Any, ...], trail: list[Any]) -> Any:
         "_check": check_static,
         "_drop": drop_derived,
     }
+    last, code, key = trail[-1]
+    if code == TREECLASS and meta_of(type(last)).fields_by_name[key].stack is not None:  # type: ignore[union-attr]
+        return None  # a whole stack is checked as it is set (`_lens_walk.put`)
     walk_lines, back, fetch = [], [], ""
     for j, ((node, code, _), step) in enumerate(zip(trail, steps)):
         cls = type(node)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import sys
 from typing import TYPE_CHECKING, Any
 
 from jax.tree_util import GetAttrKey
@@ -47,6 +48,7 @@ __all__ = [
     "SliceKey",
     "TracedIndex",
     "field_names",
+    "nnx_static",
     "node_code",
 ]
 
@@ -130,6 +132,18 @@ def field_names(node: Any, code: int) -> tuple[str, ...]:
     if code == NAMEDTUPLE:
         return cls._fields
     return DATACLASS_FIELDS[cls]
+
+
+def nnx_static(node: Any, name: str) -> bool:
+    """Is `name` a plain (non-pytree) attribute of a Flax NNX module (its configuration,
+    such as `Dropout.deterministic`), which lives outside the module's children?"""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None or not isinstance(node, nnx.Module) or name.startswith("_"):
+        return False
+    d = getattr(node, "__dict__", {})
+    if name not in d:
+        return False
+    return isinstance(d[name], (bool, int, float, complex, str, type(None), tuple, frozenset))
 
 
 # -- steps ------------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ from ._lens_steps import (
     SliceKey,
     TracedIndex,
     field_names,
+    nnx_static,
     node_code,
 )
 from ._meta import drop_derived, meta_of, with_field
 from ._stack import scatter, stack_length, take
-from ._tree_util import has_shape_dtype, leaf_repr, one_level
+from ._tree_util import first_difference, has_shape_dtype, leaf_repr, one_level
 
 __all__ = [
     "Mapped",
@@ -210,6 +211,8 @@ def step_into(node: Any, step: Any, state: tuple[Any, Any, int], i: int) -> tupl
         k = match(step, node, keys)
         if k is not None:
             return children[k], code, (treedef, children, k)
+        if type(key) is str and nnx_static(node, key):
+            raise Mapped  # an NNX module's attribute: set on a fresh module (`_nodes`)
     raise _missing(node, code, step, state, i)
 
 
@@ -372,9 +375,30 @@ def walk(root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: 
     return node if idx is None or static else StackView(node, idx, state, len(steps))
 
 
+def _check_stack(old: Any, new: Any, path: str) -> None:
+    """A stacked field set whole takes a stack of as many layers, of the same structure."""
+    n = stack_length(old, path, prefix=path)
+    fix = (
+        f"Set it to a stack of {n} layers (ptc.tree_stack([...])), or set one layer with "
+        f"{path}[i].set(layer)."
+    )
+    if jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old):
+        diff = (
+            first_difference(old, new).replace("tree 0", "the stack").replace("tree 1", "the value")
+        )
+        raise ValueError(f"{path}.set(): the value is not a stack like the field's: {diff}. {fix}")
+    try:
+        m = stack_length(new, path, prefix=path)
+    except ValueError as e:
+        raise ValueError(f"{path}.set(): the value is not a stack: {e} {fix}") from None
+    if m != n:
+        raise ValueError(f"{path}.set(): the stack has {n} layers, the value {m}. {fix}")
+
+
 class Mapped(Exception):
-    """Raised by `walk` for a path that continues inside each item of a list's slice
-    (`model.at.layers[::2].w`): the lens answers it with the selection engine."""
+    """Raised by `walk` for a path the selection engine answers instead: one that
+    continues inside each item of a list's slice (`model.at.layers[::2].w`), or that
+    reaches a Flax NNX module's attribute."""
 
 
 def walk_focus(
@@ -408,6 +432,10 @@ def put(
         node = node.value() if fn is not None else None
     if fn is not None:
         value = fn(node)
+    if trail and trail[-1][1] == TREECLASS:
+        parent, _, key = trail[-1]
+        if meta_of(type(parent)).fields_by_name[key].stack is not None:  # type: ignore[union-attr]
+            _check_stack(node, value, where(state, len(steps)))
     # Paths updated often are compiled (`_lens_compile`); this runs for a path's first
     # updates and for node types that are not compiled, so it simply calls `rebuild`
     # (a treeclass hop is `_meta.with_field`), except for the list item, cheap to inline.

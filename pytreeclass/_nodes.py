@@ -21,7 +21,6 @@ that it and this table agree on every kind of node.
 from __future__ import annotations
 
 import copy
-import sys
 from typing import Any
 
 import jax
@@ -41,10 +40,11 @@ from ._lens_steps import (
     STACK,
     TREECLASS,
     TUPLE,
+    nnx_static,
     node_code,
 )
 from ._meta import drop_derived, meta_of, with_field
-from ._stack import scatter, shared_leaf, stack_length, take
+from ._stack import scatter, scatter_rows, shared_leaf, stack_length, take
 from ._tree_util import one_level
 
 __all__ = ["KINDS", "NodeKind", "StackKind", "kind_of"]
@@ -257,7 +257,7 @@ class _Generic(NodeKind):
         return treedef.unflatten(children)
 
     def static(self, node: Any, name: Any) -> bool:
-        return type(name) is str and _nnx_static(node, name)
+        return type(name) is str and nnx_static(node, name)
 
     def put_static(self, node: Any, name: str, value: Any) -> Any:
         _, children, treedef = one_level(node, keyed=False)  # type: ignore[misc]
@@ -266,20 +266,6 @@ class _Generic(NodeKind):
             new = copy.copy(node)
         object.__setattr__(new, name, value)
         return new
-
-
-def _nnx_static(node: Any, name: str) -> bool:
-    """Is `name` a plain (non-pytree) attribute of a Flax NNX module?"""
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is None or not isinstance(node, nnx.Module) or name.startswith("_"):
-        return False
-    d = getattr(node, "__dict__", {})
-    if name not in d:
-        return False
-    value = d[name]
-    return not jax.tree_util.all_leaves([value]) or isinstance(
-        value, (bool, int, float, str, type(None))
-    )
 
 
 class StackKind(NodeKind):
@@ -305,7 +291,16 @@ class StackKind(NodeKind):
     def child(self, node: Any, token: Any) -> Any:
         return take(node, (token,))
 
+    def rebuild_rows(self, node: Any, new: list[tuple[Any, Any]], olds: list[Any]) -> Any:
+        """`rebuild`, where `olds` are the layers as taken: a leaf no layer changed (every
+        row still the object `take` gave) is kept as it is, not written again."""
+        if all(type(i) is int for i, _ in new):
+            return scatter_rows(node, new, self.where, olds)
+        return self.rebuild(node, new)
+
     def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
+        if len(new) > 1 and all(type(i) is int for i, _ in new):
+            return scatter_rows(node, new, self.where)  # one write per leaf
         for i, layer in new:
             at = f"{self.where}[{i}]" if type(i) is int else f"{self.where}[<traced>]"
             node = scatter(node, (i,), layer, at)

@@ -461,16 +461,13 @@ def _search(p: Pos, f: Filter, mask: tuple[bool, ...], out: list[Pos]) -> bool:
 
 
 def _leaves(p: Pos, mask: tuple[bool, ...], out: list[Pos]) -> None:
+    """Add to `out` the leaves under `p` that `mask` selects (a stack's: per layer, as
+    its list twin's)."""
     if p.static:  # a static attribute is an element of its own (it has no leaves)
         out.append(p)
         return
-    if p.stack is not None and p.flat:  # a leaf filter takes a stack's leaves whole
-        if p.n == 0:
-            return
-        whole = Pos(p.value, p.hops, p.keys, p.kind, p.outer, p.lo, p.n, p.flat, td=p.td)
-        for c in children(whole):
-            _leaves(c, mask, out)
-        return
+    if p.stack is not None and not any(mask[p.lo : p.lo + p.n]):
+        return  # nothing selected in the stack: its layers need not be taken apart
     if _is_leaf(p):
         if p.n and mask[p.lo]:
             out.append(p)
@@ -511,6 +508,7 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
             groups[key], heads[key] = [], (kind, token)
         groups[key].append((hops[1:], static, i))
     kind0 = next(iter(heads.values()))[0]
+    stack = isinstance(kind0, StackKind)
     subs = []
     for key, sub in groups.items():
         kind, token = heads[key]
@@ -518,13 +516,18 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
         subs.append((token, runner(sub), static))
 
     def run(node: Any, fns: list[Any]) -> Any:
-        new, statics = [], []
+        new, statics, olds = [], [], []
         for token, r, static in subs:
             if static:
                 statics.append((token, r(getattr(node, token), fns)))
             else:
-                new.append((token, r(kind0.child(node, token), fns)))
-        out = kind0.rebuild(node, new) if new else node
+                old = kind0.child(node, token)
+                new.append((token, r(old, fns)))
+                olds.append(old)
+        if stack:  # rows a layer kept as taken stay the stack's own (by identity)
+            out = kind0.rebuild_rows(node, new, olds) if new else node  # type: ignore[attr-defined]
+        else:
+            out = kind0.rebuild(node, new) if new else node
         for name, value in statics:
             out = kind0.put_static(out, name, value)
         return out
@@ -534,12 +537,15 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
 
 def _edit(root: Any, entries: list[tuple[Pos | tuple[Any, ...], Callable[[Any], Any]]]) -> Any:
     """`root` with each function applied at its position (or at the hops given)."""
-    spec, fns = [], []
-    for i, (p, fn) in enumerate(entries):
-        if isinstance(p, Pos):
-            spec.append((p.hops, p.static, i))
-        else:
-            spec.append((p, False, i))
+    spec, fns, seen = [], [], set()
+    for p, fn in entries:
+        hops, static = (p.hops, p.static) if isinstance(p, Pos) else (p, False)
+        if static:  # a stack's static, reached through each layer: set once
+            key = tuple((id(k), _token_key(t)) for k, t in hops)
+            if key in seen:
+                continue
+            seen.add(key)
+        spec.append((hops, static, len(fns)))
         fns.append(fn)
     return runner(spec)(root, fns) if spec else root
 
@@ -603,11 +609,24 @@ def sel_set(sel: Selection, value: Any) -> Any:
     state = sel.state
     if value is None or is_single_leaf(value):
         return _update(sel, [(p, _constant(value)) for p in sel.positions])
-    focus, leaves, treedef, covered = _focus_leaves(sel)
+    focus, leaves, treedef, _ = _focus_leaves(sel)
     vals = _aligned(value, focus.value, treedef, leaves, state)
     if type(vals) is list:
-        new = [v if s and v is not None else x for x, v, s in zip(leaves, vals, covered)]
-        return _update(sel, [(focus, _constant(treedef.unflatten(new)))])
+        # Each position takes the part of `value` at its own hops from the focus (a
+        # stack's layer: that row), so rows a selection does not hold stay as they are.
+        fns = []
+        depth = len(focus.hops)
+        for p in sel.positions:
+            part = value
+            rel = p.hops[depth:]
+            for j, (kind, token) in enumerate(rel):
+                if part is None:
+                    break
+                last_static = p.static and j == len(rel) - 1
+                part = getattr(part, token) if last_static else kind.child(part, token)
+            if part is not None:
+                fns.append((p, _keep_holes(part)))
+        return _update(sel, fns)
     nodes = sel.positions
     if nodes and all(q.static or not _is_leaf(q) for q in nodes):  # nodes or statics
         return _update(sel, [(p, _constant(value)) for p in nodes])  # a node for each
@@ -652,6 +671,17 @@ def _aligned(value: Any, focus: Any, treedef: Any, leaves: list[Any], state: Any
             f"the value has the leaf {leaf_repr(v)} at {at_path}, where the selection has {there}"
         )
     return out
+
+
+def _keep_holes(part: Any) -> Callable[[Any], Any]:
+    """A function putting `part` in place of a value, where `part` has no `None` hole."""
+
+    def put(old: Any) -> Any:
+        if _is_none(part) or is_single_leaf(part):
+            return part
+        return jax.tree.map(lambda v, x: x if v is None else v, part, old, is_leaf=_is_none)
+
+    return put
 
 
 def _constant(value: Any) -> Callable[[Any], Any]:
@@ -812,11 +842,16 @@ class Plan:
         self.count = len(ps)
         flat = all(p.flat and not p.static and _is_leaf(p) for p in ps)
         self.indices = tuple(p.lo for p in ps) if flat and ps else None
-        self.run = (
-            None
-            if self.indices is not None or not ps
-            else runner([(p.hops, p.static, i) for i, p in enumerate(ps)])
-        )
+        self.run = None
+        if self.indices is None and ps:
+            spec, seen = [], set()
+            for p in ps:
+                key = tuple((id(k), _token_key(t)) for k, t in p.hops)
+                if key not in seen:  # a stack's static, reached through each layer
+                    seen.add(key)
+                    spec.append((p.hops, p.static, len(spec)))
+            self.count = len(spec)
+            self.run = runner(spec)
 
     def update(self, root: Any, fn: Callable[[Any], Any]) -> Any:
         if not self.count:

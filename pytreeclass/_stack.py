@@ -32,6 +32,7 @@ __all__ = [
     "find_stacks",
     "scan_layers",
     "scatter",
+    "scatter_rows",
     "stack_fields",
     "stack_length",
     "stack_size",
@@ -104,6 +105,14 @@ def tree_stack(trees: Iterable[T], /) -> T:
     out = []
     paths = None
     for j, column in enumerate(columns):
+        first = column[0]
+        if (
+            shared_leaf(first)
+            and not isinstance(first, (bool, int, float, complex))
+            and all(x is first or _same_shared(x, first) for x in column[1:])
+        ):
+            out.append(first)  # shared by every layer (a function, a string)
+            continue
         bad = _stack_mismatch(column)
         if bad is not None:
             if paths is None:
@@ -121,7 +130,8 @@ def _stack_mismatch(column: tuple[Any, ...]) -> str | None:
             return None  # Python numbers: jnp.stack makes an array of them
         return (
             f"is {leaf_repr(first)}, not an array or number, so it cannot be stacked. "
-            "Make it a static field (equal in every tree), or an array."
+            "Make it a static field, an array, or the same value in every tree (then all "
+            "layers share it)."
         )
     for i, x in enumerate(column[1:], 1):
         if getattr(x, "shape", None) != first.shape or getattr(x, "dtype", None) != first.dtype:
@@ -380,6 +390,56 @@ def scatter(tree: T, idx: tuple[Any, ...], value: Any, where: str) -> T:
         else:
             out.append(x.at[i].set(v))
     return treedef.unflatten(out)
+
+
+def scatter_rows(
+    tree: T, rows: list[tuple[int, Any]], where: str, olds: list[Any] | None = None
+) -> T:
+    """`tree` with each row `i` replaced by its layer, for many rows at once: each layer
+    is checked as `scatter` checks one (the error names that layer), then every leaf is
+    written once (`jnp.stack` when the rows are all the layers in order)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    columns: list[list[Any]] = [[] for _ in leaves]
+    for _, layer in rows:
+        vleaves, vdef = jax.tree_util.tree_flatten(layer)
+        if vdef != treedef or any(
+            not shared_leaf(x)
+            and (np.shape(v) != x.shape[1:] or getattr(v, "dtype", None) != x.dtype)
+            for x, v in zip(leaves, vleaves)
+        ):
+            return _scatter_each(tree, rows, where)  # the one-by-one path says what is wrong
+        for col, v in zip(columns, vleaves):
+            col.append(v)
+    idx = [i for i, _ in rows]
+    n = stack_length(tree, where, prefix=where)
+    whole = idx == list(range(n))
+    kept = [[] for _ in leaves] if olds is None else list(zip(*map(_leaves_of, olds)))
+    out = []
+    for x, col, was in zip(leaves, columns, kept):
+        if olds is not None and all(a is b for a, b in zip(col, was)):
+            out.append(x)  # no layer changed this leaf
+        elif shared_leaf(x):
+            if any(v is not x and not _same_shared(v, x) for v in col):
+                return _scatter_each(tree, rows, where)
+            out.append(x)
+        elif isinstance(x, np.ndarray):
+            y = np.stack(col) if whole else x.copy()
+            if not whole:
+                y[idx] = np.stack(col)
+            out.append(y)
+        else:
+            out.append(jnp.stack(col) if whole else x.at[np.asarray(idx)].set(jnp.stack(col)))
+    return treedef.unflatten(out)
+
+
+def _leaves_of(tree: Any) -> list[Any]:
+    return jax.tree_util.tree_leaves(tree)
+
+
+def _scatter_each(tree: Any, rows: list[tuple[int, Any]], where: str) -> Any:
+    for i, layer in rows:
+        tree = scatter(tree, (i,), layer, f"{where}[{i}]")
+    return tree
 
 
 def _same_shared(a: Any, b: Any) -> bool:

@@ -82,7 +82,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
-    ("L2 selection", ["_leaf_facts", "_stack", "_nodesel", "_filters", "_partition", "_labels"]),
+    ("L2 selection", ["_leaf_facts", "_stack", "_filters", "_partition", "_labels"]),
     (
         "L3 editing",
         [

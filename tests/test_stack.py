@@ -123,7 +123,8 @@ def test_stack_errors_name_the_path() -> None:
     with pytest.raises(ValueError, match=r"tree 2 does not have tree 0's structure: .*\['c'\]"):
         ptc.tree_stack([{"a": 1}, {"a": 2}, {"c": 1}])
     with pytest.raises(ValueError, match=r"the leaf at \['s'\] is 'x', not an array or number"):
-        ptc.tree_stack([{"s": "x"}, {"s": "x"}])
+        ptc.tree_stack([{"s": "x"}, {"s": "y"}])
+    assert ptc.tree_stack([{"s": "x"}, {"s": "x"}]) == {"s": "x"}  # shared by both layers
 
 
 def test_unstack_errors_name_the_leaves() -> None:
@@ -372,9 +373,9 @@ def test_stack_lens_errors() -> None:
         bad.at.blocks[0].get()
     with pytest.raises(
         ValueError,
-        match=r"model\.blocks\[0\]: the leaves of a stack disagree .*model\.blocks\.w is f32\[3,5\] but model\.blocks\.b is f32\[5\]",
+        match=r"model\.blocks\.set\(\): the value is not a stack: .*model\.blocks\.w is f32\[3,5\] but model\.blocks\.b is f32\[5\].*Set it to a stack of 4 layers",
     ):
-        make_model().at.blocks.set(make_block(0)).at.blocks[0].get()
+        make_model().at.blocks.set(make_block(0))  # one layer is not a stack of 4
     with pytest.raises(
         ValueError,
         match=r"model\.b\[0\]: the leaf model\.b is f32\[\], which has no dimension 0; every leaf of a stack needs a leading \(layer\) axis",
