@@ -24,6 +24,7 @@ from jax.core import Tracer
 from jax.tree_util import GetAttrKey
 
 from ._meta import meta_of
+from ._record import is_recording, record, recording
 from ._tree_util import first_difference, leaf_repr
 
 __all__ = [
@@ -434,13 +435,28 @@ def scan_layers(
             "remat=True, policy=... (or drop policy)."
         )
     n = stack_length(layers, "scan_layers(layers)")
-    step = jax.checkpoint(fn, policy=policy, prevent_cse=False) if remat else fn
+    # Under `ptc.capture`, what the layers record is a tracer of the scan body: it leaves
+    # the body as an extra scan output and is recorded outside, stacked per layer.
+    tapped = is_recording()
+    names: list[str] = []
+
+    def run(layer: Any, c: Any) -> Any:
+        if not tapped:
+            return fn(layer, c)
+        with recording() as frame:
+            out = fn(layer, c)
+        names[:] = [name for name, _ in frame]
+        return out, [value for _, value in frame]
+
+    step = jax.checkpoint(run, policy=policy, prevent_cse=False) if remat else run
     layer_def = jax.tree_util.tree_structure(layers)
 
     def body(c: Any, layer: Any) -> tuple[Any, Any]:
-        out = step(layer, c)
-        if not stateful:
-            return out, None
+        out, records = step(layer, c) if tapped else (step(layer, c), None)
+        new_c, new_layer = checked(out, layer) if stateful else (out, None)
+        return new_c, (new_layer, records)
+
+    def checked(out: Any, layer: Any) -> tuple[Any, Any]:
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError(
                 "scan_layers(stateful=True): fn must return (carry, new_layer), got "
@@ -457,5 +473,9 @@ def scan_layers(
             )
         return new_c, new_layer
 
-    carry, ys = jax.lax.scan(body, carry, layers, length=n, unroll=unroll, reverse=reverse)
+    carry, (ys, records) = jax.lax.scan(
+        body, carry, layers, length=n, unroll=unroll, reverse=reverse
+    )
+    for name, value in zip(names, records or ()):
+        record(name, value)
     return (carry, ys) if stateful else carry

@@ -96,10 +96,30 @@ def test_repr_long_list_is_elided_with_a_true_count() -> None:
     assert repr(MLP(list(range(20)))) == (
         "MLP(layers=[0, 1, 2, 3, 4, 5, ...(13 more), 19], mean=f32[], lr=0.1, name='mlp')"
     )
-    layer = Linear(jnp.ones((3, 4)), jnp.zeros(4))
-    text = repr(MLP([layer] * 9))
+    layers = [Linear(jnp.ones((3, i)), jnp.zeros(i)) for i in range(1, 10)]
+    text = repr(MLP(layers))
     assert text.count("Linear(") == 7
     assert "    ...(2 more),\n" in text
+
+
+def test_repr_of_equal_structure_nodes_in_a_list_is_one_entry_with_a_count() -> None:
+    layer = Linear(jnp.ones((3, 4)), jnp.zeros(4))
+    assert repr(MLP([layer] * 24)).splitlines()[1] == (
+        "  layers=[Linear \u00d724(w=f32[3,4], b=f32[4], features=4)],"
+    )
+    assert "layers=(Linear \u00d72(w=f32[3,4]" in repr(MLP((layer, layer)))
+    # same values are not needed (arrays show no values), same structure and shapes are
+    assert "\u00d72" in repr(MLP([layer, Linear(jnp.zeros((3, 4)), jnp.ones(4))]))
+    # a shape, a dtype, a static field or a leaf's value shown differs: listed one by one
+    for other in (
+        Linear(jnp.ones((3, 5)), jnp.zeros(5)),
+        Linear(jnp.ones((3, 4), jnp.int32), jnp.zeros(4)),
+        Linear(jnp.ones((3, 4)), jnp.zeros(4), features=5),
+        Linear(1.0, jnp.zeros(4)),
+    ):
+        assert repr(MLP([layer, other])).count("Linear(") == 2
+    assert repr(MLP([layer])).count("Linear(") == 1  # one is not a repetition
+    assert repr(MLP([1, 1, 1])) == "MLP(layers=[1, 1, 1], mean=f32[], lr=0.1, name='mlp')"
 
 
 def test_repr_dicts_tuples_none_and_foreign_modules() -> None:
