@@ -116,9 +116,7 @@ def test_jit_grad_with_acts_as_aux_and_vmap(model: Any) -> None:
     _, eager = ptc.capture(model, ATTN)(TOKENS)
     _, jitted = jax.jit(lambda m, t: ptc.capture(m, ATTN)(t))(model, TOKENS)
     np.testing.assert_allclose(jitted[".blocks.attn"], eager[".blocks.attn"], rtol=1e-5, atol=1e-6)
-    grads, acts = jax.grad(lambda m: ptc.capture(m, ATTN, call=loss)(TOKENS), has_aux=True)(
-        model
-    )
+    grads, acts = jax.grad(lambda m: ptc.capture(m, ATTN, call=loss)(TOKENS), has_aux=True)(model)
     np.testing.assert_allclose(acts[".blocks.attn"], eager[".blocks.attn"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         grads.blocks.attn.qkv, jax.grad(loss)(model, TOKENS).blocks.attn.qkv, rtol=1e-5
@@ -128,7 +126,10 @@ def test_jit_grad_with_acts_as_aux_and_vmap(model: Any) -> None:
     _, per = jax.vmap(lambda t: ptc.capture(model, ATTN)(t[None]))(TOKENS)
     assert per[".blocks.attn"].shape == (2, 3, 1, 6, 8)
     np.testing.assert_allclose(
-        per[".blocks.attn"][:, :, 0].transpose(1, 0, 2, 3), eager[".blocks.attn"], rtol=1e-5, atol=1e-6
+        per[".blocks.attn"][:, :, 0].transpose(1, 0, 2, 3),
+        eager[".blocks.attn"],
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -153,6 +154,8 @@ def test_stateful_scan_and_a_method_that_returns_the_model(model: Any) -> None:
 
     (out, returned), acts = ptc.capture(model, ATTN, call=step)(model.tok[TOKENS])
     assert acts[".blocks.attn"].shape == (3, 2, 6, 8)
+    expected = ptc.scan_layers(lambda b, h: b(h), model.blocks, model.tok[TOKENS])
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
     # the model that comes back holds the real nodes, not the stand-ins
     assert type(returned.blocks.attn) is Attention
     assert jax.tree_util.tree_structure(returned) == jax.tree_util.tree_structure(model)
@@ -200,9 +203,9 @@ def test_call_picks_a_method_or_a_function_and_where_any_selection() -> None:
     assert float(y) == 4.0 and list(acts) == [".a"]
     y, acts = ptc.capture(TWICE, "b", call=lambda m, x: m.b(x) + 1)(jnp.float32(1))
     assert float(y) == 4.0 and float(acts[".b"]) == 3.0
-    _, acts = ptc.capture({"f": Scale(jnp.float32(2))}, ptc.OfType(Scale), call=lambda m, x: m["f"](x))(
-        jnp.float32(1)
-    )
+    _, acts = ptc.capture(
+        {"f": Scale(jnp.float32(2))}, ptc.OfType(Scale), call=lambda m, x: m["f"](x)
+    )(jnp.float32(1))
     assert list(acts) == ["['f']"]
 
 
