@@ -377,7 +377,8 @@ def _grouped(
             st = stack_at.get(_keystr(path))
             if st is not None:
                 node = f"{node} {TIMES}{st.layers}"
-            sig = (node, tuple(kinds), shapes)
+            # equal structure: treedef (static fields included), kinds, leaf shapes
+            sig = (node, jax.tree_util.tree_structure(value), tuple(kinds), shapes)
             data = (node, ",".join(kinds), len(members))
         else:
             r = rows[first]
