@@ -57,9 +57,15 @@ class _Repeat:
         self.value, self.n = value, n
 
 
+_REPEAT = 3  # from this many equal nodes on, a list shows one and a count
+
+
 def _repeated(items: list[Any]) -> bool:
-    """Are `items` two or more nodes with one structure (treedef, leaf shapes, dtypes)?"""
-    if len(items) < 2 or one_level(items[0], keyed=False) is None:
+    """Are `items` `_REPEAT` or more nodes with one structure (treedef, leaves as shown)?
+
+    Two equal layers still print both (short models read as written); a deep model's
+    list of layers prints as one layer and a count, as a stack does."""
+    if len(items) < _REPEAT or one_level(items[0], keyed=False) is None:
         return False
     leaves, first = jax.tree_util.tree_flatten(items[0])
     shown = [leaf_repr(x) for x in leaves]

@@ -108,9 +108,11 @@ def test_repr_of_equal_structure_nodes_in_a_list_is_one_entry_with_a_count() -> 
     assert repr(MLP([layer] * 24)).splitlines()[1] == (
         "  layers=[Linear \u00d724(w=f32[3,4], b=f32[4], features=4)],"
     )
-    assert "layers=(Linear \u00d72(w=f32[3,4]" in repr(MLP((layer, layer)))
+    assert "layers=(Linear \u00d73(w=f32[3,4]" in repr(MLP((layer, layer, layer)))
     # same values are not needed (arrays show no values), same structure and shapes are
-    assert "\u00d72" in repr(MLP([layer, Linear(jnp.zeros((3, 4)), jnp.ones(4))]))
+    other = Linear(jnp.zeros((3, 4)), jnp.ones(4))
+    assert "\u00d73" in repr(MLP([layer, other, layer]))
+    assert repr(MLP([layer, layer])).count("Linear(") == 2  # two are shown as they are
     # a shape, a dtype, a static field or a leaf's value shown differs: listed one by one
     for other in (
         Linear(jnp.ones((3, 5)), jnp.zeros(5)),
@@ -118,8 +120,7 @@ def test_repr_of_equal_structure_nodes_in_a_list_is_one_entry_with_a_count() -> 
         Linear(jnp.ones((3, 4)), jnp.zeros(4), features=5),
         Linear(1.0, jnp.zeros(4)),
     ):
-        assert repr(MLP([layer, other])).count("Linear(") == 2
-    assert repr(MLP([layer])).count("Linear(") == 1  # one is not a repetition
+        assert repr(MLP([layer, layer, other])).count("Linear(") == 3
     assert repr(MLP([1, 1, 1])) == "MLP(layers=[1, 1, 1], mean=f32[], lr=0.1, name='mlp')"
 
 
