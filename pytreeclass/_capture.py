@@ -1,9 +1,9 @@
 """`capture`: the outputs of selected nodes during one call of a model, without editing it.
 
 How it works: the selected nodes are replaced, in a private copy of the model, by `_Tap`
-stand-ins. A tap is a pytree node that flattens exactly like the node it holds (same
-children, same keys: key paths through it are unchanged), forwards attribute access to
-it, and records the output of each call in the innermost `_record` frame of this thread.
+stand-ins. A tap is a pytree node whose one child is the node it holds (under a key that
+writes as nothing, so key path strings are unchanged), forwards attribute access to it,
+and records the output of each call in the innermost `_record` frame of this thread.
 The original model, its nodes and their classes are never touched, so there is nothing
 to undo when the call raises, and two threads capturing at once do not interfere.
 `scan_layers` lifts what layers record out of its scan body, stacked along the layer axis.
@@ -55,27 +55,43 @@ class _Tap:
         return f"<capturing {self._name}: {type(self._node).__name__}>"
 
 
+class _Inside:
+    """The key of a tap's one child, the node: it writes as nothing, so key path strings
+    through a tap read as without it (`.blocks.attn.qkv`)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return "<tapped>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Inside
+
+    def __hash__(self) -> int:
+        return hash(_Inside)
+
+
+_INSIDE = _Inside()
+
+
+# The tap holds its node as its one child (not the node's children): the node stays a node
+# of the tree, so its fields' kinds and axes still apply to its leaves inside the call.
 def _flatten(tap: _Tap) -> tuple[Any, Any]:
-    level = one_level(tap._node)
-    assert level is not None  # capture only taps nodes
-    keys, children, treedef = level
-    return list(zip(keys, children)), (treedef, tap._name, tap._edit)
+    return [(_INSIDE, tap._node)], (tap._name, tap._edit)
 
 
 def _unflatten(aux: Any, children: Any) -> _Tap:
-    treedef, name, edit = aux
     tap = object.__new__(_Tap)
-    tap._node, tap._name, tap._edit = treedef.unflatten(children), name, edit
+    tap._node, (tap._name, tap._edit) = children[0], aux
     return tap
 
 
-def _flatten_fast(tap: _Tap) -> tuple[Any, Any]:
-    level = one_level(tap._node, keyed=False)
-    assert level is not None
-    return level[1], (level[2], tap._name, tap._edit)
-
-
-jax.tree_util.register_pytree_with_keys(_Tap, _flatten, _unflatten, _flatten_fast)
+jax.tree_util.register_pytree_with_keys(
+    _Tap, _flatten, _unflatten, lambda tap: ((tap._node,), (tap._name, tap._edit))
+)
 
 
 def _untap(tree: Any) -> Any:

@@ -268,3 +268,25 @@ def test_bad_input_names_the_problem(model: Any) -> None:
         ptc.capture(model, ATTN, call=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"edit must be a function edit\(path, output\)"):
         ptc.capture(model, ATTN, edit="zero")  # type: ignore[arg-type]
+
+
+@treeclass
+class HalfNet:
+    """Casts its own parameters inside the call: filters by kind must see through taps."""
+
+    a: Scale = field(kind=Parameter)
+    b: Scale
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        half = ptc.tree_cast(self, jnp.bfloat16, Parameter)
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(self)[0]]
+        assert paths == [".a.k", ".b.k"], paths  # key paths read as without the stand-ins
+        return half.b(half.a(x))
+
+
+def test_kinds_and_key_paths_inside_the_call_are_those_of_the_model() -> None:
+    net = HalfNet(Scale(jnp.float32(2)), Scale(jnp.float32(3)))
+    x = jnp.ones(2, jnp.bfloat16)
+    y, acts = ptc.capture(net, ptc.OfType(Scale))(x)
+    assert y.dtype == net(x).dtype == jnp.float32  # only .a is a Parameter: bf16 * f32
+    assert acts[".a"].dtype == jnp.bfloat16 and acts[".b"].dtype == jnp.float32
