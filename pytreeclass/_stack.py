@@ -395,7 +395,8 @@ def scan_layers(
     """Run a stack of layers over a carry with `jax.lax.scan`: one compiled step, any depth.
 
     The compiled program holds `fn` once, so compile time does not grow with the number
-    of layers; gradients are those of the unrolled Python loop.
+    of layers; gradients are those of the unrolled Python loop. Under `ptc.capture`, the
+    outputs recorded inside the layers come out stacked along the layer axis.
 
     Args:
         fn: `fn(layer, carry) -> carry`, called with one layer of the stack (an
