@@ -1,5 +1,7 @@
 """pytreeclass: immutable dataclasses that are JAX pytrees, with kinds, filters and lenses."""
 
+from ._capture import capture as capture
+from ._cast import tree_cast as tree_cast
 from ._equal import tree_equal as tree_equal
 from ._errors import FrozenInstanceError as FrozenInstanceError
 from ._errors import TreeTooDeepError as TreeTooDeepError
@@ -95,12 +97,14 @@ __all__ = [
     "TreeClass",
     "TreeTooDeepError",
     "at",
+    "capture",
     "field",
     "fields",
     "is_treeclass",
     "scan_layers",
     "split_key",
     "tree_aliases",
+    "tree_cast",
     "tree_diagram",
     "tree_equal",
     "tree_filter",

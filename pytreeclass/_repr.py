@@ -48,6 +48,34 @@ class _Stack:
         self.value = value
 
 
+class _Repeat:
+    """`n` equal-structure nodes of a list or tuple, for `_render`: shown once, `Block x24`."""
+
+    __slots__ = ("n", "value")
+
+    def __init__(self, value: Any, n: int) -> None:
+        self.value, self.n = value, n
+
+
+_REPEAT = 3  # from this many equal nodes on, a list shows one and a count
+
+
+def _repeated(items: list[Any]) -> bool:
+    """Are `items` `_REPEAT` or more nodes with one structure (treedef, leaves as shown)?
+
+    Two equal layers still print both (short models read as written); a deep model's
+    list of layers prints as one layer and a count, as a stack does."""
+    if len(items) < _REPEAT or one_level(items[0], keyed=False) is None:
+        return False
+    leaves, first = jax.tree_util.tree_flatten(items[0])
+    shown = [leaf_repr(x) for x in leaves]
+    for item in items[1:]:
+        leaves, treedef = jax.tree_util.tree_flatten(item)
+        if treedef != first or [leaf_repr(x) for x in leaves] != shown:
+            return False
+    return True
+
+
 def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     """(open, close, separator, [(label, value)]) for containers we lay out; else None."""
     meta = meta_of(type(obj))
@@ -67,6 +95,10 @@ def _items(obj: Any) -> tuple[str, str, str, list[tuple[str, Any]]] | None:
     names = getattr(obj, "_fields", None)
     if isinstance(obj, tuple) and names is not None:  # a namedtuple
         return f"{type(obj).__name__}(", ")", "=", list(zip(names, obj))
+    if isinstance(obj, (list, tuple)) and _repeated(list(obj)):
+        # a list of 24 equal blocks reads as one block and a count, as a stack does
+        open_, close = ("[", "]") if isinstance(obj, list) else ("(", ")")
+        return open_, close, "", [("", _Repeat(obj[0], len(obj)))]
     if isinstance(obj, list):
         return "[", "]", "", [("", v) for v in obj]
     if isinstance(obj, tuple):
@@ -87,7 +119,9 @@ def _render(obj: Any, indent: int, seen: frozenset[int], strip: int = 0) -> str:
     # `strip`: how many leading (stacked) dimensions array shapes leave out: a stack shows
     # as `Block x24(w=f32[4,4])`, the shapes of one layer.
     count = ""
-    if type(obj) is _Stack:
+    if type(obj) is _Repeat:
+        obj, count = obj.value, f" {TIMES}{obj.n}"
+    elif type(obj) is _Stack:
         obj = obj.value
         n = stack_size(obj, strip)
         if n is not None:  # a malformed stack shows as it is

@@ -24,6 +24,7 @@ from jax.core import Tracer
 from jax.tree_util import GetAttrKey
 
 from ._meta import meta_of
+from ._record import is_recording, record, recording
 from ._tree_util import first_difference, leaf_repr
 
 __all__ = [
@@ -493,7 +494,8 @@ def scan_layers(
     """Run a stack of layers over a carry with `jax.lax.scan`: one compiled step, any depth.
 
     The compiled program holds `fn` once, so compile time does not grow with the number
-    of layers; gradients are those of the unrolled Python loop.
+    of layers; gradients are those of the unrolled Python loop. Under `ptc.capture`, the
+    outputs recorded inside the layers come out stacked along the layer axis.
 
     Args:
         fn: `fn(layer, carry) -> carry`, called with one layer of the stack (an
@@ -533,13 +535,28 @@ def scan_layers(
             "remat=True, policy=... (or drop policy)."
         )
     n = stack_length(layers, "scan_layers(layers)")
-    step = jax.checkpoint(fn, policy=policy, prevent_cse=False) if remat else fn
+    # Under `ptc.capture`, what the layers record is a tracer of the scan body: it leaves
+    # the body as an extra scan output and is recorded outside, stacked per layer.
+    tapped = is_recording()
+    names: list[str] = []
+
+    def run(layer: Any, c: Any) -> Any:
+        if not tapped:
+            return fn(layer, c)
+        with recording() as frame:
+            out = fn(layer, c)
+        names[:] = [name for name, _ in frame]
+        return out, [value for _, value in frame]
+
+    step = jax.checkpoint(run, policy=policy, prevent_cse=False) if remat else run
     layer_def = jax.tree_util.tree_structure(layers)
 
     def body(c: Any, layer: Any) -> tuple[Any, Any]:
-        out = step(layer, c)
-        if not stateful:
-            return out, None
+        out, records = step(layer, c) if tapped else (step(layer, c), None)
+        new_c, new_layer = checked(out, layer) if stateful else (out, None)
+        return new_c, (new_layer, records)
+
+    def checked(out: Any, layer: Any) -> tuple[Any, Any]:
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError(
                 "scan_layers(stateful=True): fn must return (carry, new_layer), got "
@@ -556,26 +573,26 @@ def scan_layers(
             )
         return new_c, new_layer
 
-    leaves = jax.tree_util.tree_leaves(layers)
-    if any(map(shared_leaf, leaves)):  # shared leaves (functions...) are closed over
-        flat, treedef = jax.tree_util.tree_flatten(layers)
-        arrays = [None if shared_leaf(x) else x for x in flat]
+    flat, treedef = jax.tree_util.tree_flatten(layers)
+    shared = [shared_leaf(x) for x in flat]
+    if any(shared):  # shared leaves (functions, strings) are closed over, not scanned
+        xs: Any = [None if s else x for x, s in zip(flat, shared)]
 
-        def body_shared(c: Any, rows: Any) -> tuple[Any, Any]:
-            layer = treedef.unflatten([x if r is None else r for x, r in zip(flat, rows)])
-            new_c, new_layer = body(c, layer)
+        def scanned(c: Any, rows: Any) -> tuple[Any, Any]:
+            layer = treedef.unflatten([x if s else r for x, r, s in zip(flat, rows, shared)])
+            new_c, (new_layer, records) = body(c, layer)
             if new_layer is not None:
-                new_layer = [
-                    None if shared_leaf(x) else y
-                    for x, y in zip(flat, jax.tree_util.tree_leaves(new_layer))
-                ]
-            return new_c, new_layer
+                leaves = jax.tree_util.tree_leaves(new_layer)
+                new_layer = [None if s else y for y, s in zip(leaves, shared)]
+            return new_c, (new_layer, records)
 
-        carry, ys = jax.lax.scan(
-            body_shared, carry, arrays, length=n, unroll=unroll, reverse=reverse
-        )
-        if stateful:
-            ys = treedef.unflatten([x if r is None else r for x, r in zip(flat, ys)])
-        return (carry, ys) if stateful else carry
-    carry, ys = jax.lax.scan(body, carry, layers, length=n, unroll=unroll, reverse=reverse)
+    else:
+        xs, scanned = layers, body
+    carry, (ys, records) = jax.lax.scan(
+        scanned, carry, xs, length=n, unroll=unroll, reverse=reverse
+    )
+    if stateful and any(shared):
+        ys = treedef.unflatten([x if s else r for x, r, s in zip(flat, ys, shared)])
+    for name, value in zip(names, records or ()):
+        record(name, value)
     return (carry, ys) if stateful else carry

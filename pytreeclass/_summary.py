@@ -17,7 +17,15 @@ from ._meta import meta_of
 from ._stack import TIMES, find_stacks, stack_size
 from ._tree_util import MAX_ITEMS, Elided, has_shape_dtype, key_label, leaf_repr, one_level
 
-__all__ = ["StackRow", "SummaryRow", "TreeSummary", "tree_aliases", "tree_diagram", "tree_summary"]
+__all__ = [
+    "GroupRow",
+    "StackRow",
+    "SummaryRow",
+    "TreeSummary",
+    "tree_aliases",
+    "tree_diagram",
+    "tree_summary",
+]
 
 
 def _children(node: Any) -> list[tuple[Any, Any]] | None:
@@ -66,6 +74,21 @@ class StackRow(NamedTuple):
     bytes: int
 
 
+class GroupRow(NamedTuple):
+    """One node at the grouping depth of `tree_summary(tree, depth=n)`: its leaves summed.
+
+    `path` is the node's key path; a run of equal-structure siblings in a list or tuple
+    is one row whose path is a slice (`.blocks[0:96]`) and whose `node` has a count
+    (`Block x96`). `kind` lists the kinds of the leaves below, in order of appearance."""
+
+    path: str
+    node: str
+    kind: str
+    leaves: int
+    count: int  # pyright: ignore[reportIncompatibleMethodOverride]
+    bytes: int
+
+
 class TreeSummary(_Text):
     """The table `tree_summary` returns: a `str` (print it, compare it) with the data too.
 
@@ -76,17 +99,22 @@ class TreeSummary(_Text):
         stacks: one `StackRow(path, type, layers, count_per_layer, count, bytes)` per
             field declared `field(stack=...)`; the table shows it as a line such as
             `.blocks  Block x24  1,040/layer  24,960` above the stack's leaves.
+        groups: with `depth=n`, one `GroupRow(path, node, kind, leaves, count, bytes)`
+            per line of the table that stands for a node at depth `n` (empty without
+            `depth`).
     """
 
     rows: tuple[SummaryRow, ...]
     totals: dict[str, tuple[int, int]]
     stacks: tuple[StackRow, ...]
+    groups: tuple[GroupRow, ...]
+    _body: list[tuple[str, ...]]  # the table's lines as cells, for the HTML
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{h}</th>" for h in _HEADER)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r)) + "</tr>"
-            for r in self.rows
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+            for cells in self._body
         )
         foot = "".join(
             f"<tr><th>total</th><th></th><th>{html.escape(k)}</th><th></th><th></th>"
@@ -182,7 +210,7 @@ def _count_bytes(x: Any) -> tuple[int, int]:
     return 0, 0
 
 
-def tree_summary(tree: Any) -> TreeSummary:
+def tree_summary(tree: Any, *, depth: int | None = None) -> TreeSummary:
     """A table of the leaves of `tree`: path, node, kind, type, shape/dtype, count, bytes.
 
     One row per leaf, then totals per kind (kinds as in `ptc.tree_kinds`, `-` for none)
@@ -195,13 +223,24 @@ def tree_summary(tree: Any) -> TreeSummary:
     later rows show `= <first path>` and count 0. It works on abstract trees
     (`jax.eval_shape`) and inside `jax.jit`.
 
+    With `depth=n` the table shows one line per node `n` keys below the root, its
+    leaves summed (`shape/dtype` says how many leaves), and leaves less deep as usual;
+    a run of equal-structure nodes in a list or tuple (same type, kinds, leaf shapes
+    and dtypes) is one line, `.blocks[0:96]  Block x96`. So a model of any depth reads
+    at a glance; the totals per kind and the `rows` are those of every leaf.
+
     Args:
         tree: any pytree.
+        depth: group the leaves by their node at this depth (0: the whole tree in one
+            line); `None` (the default): one line per leaf.
 
     Returns:
         The table as a `str` (print it), with the numbers as attributes too, `rows`
-        (one per leaf) and `totals` (a dict from kind name to `(count, bytes)`); an
-        HTML table in notebooks.
+        (one per leaf), `totals` (a dict from kind name to `(count, bytes)`) and, with
+        `depth`, `groups`; an HTML table in notebooks.
+
+    Raises:
+        ValueError: `depth` is negative or not an int.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -221,14 +260,19 @@ def tree_summary(tree: Any) -> TreeSummary:
         total          -                                  1      4
         total          all                               13     52
     """
+    if depth is not None and (type(depth) is not int or depth < 0):
+        raise ValueError(
+            f"tree_summary: depth must be an int >= 0 (or None for one line per leaf), "
+            f"got {depth!r}."
+        )
     try:
-        return _summary(tree)
+        return _summary(tree, depth)
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("tree_summary", e)
         raise
 
 
-def _summary(tree: Any) -> TreeSummary:
+def _summary(tree: Any, depth: int | None) -> TreeSummary:
     ctx = Leaves(tree)
     paths = [jax.tree_util.keystr(p) or "<root>" for p in ctx.paths]
     shared: dict[int, str] = {}
@@ -255,13 +299,15 @@ def _summary(tree: Any) -> TreeSummary:
         totals[k] = (c + count, b + nbytes)
     totals["all"] = (sum(r.count for r in rows), sum(r.bytes for r in rows))
     stacks, heads = _stack_rows(tree, ctx.paths, rows)
-    body = []
-    for i, r in enumerate(rows):
-        for st in heads.get(i, ()):
-            per = f"{st.count_per_layer:,}/layer"
-            kind, typ = "", f"{st.type} {TIMES}{st.layers}"
-            body.append((st.path, "", kind, typ, per, f"{st.count:,}", f"{st.bytes:,}"))
-        body.append(_cells(r))
+    groups: tuple[GroupRow, ...] = ()
+    if depth is None:
+        body = []
+        for i, r in enumerate(rows):
+            for st in heads.get(i, ()):
+                body.append(_stack_cells(st))
+            body.append(_cells(r))
+    else:
+        body, groups = _grouped(tree, ctx.paths, rows, stacks, heads, depth)
     table = [_HEADER, *body]
     foot = [("total", "", k, "", "", f"{c:,}", f"{b:,}") for k, (c, b) in totals.items()]
     widths = [max(len(r[i]) for r in table + foot) for i in range(len(_HEADER))]
@@ -279,7 +325,119 @@ def _summary(tree: Any) -> TreeSummary:
     out.rows = tuple(rows)  # type: ignore[misc]
     out.totals = totals  # type: ignore[misc]
     out.stacks = stacks  # type: ignore[misc]
+    out.groups = groups  # type: ignore[misc]
+    out._body = body  # type: ignore[misc]
     return out
+
+
+def _stack_cells(st: StackRow) -> tuple[str, ...]:
+    per = f"{st.count_per_layer:,}/layer"
+    return (st.path, "", "", f"{st.type} {TIMES}{st.layers}", per, f"{st.count:,}", f"{st.bytes:,}")
+
+
+def _grouped(
+    tree: Any,
+    paths: tuple[tuple[Any, ...], ...],
+    rows: list[SummaryRow],
+    stacks: tuple[StackRow, ...],
+    heads: dict[int, list[StackRow]],
+    depth: int,
+) -> tuple[list[tuple[str, ...]], tuple[GroupRow, ...]]:
+    """The table's lines at `depth`: leaves less deep as they are, deeper ones summed per
+    node at `depth`, runs of equal siblings in a list or tuple as one line."""
+    stack_at = {st.path: st for st in stacks}
+    try:
+        site_depth = {_keystr(site.path): len(site.path) for site in find_stacks(tree)}
+    except ValueError:  # a malformed stack: _stack_rows found none either
+        site_depth = {}
+    # entries: (key path of the line, is a group, first row index, [row indices])
+    entries: list[tuple[tuple[Any, ...], bool, list[int]]] = []
+    index: dict[tuple[Any, ...], int] = {}
+    for i, p in enumerate(paths):
+        if len(p) <= depth:
+            entries.append((p, False, [i]))
+            continue
+        key = p[:depth]
+        if key in index:
+            entries[index[key]][2].append(i)
+        else:
+            index[key] = len(entries)
+            entries.append((key, True, [i]))
+    lines: list[tuple[Any, ...]] = []  # (path tuple, run length, signature, cells data)
+    for path, is_group, members in entries:
+        first = members[0]
+        if is_group:
+            value = tree
+            for key in path:
+                value = _child(value, key)
+            kinds = list(dict.fromkeys(rows[i].kind for i in members))
+            rel = len(jax.tree_util.keystr(path))
+            shapes = tuple((rows[i].path[rel:], rows[i].shape_dtype) for i in members)
+            node = _type_name(value)
+            st = stack_at.get(_keystr(path))
+            if st is not None:
+                node = f"{node} {TIMES}{st.layers}"
+            # equal structure: treedef (static fields included), kinds, leaf shapes
+            sig = (node, jax.tree_util.tree_structure(value), tuple(kinds), shapes)
+            data = (node, ",".join(kinds), len(members))
+        else:
+            r = rows[first]
+            sig = (r.node, r.kind, r.type, r.shape_dtype, r.shared)
+            data = None
+        count = sum(rows[i].count for i in members)
+        nbytes = sum(rows[i].bytes for i in members)
+        run = lines[-1] if lines else None
+        if (
+            run is not None
+            and run[2] == sig
+            and run[0][:-1] == path[:-1]
+            and path
+            and isinstance(path[-1], jax.tree_util.SequenceKey)
+            and isinstance(run[0][-1], jax.tree_util.SequenceKey)
+            and path[-1].idx == run[0][-1].idx + run[1]
+            and first not in heads
+        ):
+            lines[-1] = (run[0], run[1] + 1, sig, run[3], run[4] + count, run[5] + nbytes, run[6])
+            continue
+        lines.append((path, 1, sig, data, count, nbytes, first))
+    body: list[tuple[str, ...]] = []
+    groups: list[GroupRow] = []
+    for path, n, _, data, count, nbytes, first in lines:
+        for st in heads.get(first, ()):
+            if site_depth[st.path] < depth:  # a stack at or below `depth` is in a line
+                body.append(_stack_cells(st))
+        text = _keystr(path)
+        if n > 1:
+            start = path[-1].idx
+            text = f"{_keystr(path[:-1])}[{start}:{start + n}]"
+        if data is None:
+            r = rows[first]
+            if n == 1:
+                body.append(_cells(r))
+            else:
+                body.append(
+                    (
+                        text,
+                        r.node,
+                        r.kind,
+                        f"{r.type} {TIMES}{n}",
+                        r.shape_dtype,
+                        f"{count:,}",
+                        f"{nbytes:,}",
+                    )
+                )
+            continue
+        node, kind, leaves = data
+        if n > 1:
+            node = f"{node} {TIMES}{n}"
+        group = GroupRow(text, node, kind, leaves * n, count, nbytes)
+        groups.append(group)
+        body.append((text, node, kind, "", f"{group.leaves:,} leaves", f"{count:,}", f"{nbytes:,}"))
+    return body, tuple(groups)
+
+
+def _keystr(path: tuple[Any, ...]) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
 
 
 def _stack_rows(

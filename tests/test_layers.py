@@ -10,7 +10,9 @@ each layer can be read, tested and changed knowing only the layers below it.
 L0  generic, no treeclass knowledge: the error types and the one depth guard (`_errors`),
     the bounded caches (`_cache`), code generation (`_codegen`), and the pytree helpers
     every layer needs (`_tree_util`: one-level flatten, what an array is, key names, the
-    short form of a leaf, merging structures and where two structures differ); and the
+    short form of a leaf, merging structures and where two structures differ); the
+    per-thread frames `capture` records into, which `scan_layers` lifts out of its scan
+    body (`_record`); and the
     leaf I/O both `_io` and `_weights` build on (`_io_file`: atomic writes and chunked
     reads; `_io_leaves`: flat names, leaves to and from host arrays, the checks against a
     template; `_io_npz`, `_io_safetensors`: the two file formats).
@@ -18,7 +20,8 @@ L1  the class protocol: kinds (`_kinds`), `Field` (`_field`), the class metadata
     other module reads through `meta_of`, with the static check and the one copy helper
     `with_field` (`_meta`), and what runs per instance (`_instance`).
 L2  selection: per-leaf facts cached per treedef (kinds, axes, key paths: `_leaf_facts`),
-    filters (`_filters`), partition/merge (`_partition`), labels (`_labels`).
+    filters (`_filters`), partition/merge (`_partition`), dtype casts of selected
+    leaves (`_cast`), labels (`_labels`).
 L3  editing: node codes and path steps (`_lens_steps`), the lens walk over nodes
     (`_lens_walk`), multi-leaf selections
     (one selection engine over the node-kind table: `_nodes`, `_select`), compiled updates (`_lens_compile`), `Lens`/`at` (`_lens`), and
@@ -26,7 +29,7 @@ L3  editing: node codes and path steps (`_lens_steps`), the lens walk over nodes
 L4  peripherals that use the layers below and nothing beside them: `tree_equal`
     (`_equal`), the treeclass `repr` and notebook HTML (`_repr`), summaries and diagrams
     (`_summary`), sharding (`_shard`), saving and loading (`_io`), flat weight dicts
-    (`_weights`).
+    (`_weights`), recording node outputs during a call (`_capture`, built on the lens).
 L5  assembly: the methods every treeclass gets (`_methods`), `@treeclass`/`TreeClass`
     (`_treeclass`), and `Optimizer`, itself a treeclass (`_optim`).
 
@@ -75,6 +78,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "_cache",
             "_codegen",
             "_tree_util",
+            "_record",
             "_io_file",
             "_io_leaves",
             "_io_npz",
@@ -82,7 +86,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
-    ("L2 selection", ["_leaf_facts", "_stack", "_filters", "_partition", "_labels"]),
+    (
+        "L2 selection",
+        ["_leaf_facts", "_stack", "_filters", "_partition", "_cast", "_labels"],
+    ),
     (
         "L3 editing",
         [
@@ -95,7 +102,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "_value_and_tree",
         ],
     ),
-    ("L4 peripherals", ["_equal", "_repr", "_summary", "_shard", "_io", "_weights", "_rng"]),
+    (
+        "L4 peripherals",
+        ["_equal", "_repr", "_summary", "_shard", "_io", "_weights", "_rng", "_capture"],
+    ),
     ("L5 assembly", ["_methods", "_treeclass", "_optim"]),
 ]
 PERIPHERALS = "L4 peripherals"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import equinox as eqx
@@ -96,10 +97,31 @@ def test_repr_long_list_is_elided_with_a_true_count() -> None:
     assert repr(MLP(list(range(20)))) == (
         "MLP(layers=[0, 1, 2, 3, 4, 5, ...(13 more), 19], mean=f32[], lr=0.1, name='mlp')"
     )
-    layer = Linear(jnp.ones((3, 4)), jnp.zeros(4))
-    text = repr(MLP([layer] * 9))
+    layers = [Linear(jnp.ones((3, i)), jnp.zeros(i)) for i in range(1, 10)]
+    text = repr(MLP(layers))
     assert text.count("Linear(") == 7
     assert "    ...(2 more),\n" in text
+
+
+def test_repr_of_equal_structure_nodes_in_a_list_is_one_entry_with_a_count() -> None:
+    layer = Linear(jnp.ones((3, 4)), jnp.zeros(4))
+    assert repr(MLP([layer] * 24)).splitlines()[1] == (
+        "  layers=[Linear \u00d724(w=f32[3,4], b=f32[4], features=4)],"
+    )
+    assert "layers=(Linear \u00d73(w=f32[3,4]" in repr(MLP((layer, layer, layer)))
+    # same values are not needed (arrays show no values), same structure and shapes are
+    other = Linear(jnp.zeros((3, 4)), jnp.ones(4))
+    assert "\u00d73" in repr(MLP([layer, other, layer]))
+    assert repr(MLP([layer, layer])).count("Linear(") == 2  # two are shown as they are
+    # a shape, a dtype, a static field or a leaf's value shown differs: listed one by one
+    for other in (
+        Linear(jnp.ones((3, 5)), jnp.zeros(5)),
+        Linear(jnp.ones((3, 4), jnp.int32), jnp.zeros(4)),
+        Linear(jnp.ones((3, 4)), jnp.zeros(4), features=5),
+        Linear(1.0, jnp.zeros(4)),
+    ):
+        assert repr(MLP([layer, layer, other])).count("Linear(") == 3
+    assert repr(MLP([1, 1, 1])) == "MLP(layers=[1, 1, 1], mean=f32[], lr=0.1, name='mlp')"
 
 
 def test_repr_dicts_tuples_none_and_foreign_modules() -> None:
@@ -348,3 +370,96 @@ def test_repr_html_falls_back_to_escaped_repr(monkeypatch: pytest.MonkeyPatch) -
     assert m._repr_html_() == (
         "<pre>MLP(layers=[], mean=f32[], lr=0.1, name=&#x27;&lt;b&gt;&#x27;)</pre>"
     )
+
+
+# -- tree_summary at a depth --------------------------------------------------------------------
+
+
+def deep_models() -> dict[str, object]:
+    """A 96-layer model twice: the scanned transformer example (abstract) and a list."""
+    from .test_examples import example
+
+    ts = example("transformer_scan")
+    stacked = jax.eval_shape(
+        lambda: ts.Transformer.create(
+            jax.random.key(0), 100, layers=96, embed=64, heads=4, context=32
+        )
+    )
+    layers = [Linear(jnp.full((64, 64), i), jnp.full(64, i)) for i in range(96)]
+    listed = MLP(layers)
+    return {"stacked": stacked, "list": listed}
+
+
+@pytest.mark.parametrize("name", ["stacked", "list"])
+def test_a_96_layer_model_at_depth_2_fits_one_screen(name: str) -> None:
+    model = deep_models()[name]
+    full = ptc.tree_summary(model)
+    s = ptc.tree_summary(model, depth=2)
+    lines = s.splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 100, s
+    assert s.totals == full.totals  # the totals per kind are those of every leaf
+    assert s.rows == full.rows  # and the data per leaf is all there
+    assert len(s.groups) == (4 if name == "stacked" else 1)
+    if name == "list":
+        assert s.groups[0] == (
+            ".layers[0:96]",
+            "Linear \u00d796",
+            "Parameter",
+            192,
+            399360,
+            1597440,
+        )
+
+
+def test_depth_groups_stacks_and_runs_of_equal_layers() -> None:
+    stacked = deep_models()["stacked"]
+    s = ptc.tree_summary(stacked, depth=2)
+    assert [g.path for g in s.groups] == [
+        ".blocks.ln1",
+        ".blocks.attn",
+        ".blocks.ln2",
+        ".blocks.mlp",
+    ]
+    attn = s.groups[1]
+    assert (attn.node, attn.kind, attn.leaves) == ("Attention", "Parameter", 2)
+    assert attn.count == 96 * (64 * 3 * 64 + 64 * 64)
+    # the stack's line stays above its groups
+    assert re.search(r"\n\.blocks +Block \u00d796 +49,728/layer", s)
+    one = ptc.tree_summary(stacked, depth=1)
+    assert [(g.path, g.node) for g in one.groups] == [
+        (".blocks", "Block \u00d796"),
+        (".ln_f", "LayerNorm"),
+    ]
+    assert "49,728/layer" not in one  # the stack is one line at its own depth
+    root = ptc.tree_summary(stacked, depth=0)
+    assert [(g.path, g.node, g.leaves) for g in root.groups] == [("<root>", "Transformer", 14)]
+    # a list: equal neighbours merge into one line with a slice; others do not
+    a = lambda features=4: Linear(jnp.ones((3, 4)), jnp.zeros(4), features)  # noqa: E731
+    b = Linear(jnp.ones((4, 2)), jnp.zeros(2), 2)
+    s = ptc.tree_summary(MLP([a(), a(), a(), b, a(), a(5)]), depth=2)
+    assert [(g.path, g.node, g.leaves, g.count) for g in s.groups] == [
+        (".layers[0:3]", "Linear \u00d73", 6, 48),
+        (".layers[3]", "Linear", 2, 10),
+        (".layers[4]", "Linear", 2, 16),
+        (".layers[5]", "Linear", 2, 16),  # another static field: another structure
+    ]
+    assert ".mean" in s and ".lr" in s  # leaves above the depth keep their own line
+    # leaves in a list merge the same way; dict entries never do
+    s = ptc.tree_summary({"xs": [jnp.ones(2), jnp.ones(2), jnp.ones(3)]}, depth=2)
+    assert "['xs'][0:2]" in s and "Array \u00d72" in s and "['xs'][2]" in s
+    s = ptc.tree_summary({"a": {"w": jnp.ones(2)}, "b": {"w": jnp.ones(2)}}, depth=1)
+    assert [g.path for g in s.groups] == ["['a']", "['b']"]
+
+
+def test_depth_in_html_and_under_jit() -> None:
+    h = ptc.tree_summary(MLP([make_mlp().layers[0]] * 3), depth=2)._repr_html_()
+    assert "<td>.layers[0:3]</td>" in h and h.count("<tr>") == 1 + 3 + 4
+    seen = []
+    jax.jit(lambda m: seen.append(ptc.tree_summary(m, depth=1)) or 0)(make_mlp())
+    assert [g.path for g in seen[0].groups] == [".layers"]
+
+
+@pytest.mark.parametrize("depth", [-1, 1.5, True])
+def test_depth_must_be_a_non_negative_int(depth: object) -> None:
+    with pytest.raises(ValueError, match=r"depth must be an int >= 0 \(or None"):
+        ptc.tree_summary(make_mlp(), depth=depth)  # type: ignore[arg-type]
