@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from jax.tree_util import DictKey, SequenceKey
 
 from ._lens import at
 from ._record import record, recording
+from ._stack import find_stacks
 from ._tree_util import leaf_repr, one_level
 
 __all__ = ["capture"]
@@ -102,6 +104,31 @@ def _untap(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x._node if is_tap(x) else x, tree, is_leaf=is_tap)
 
 
+def _without_layers(path: tuple[Any, ...], sites: set[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """`path` minus the layer index after each stacked field on it."""
+    out: list[Any] = []
+    skip = False
+    for key in path:
+        if skip and type(key) is SequenceKey:
+            skip = False
+            continue
+        out.append(key)
+        skip = tuple(out) in sites
+    return tuple(out)
+
+
+def _node_at(tree: Any, path: tuple[Any, ...]) -> Any:
+    node = tree
+    for key in path:
+        if type(key) is SequenceKey:
+            node = node[key.idx]
+        elif type(key) is DictKey:
+            node = node[key.key]
+        else:
+            node = getattr(node, key.name)
+    return node
+
+
 def _tapped(model: Any, where: Any, edit: Callable[[str, Any], Any] | None) -> Any:
     """A copy of `model` whose nodes selected by `where` are taps; the model is unchanged."""
     items = at(model)[where].items()
@@ -111,6 +138,14 @@ def _tapped(model: Any, where: Any, edit: Callable[[str, Any], Any] | None) -> A
             "Pass a filter that selects the nodes to record, e.g. ptc.OfType(Attention); "
             "ptc.at(model)[where].paths() lists what it selects."
         )
+    # A layer of a stacked field runs inside `scan_layers` as the stacked node: record
+    # that node once, under its path without the layer index.
+    sites = {site.path for site in find_stacks(model, "capture")}
+    found: dict[tuple[Any, ...], Any] = {}
+    for path, _ in items:
+        path = _without_layers(tuple(path), sites)
+        found.setdefault(path, _node_at(model, path))
+    items = list(found.items())
     names: dict[tuple[Any, ...], str] = {}
     for path, node in items:
         name = jax.tree_util.keystr(path)

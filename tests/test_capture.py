@@ -65,7 +65,10 @@ def test_attention_outputs_of_a_scanned_stack_come_stacked_along_the_layer_axis(
     model: Any,
 ) -> None:
     y, acts = ptc.capture(model, ATTN)(TOKENS)
-    assert list(acts) == ptc.at(model)[ATTN].paths() == [".blocks.attn"]
+    # one entry for the stacked node (scan_layers runs it once per layer, traced);
+    # the lens lists one path per layer
+    assert list(acts) == [".blocks.attn"]
+    assert ptc.at(model)[ATTN].paths() == [f".blocks[{i}].attn" for i in range(3)]
     np.testing.assert_array_equal(y, model(TOKENS))  # the call itself is unchanged
     expected = jnp.stack(attention_outputs(model, TOKENS))
     assert acts[".blocks.attn"].shape == (3, 2, 6, 8)
