@@ -9,6 +9,7 @@ import dataclasses
 import operator
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -21,7 +22,9 @@ from ._field import Field, field
 from ._instance import (
     FlatFallback,
     frozen_delattr,
+    frozen_getstate,
     frozen_setattr,
+    frozen_setstate,
     init_source,
     wrap_user_init,
 )
@@ -38,7 +41,9 @@ __all__ = ["RESERVED_NAME", "TREECLASS_OPTIONS_CONFLICT", "TreeClass", "treeclas
 T = TypeVar("T")
 
 _new = object.__new__
+_object_getstate = getattr(object, "__getstate__", None)  # Python 3.11+
 _register_lock = threading.Lock()
+_registered: weakref.WeakSet[type] = weakref.WeakSet()  # classes JAX knows in this process
 
 
 # -- class processing ----------------------------------------------------------------------
@@ -109,6 +114,23 @@ def _register(cls: type, meta: ClassMeta) -> None:
     jax.tree_util.register_pytree_with_keys(
         cls, flatten_with_keys, unflatten, operator.attrgetter(FLAT)
     )
+    _registered.add(cls)
+
+
+def _setstate(self: Any, state: dict[str, Any]) -> None:
+    """`__setstate__` (unpickling, `copy`): register the class first if this process has not.
+
+    cloudpickle sends a class defined in `__main__` or in a function by value: in a new
+    process it rebuilds the class from its `__dict__` (our generated methods and metadata
+    included) without running `@treeclass`, so JAX does not know it yet.
+    """
+    cls = type(self)
+    if cls not in _registered:
+        with _register_lock:
+            meta = own_meta(cls)
+            if cls not in _registered and meta is not None and meta.cls is cls:
+                _register(cls, meta)
+    frozen_setstate(self, state)
 
 
 def _process(cls: type, options: dict[str, Any]) -> type:
@@ -145,6 +167,11 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     cls.__ptc_flat__ = FlatFallback()  # type: ignore[attr-defined]
     cls.__setattr__ = frozen_setattr  # type: ignore[assignment]
     cls.__delattr__ = frozen_delattr  # type: ignore[assignment]
+    # Pickle and copy: unless the class (or a user-written base) says otherwise.
+    if getattr(cls, "__getstate__", None) in (_object_getstate, None, frozen_getstate):
+        cls.__getstate__ = frozen_getstate  # type: ignore[attr-defined]
+        if getattr(cls, "__setstate__", None) in (None, _setstate):
+            cls.__setstate__ = _setstate  # type: ignore[attr-defined]
     install_methods(cls)
     return cls
 
