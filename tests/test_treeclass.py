@@ -450,21 +450,25 @@ _LOAD_IN_NEW_PROCESS = """
 import pickle, sys
 import jax, jax.numpy as jnp
 import pytreeclass as ptc
-(a, b), sub = pickle.loads(sys.stdin.buffer.read())
-assert jax.tree_util.tree_structure([a, b]).num_leaves == 2
-assert [k for k, _ in jax.tree_util.tree_flatten_with_path(sub)[0]] == [
-    (jax.tree_util.GetAttrKey("w"),)
-]
-out = jax.jit(lambda t: ptc.at(t)[0].w.set(t[0].w + t[1].act(1.0)))([a, b])
-assert out[0].w.tolist() == [3.0, 3.0], out
-assert ptc.tree_mask(sub, ptc.Parameter).w is True
+for (a, b), sub in pickle.loads(sys.stdin.buffer.read()):
+    assert jax.tree_util.tree_structure([a, b]).num_leaves == 2
+    for t in (a, sub):  # keyed and unkeyed flatten agree
+        assert [k for k, _ in jax.tree_util.tree_flatten_with_path(t)[0]] == [
+            (jax.tree_util.GetAttrKey("w"),)
+        ]
+        assert len(jax.tree_util.tree_leaves(t)) == 1
+    out = jax.jit(lambda t: ptc.at(t)[0].w.set(t[0].w + t[1].act(1.0)))([a, b])
+    assert out[0].w.tolist() == [3.0, 3.0], out
+    assert ptc.tree_mask(sub, ptc.Parameter).w is True
+    assert jax.tree_util.tree_leaves(type(a)(jnp.zeros(3)))[0].shape == (3,)
 print("OK")
 """
 
 
 def test_cloudpickle_by_value_into_a_new_process():
     """A class defined in `__main__` or a function travels by value (a notebook class sent
-    to a worker): the new process gets a registered treeclass, without `@treeclass` running."""
+    to a worker): the new process gets a registered treeclass whose keyed and unkeyed
+    flatten agree, without `@treeclass` running."""
     cloudpickle = pytest.importorskip("cloudpickle", reason="cloudpickle is not installed")
 
     @treeclass
@@ -475,7 +479,21 @@ def test_cloudpickle_by_value_into_a_new_process():
     class Sub(Local):  # an undecorated subclass, also by value
         pass
 
-    payload = cloudpickle.dumps(([Local(jnp.ones(2)), Local(jnp.zeros(2))], Sub(jnp.ones(1))))
+    # A TreeClass subclass: the new process registers it while it is still empty (its
+    # __init_subclass__ runs before cloudpickle fills in the class), so it is re-registered.
+    class Base(ptc.TreeClass):
+        w: jax.Array = field(kind=Parameter)
+        act: Any = field(static=True, default=lambda x: x + 1)
+
+    class BaseSub(Base):
+        pass
+
+    payload = cloudpickle.dumps(
+        [
+            ([Local(jnp.ones(2)), Local(jnp.zeros(2))], Sub(jnp.ones(1))),
+            ([Base(jnp.ones(2)), Base(jnp.zeros(2))], BaseSub(jnp.ones(1))),
+        ]
+    )
     result = subprocess.run(
         [sys.executable, "-c", _LOAD_IN_NEW_PROCESS],
         input=payload,
