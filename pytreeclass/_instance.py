@@ -37,7 +37,9 @@ __all__ = [
     "NOT_A_FIELD",
     "FlatFallback",
     "frozen_delattr",
+    "frozen_getstate",
     "frozen_setattr",
+    "frozen_setstate",
     "init_source",
     "seal",
     "wrap_user_init",
@@ -91,6 +93,27 @@ def seal(obj: Any) -> None:
     """Store `obj`'s flatten result in its `__dict__` (after its fields changed)."""
     if id(obj) not in MUTABLE:
         obj.__dict__[FLAT] = type(obj).__ptc_meta__.flatten(obj)
+
+
+# -- pickle and copy ---------------------------------------------------------------------------
+
+# The stored flatten result must not travel: its aux data holds type tags (`type_tag`), and
+# a tag such as `<class 'function'>` (a static field holding a function) cannot be pickled
+# by name. So the state is the fields alone, and the copy computes its own result. Values
+# derived from the fields (a `cached_property`) stay behind too: they are recomputed, and
+# need not be picklable.
+
+
+def frozen_getstate(self: Any) -> dict[str, Any]:
+    d = self.__dict__
+    return {n: d[n] for n in type(self).__ptc_meta__.fields_by_name if n in d}
+
+
+def frozen_setstate(self: Any, state: dict[str, Any]) -> None:
+    d = self.__dict__
+    d.update(state)
+    d.pop(FLAT, None)  # a pickle made before the state left it out
+    seal(self)
 
 
 # -- frozen instances -------------------------------------------------------------------------

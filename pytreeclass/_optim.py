@@ -19,7 +19,7 @@ from typing_extensions import Self
 from ._field import field
 from ._kinds import OptState
 from ._meta import with_field
-from ._tree_util import has_shape_dtype
+from ._tree_util import has_shape_dtype, leaf_repr
 from ._treeclass import treeclass
 
 if TYPE_CHECKING:
@@ -52,27 +52,49 @@ PRESENCE_CHANGED = (
 )
 
 
+SHAPES_CHANGED = (
+    "Optimizer.update(): {which} of the {arg} differ in shape or dtype from the params the "
+    "optimizer state was made for (did surgery replace a layer?): {changes}. The state "
+    "holds per-leaf entries (Adam's moments, ...) of the old shapes, which would broadcast "
+    "or cast silently. Carry it over with `opt = opt.reinit(params)`, which starts the "
+    "changed leaves' state afresh and keeps the rest, or start afresh with "
+    "`ptc.Optimizer.create(tx, params)`."
+)
+
+
+def _aval(x: Any) -> Any:
+    """What `update` checks of one params leaf: its shape and dtype (`None`: not an array)."""
+    return (x.shape, x.dtype) if has_shape_dtype(x) else None
+
+
 class _Structure:
-    """The treedef of the params an optimizer state was made for, as a static value.
+    """The treedef of the params an optimizer state was made for, with the shape and dtype
+    of each leaf, as a static value.
 
     `jax.jit` hashes and compares the static parts of its arguments on every call: the
     hash is computed once, and the `Optimizer`s that `update` returns share this object,
-    so the comparison is an identity check."""
+    so the comparison is an identity check. Under `jit` the check in `update` runs while
+    tracing only: a compiled step costs the same as without it."""
 
-    __slots__ = ("_hash", "treedef")
+    __slots__ = ("_hash", "avals", "treedef")
 
-    def __init__(self, treedef: Any) -> None:
-        self.treedef = treedef
+    def __init__(self, params: Any) -> None:
+        leaves, self.treedef = jax.tree_util.tree_flatten(params)
+        self.avals = tuple(map(_aval, leaves))
         try:
-            self._hash = hash(treedef)
+            self._hash = hash((self.treedef, self.avals))
         except TypeError:  # a node whose aux data is unhashable: still a usable key
-            self._hash = treedef.num_leaves
+            self._hash = hash(self.avals)
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return self is other or (type(other) is _Structure and self.treedef == other.treedef)
+        return self is other or (
+            type(other) is _Structure
+            and self.avals == other.avals
+            and self.treedef == other.treedef
+        )
 
     def __repr__(self) -> str:
         return f"<params structure: {self.treedef.num_leaves} leaves>"
@@ -83,29 +105,52 @@ def _leaf_paths(treedef: Any) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(leaves)[0]]
 
 
-def _check_presence(arg: str, tree: Any, expected: _Structure) -> None:
-    """Raise if `tree`'s leaves are not at the paths the optimizer state was made for.
+def _show(paths: list[str]) -> str:
+    more = f", ... ({len(paths) - 8} more)" if len(paths) > 8 else ""
+    return ", ".join(paths[:8]) + more
+
+
+def _check_leaves(arg: str, tree: Any, expected: _Structure) -> None:
+    """Raise if `tree`'s leaves are not at the paths, or not of the shapes and dtypes, that
+    the optimizer state was made for.
 
     Trees that differ only in other ways (static fields, node types) are left to optax."""
-    treedef = jax.tree_util.tree_structure(tree)
-    if treedef == expected.treedef:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if treedef != expected.treedef:
+        _check_presence(arg, treedef, expected)
+    avals = tuple(map(_aval, leaves))
+    if avals == expected.avals:
         return
+    paths = _leaf_paths(treedef)
+    changes = [
+        f"{p or '(root)'} is {_aval_repr(new)} but was {_aval_repr(old)}"
+        for p, new, old in zip(paths, avals, expected.avals)
+        if new != old
+    ]
+    which = "a leaf" if len(changes) == 1 else f"{len(changes)} leaves"
+    raise ValueError(SHAPES_CHANGED.format(which=which, arg=arg, changes=_show(changes)))
+
+
+def _aval_repr(aval: Any) -> str:
+    if aval is None:
+        return "not an array"
+    shape, dtype = aval
+    return leaf_repr(jax.ShapeDtypeStruct(shape, dtype))
+
+
+def _check_presence(arg: str, treedef: Any, expected: _Structure) -> None:
+    """Raise if the leaves of `treedef` are not at the paths the state was made for."""
     old, new = _leaf_paths(expected.treedef), _leaf_paths(treedef)
     if old == new:
         return
     old_set, new_set = set(old), set(new)
     added = [p or "(root)" for p in new if p not in old_set]
     removed = [p or "(root)" for p in old if p not in new_set]
-
-    def show(paths: list[str]) -> str:
-        more = f", ... ({len(paths) - 8} more)" if len(paths) > 8 else ""
-        return ", ".join(paths[:8]) + more
-
     changes = []
     if added:
-        changes.append(f"Present now but not in the state: {show(added)}")
+        changes.append(f"Present now but not in the state: {_show(added)}")
     if removed:
-        changes.append(f"In the state but absent now: {show(removed)}")
+        changes.append(f"In the state but absent now: {_show(removed)}")
     if not changes:  # same paths, another order
         changes.append("The same leaf paths come in a different order")
     raise ValueError(PRESENCE_CHANGED.format(arg=arg, changes="; ".join(changes)))
@@ -141,8 +186,8 @@ class Optimizer:
         tx: the optax transformation (static).
         opt_state: its state (leaves of kind `OptState`).
         step: the number of updates applied so far (an `int32` array).
-        params_structure: the structure of the params the state was made for
-            (static; `None`: not checked).
+        params_structure: the structure, leaf shapes and dtypes of the params the state
+            was made for (static; `None`: not checked).
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax
@@ -190,7 +235,7 @@ class Optimizer:
             tx=tx,
             opt_state=tx.init(params),
             step=jnp.zeros((), jnp.int32),
-            params_structure=_Structure(jax.tree_util.tree_structure(params)),
+            params_structure=_Structure(params),
         )
 
     def reinit(self, params: Any) -> Self:
@@ -230,7 +275,7 @@ class Optimizer:
         for path, leaf in pairs:
             before = old.get(path, _GONE)
             kept.append(before if before is not _GONE and _same_kind(leaf, before) else leaf)
-        structure = _Structure(jax.tree_util.tree_structure(params))
+        structure = _Structure(params)
         new = with_field(self, "opt_state", treedef.unflatten(kept))
         return with_field(new, "params_structure", structure)
 
@@ -249,16 +294,16 @@ class Optimizer:
 
         Raises:
             ImportError: optax is not installed.
-            ValueError: `params` or `grads` have leaves at other paths than the
-                params the state was made for (use `reinit` when the trainable set
-                changes).
+            ValueError: `params` or `grads` have leaves at other paths, or of other
+                shapes or dtypes, than the params the state was made for (use `reinit`
+                when the trainable set or a layer's shape changes).
         """
         optax = _optax()
         g, p = cast(Any, grads), cast(Any, params)  # any pytree: wider than optax's aliases
         expected = self.params_structure
         if expected is not None:
-            _check_presence("params", p, expected)
-            _check_presence("grads", g, expected)
+            _check_leaves("params", p, expected)
+            _check_leaves("grads", g, expected)
         updates, opt_state = self.tx.update(g, self.opt_state, p, **extra_args)
         new_params = optax.apply_updates(p, updates)  # keeps None holes as holes
         return new_params, with_field(

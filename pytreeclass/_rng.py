@@ -10,6 +10,7 @@ and, under `jax.vmap` over keys, per ensemble member.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from typing import Any, TypeVar
 
@@ -71,13 +72,37 @@ def split_key(key: Any, num: int | tuple[int, ...], /) -> jax.Array:
     return jax.random.key_data(keys) if raw else keys
 
 
-def _is_key(leaf: Any) -> bool:
+def _is_typed_key(leaf: Any) -> bool:
     dtype = getattr(leaf, "dtype", None)
-    if dtype is None:
-        return False
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _nnx_holders(tree: Any) -> list[Any] | None:
+    """For each leaf, the flax.nnx Variable holding it (`None`: none), or `None` when no
+    Variable is in the tree. Only `sys.modules` is read: flax is never imported here."""
+    variable = getattr(sys.modules.get("flax.nnx"), "Variable", None)
+    if variable is None:
+        return None
+    holders: list[Any] = []
+    found = False
+    for part in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, variable)):
+        if isinstance(part, variable):
+            found = True
+            holders.extend([part] * len(jax.tree_util.tree_leaves(part)))
+        else:
+            holders.append(None)
+    return holders if found else None
+
+
+def _is_raw_key(holder: Any) -> bool:
+    """Whether a `uint32` leaf of kind `Rng` in `holder` (an nnx Variable or `None`) holds
+    raw key data. The declaration says so, never the shape: a field of kind `Rng` or an
+    `nnx.RngKey` holds keys; an `nnx.RngCount` (a stack of 2 counters is `u32[2]`, the
+    shape of one raw key) or any other Variable holds something else."""
+    if holder is None:
         return True
-    return dtype == jnp.uint32 and len(leaf.shape) >= 1 and leaf.shape[-1] in (2, 4)
+    rng_key = getattr(sys.modules.get("flax.nnx"), "RngKey", None)
+    return rng_key is not None and isinstance(holder, rng_key)
 
 
 def _path_seed(path: tuple[Any, ...]) -> int:
@@ -93,8 +118,10 @@ def tree_reseed(tree: T, key: Any, /) -> T:
     on `key` and the tree's structure: reseeding twice with one key gives equal trees, and
     two leaves, two layers of a stack, or two ensemble members reseeded under
     `jax.vmap(lambda k: ptc.tree_reseed(model, k))(keys)` get different keys. Leaves keep
-    their form (typed `key<...>` or raw `uint32` data). `Rng` leaves that are not keys
-    (counters, e.g. flax's `RngCount`) are left as they are.
+    their form (typed `key<...>` or raw `uint32` data). Keys are told by declaration,
+    never by shape: a typed key by its dtype, raw `uint32` key data by its kind `Rng`
+    (or an `nnx.RngKey` holding it). Other `Rng` leaves (counters: an `nnx.RngCount`,
+    an `int32` step) are left as they are.
 
     Args:
         tree: any pytree; its leaves of kind `Rng` (or a subkind) that hold keys are
@@ -107,7 +134,8 @@ def tree_reseed(tree: T, key: Any, /) -> T:
     Raises:
         TypeError: `key` is not a key or an int seed.
         ValueError: `key` is a batch of keys, or a key leaf uses another PRNG
-            implementation than `key`.
+            implementation than `key` (a `uint32` leaf of kind `Rng` that is not raw
+            key data of `key`'s implementation included).
 
     Examples:
         >>> import jax
@@ -121,13 +149,34 @@ def tree_reseed(tree: T, key: Any, /) -> T:
     """
     base = _as_key(key, "tree_reseed")
     ctx = Leaves(tree)
+    holders = _nnx_holders(tree)
+    data = jax.random.key_data(base)  # the shape and dtype of one raw key of base's impl
     out = []
-    for leaf, kind, path in zip(ctx.leaves, ctx.kinds, ctx.paths):
-        if kind is None or not issubclass(kind, Rng) or not _is_key(leaf):
+    for i, (leaf, kind, path) in enumerate(zip(ctx.leaves, ctx.kinds, ctx.paths)):
+        typed = _is_typed_key(leaf)
+        if (
+            kind is None
+            or not issubclass(kind, Rng)
+            or not (
+                typed
+                or (
+                    getattr(leaf, "dtype", None) == data.dtype
+                    and _is_raw_key(None if holders is None else holders[i])
+                )
+            )
+        ):
             out.append(leaf)
             continue
+        if not typed and tuple(leaf.shape[-1:]) != data.shape:
+            raise ValueError(
+                f"tree_reseed: the leaf at {jax.tree_util.keystr(path)} is {leaf_repr(leaf)}, "
+                f"of kind Rng and dtype uint32, so it is taken for raw key data, but one raw "
+                f"key of the given key's implementation is {leaf_repr(data)}. If it is a "
+                "counter, declare it with another kind (ptc.State) or dtype (int32); if it "
+                "holds keys of another implementation, reseed with a key of that one, e.g. "
+                "jax.random.key(0, impl=...)."
+            )
         new = jax.random.fold_in(base, _path_seed(path))
-        typed = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
         batch = tuple(leaf.shape) if typed else tuple(leaf.shape[:-1])
         if batch:
             new = jax.random.split(new, batch)

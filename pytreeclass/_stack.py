@@ -64,20 +64,23 @@ def tree_stack(trees: Iterable[T], /) -> T:
 
     Works on any pytree (treeclasses, dicts, Equinox modules, ...). Static fields (and
     other pytree aux data) must be equal across the trees, as must each leaf's shape and
-    dtype; Python numbers become arrays. `tree_unstack` undoes it. The result is what a
-    field declared `field(stack="layers")` holds.
+    dtype; Python numbers become JAX arrays, NumPy leaves stay NumPy. `tree_unstack`
+    undoes it. The result is what a field declared `field(stack="layers")` holds.
 
     Args:
         trees: a non-empty sequence (or iterable) of trees with one structure.
 
     Returns:
-        One tree with the structure of `trees[0]`; each leaf is `jnp.stack` of the
-        trees' leaves at that position (leading axis: one row per tree).
+        One tree with the structure of `trees[0]`; each leaf is the stack of the trees'
+        leaves at that position (leading axis: one row per tree): `np.stack` when they
+        are all NumPy (the stack stays NumPy, dtype kept), else `jnp.stack`.
 
     Raises:
         ValueError: no trees; a tree whose structure or static fields differ from the
             first's (naming the first differing path); leaves at one path whose shapes
             or dtypes differ, or that are not arrays or numbers (naming the path).
+        TypeError: leaves at one path mix NumPy and JAX arrays, and a NumPy one has a
+            dtype JAX cannot hold exactly (int64, float64, ... without x64).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -114,31 +117,74 @@ def tree_stack(trees: Iterable[T], /) -> T:
         ):
             out.append(first)  # shared by every layer (a function, a string)
             continue
-        bad = _stack_mismatch(column)
+        mix = _numpy_jax_mix(column)
+        bad = mix or _stack_mismatch(column)
         if bad is not None:
             if paths is None:
                 paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(trees[0])[0]]
-            raise ValueError(f"tree_stack: the leaf at {_keystr(paths[j])} {bad}")
-        out.append(jnp.stack(column))
+            error = TypeError if mix else ValueError
+            raise error(f"tree_stack: the leaf at {_keystr(paths[j])} {bad}")
+        out.append(np.stack(column) if _all_numpy(column) else jnp.stack(column))
     return treedef.unflatten(out)
+
+
+def _all_numpy(column: tuple[Any, ...]) -> bool:
+    """Whether every leaf of a column is NumPy: its stack stays NumPy, dtype and all (what
+    `tree_unstack` gives back), as `jnp.stack` would wrap int64 and round float64."""
+    return all(isinstance(x, (np.ndarray, np.generic)) for x in column)
 
 
 def _stack_mismatch(column: tuple[Any, ...]) -> str | None:
     """Why the leaves of one position cannot be stacked, or None."""
     first = column[0]
     if not (hasattr(first, "shape") and hasattr(first, "dtype")):
-        if isinstance(first, (bool, int, float, complex, np.generic)):
-            return None  # Python numbers: jnp.stack makes an array of them
-        return (
-            f"is {leaf_repr(first)}, not an array or number, so it cannot be stacked. "
-            "Make it a static field, an array, or the same value in every tree (then all "
-            "layers share it)."
-        )
+        if not isinstance(first, _NUMBER_TYPES):
+            return (
+                f"is {leaf_repr(first)}, not an array or number, so it cannot be stacked. "
+                "Make it a static field, an array, or the same value in every tree (then all "
+                "layers share it)."
+            )
+        for i, x in enumerate(column[1:], 1):  # Python numbers: jnp.stack makes an array
+            if not isinstance(x, _NUMBER_TYPES):
+                return (
+                    f"is the number {first!r} in tree 0 but {leaf_repr(x)} in tree {i}; "
+                    "every tree must hold a number there, or every tree an array of one "
+                    "shape and dtype."
+                )
+        return None
     for i, x in enumerate(column[1:], 1):
         if getattr(x, "shape", None) != first.shape or getattr(x, "dtype", None) != first.dtype:
             return (
                 f"is {leaf_repr(first)} in tree 0 but {leaf_repr(x)} in tree {i}; every "
                 "tree must hold the same shape and dtype there."
+            )
+    return None
+
+
+_NUMBER_TYPES = (bool, int, float, complex)
+
+
+def _numpy_jax_mix(column: tuple[Any, ...]) -> str | None:
+    """Why a column that mixes NumPy and JAX leaves cannot be one JAX array, or None.
+
+    A NumPy dtype that JAX does not hold as is (int64, uint64, float64 without
+    `jax_enable_x64`) would be wrapped or rounded by `jnp.stack`, and differs from the
+    JAX leaves' dtype anyway: say which trees hold what, and how to choose.
+    """
+    numpy = [i for i, x in enumerate(column) if isinstance(x, (np.ndarray, np.generic))]
+    if not numpy or len(numpy) == len(column):
+        return None
+    for i in numpy:
+        dtype = column[i].dtype
+        if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+            j = next((j for j, x in enumerate(column) if isinstance(x, jax.Array)), None)
+            if j is None:  # NumPy and Python numbers: a mismatch, said by `_stack_mismatch`
+                return None
+            return (
+                f"is a NumPy {leaf_repr(np.asarray(column[i]))} in tree {i}, a dtype JAX cannot hold "
+                f"exactly, but a JAX {leaf_repr(column[j])} in tree {j}. Give every tree "
+                "NumPy leaves there (the stack stays NumPy), or convert them to JAX first "
+                "with the dtype you want (jnp.asarray(x, jnp.int32))."
             )
     return None
 

@@ -9,6 +9,7 @@ import dataclasses
 import operator
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -21,7 +22,9 @@ from ._field import Field, field
 from ._instance import (
     FlatFallback,
     frozen_delattr,
+    frozen_getstate,
     frozen_setattr,
+    frozen_setstate,
     init_source,
     wrap_user_init,
 )
@@ -38,7 +41,13 @@ __all__ = ["RESERVED_NAME", "TREECLASS_OPTIONS_CONFLICT", "TreeClass", "treeclas
 T = TypeVar("T")
 
 _new = object.__new__
+_object_getstate = getattr(object, "__getstate__", None)  # Python 3.11+
 _register_lock = threading.Lock()
+# Classes JAX knows in this process: cls -> (the metadata registered, the registered
+# flatten_with_keys and unflatten).
+_registered: weakref.WeakKeyDictionary[type, tuple[ClassMeta, Callable, Callable]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # -- class processing ----------------------------------------------------------------------
@@ -93,8 +102,8 @@ def _install_init(cls: type, meta: ClassMeta, user_init: Callable[..., None] | N
     cls.__init__ = init  # type: ignore[misc]
 
 
-def _register(cls: type, meta: ClassMeta) -> None:
-    """Generate flatten/unflatten for `cls` and register it as a pytree with keys."""
+def _compile(cls: type, meta: ClassMeta) -> tuple[Callable, Callable, Callable]:
+    """Generate `flatten`, `flatten_with_keys` and `unflatten` for `cls`."""
     owner = cls.__qualname__
     flat_src, keys_src = flatten_sources(meta.child_names, meta.static_names)
     tags = {"_tag": type_tag, "_type": type, "_isinstance": isinstance, "_tuple": tuple}
@@ -104,11 +113,54 @@ def _register(cls: type, meta: ClassMeta) -> None:
     field_order = tuple(f.name for f in meta.fields)
     unflat_src = unflatten_source(field_order, meta.child_names, meta.static_names)
     unflatten = compile_function("unflatten", unflat_src, {"_new": _new, "_cls": cls}, owner)
+    return flatten, flatten_with_keys, unflatten
+
+
+def _register(cls: type, meta: ClassMeta) -> None:
+    """Generate flatten/unflatten for `cls` and register it as a pytree with keys."""
+    flatten, flatten_with_keys, unflatten = _compile(cls, meta)
     meta.flatten = flatten
     cls.__ptc_meta__ = meta  # type: ignore[attr-defined]
     jax.tree_util.register_pytree_with_keys(
         cls, flatten_with_keys, unflatten, operator.attrgetter(FLAT)
     )
+    _registered[cls] = (meta, flatten_with_keys, unflatten)
+
+
+def _setstate(self: Any, state: dict[str, Any]) -> None:
+    """`__setstate__` (unpickling, `copy`): make sure JAX knows the class as it is now.
+
+    cloudpickle sends a class defined in `__main__` or in a function by value: in a new
+    process it makes an empty class and then sets its `__dict__` (our generated methods
+    and metadata included). A `@treeclass` class was then never registered with JAX; a
+    `TreeClass` subclass was, while still empty (`__init_subclass__` ran on it), so its
+    registered functions flatten no fields. Either way the metadata it carries now is
+    the one to register.
+    """
+    cls = type(self)
+    done = _registered.get(cls)
+    if done is None or done[0] is not own_meta(cls):
+        with _register_lock:
+            _reregister(cls)
+    frozen_setstate(self, state)
+
+
+def _reregister(cls: type) -> None:
+    meta = own_meta(cls)
+    done = _registered.get(cls)
+    if meta is None or meta.cls is not cls or (done is not None and done[0] is meta):
+        return  # an undecorated subclass (registered on first use), or done meanwhile
+    if done is None:
+        _register(cls, meta)
+        return
+    # JAX refuses a second registration of one class: rewrite the registered functions
+    # in place instead (their namespaces are their own, made by `compile_function`).
+    flatten, flatten_with_keys, unflatten = _compile(cls, meta)
+    for old, new in zip(done[1:], (flatten_with_keys, unflatten)):
+        old.__globals__.update(new.__globals__)
+        old.__code__ = new.__code__
+    meta.flatten = flatten
+    _registered[cls] = (meta, *done[1:])
 
 
 def _process(cls: type, options: dict[str, Any]) -> type:
@@ -145,6 +197,11 @@ def _process(cls: type, options: dict[str, Any]) -> type:
     cls.__ptc_flat__ = FlatFallback()  # type: ignore[attr-defined]
     cls.__setattr__ = frozen_setattr  # type: ignore[assignment]
     cls.__delattr__ = frozen_delattr  # type: ignore[assignment]
+    # Pickle and copy: unless the class (or a user-written base) says otherwise.
+    if getattr(cls, "__getstate__", None) in (_object_getstate, None, frozen_getstate):
+        cls.__getstate__ = frozen_getstate  # type: ignore[attr-defined]
+        if getattr(cls, "__setstate__", None) in (None, _setstate):
+            cls.__setstate__ = _setstate  # type: ignore[attr-defined]
     install_methods(cls)
     return cls
 

@@ -753,6 +753,45 @@ def test_tree_save_fsyncs_the_temporary_file_before_the_rename(
     assert_same(ptc.tree_load(target, like={"w": np.ones(3)}), {"w": np.ones(3)})
 
 
+def test_tree_save_fsyncs_the_directory_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename itself is durable only once the directory is fsynced: without it a crash
+    right after `tree_save` returns can bring back the old file (or none)."""
+    events: list[tuple[str, object]] = []
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)  # type: ignore[arg-type]
+        events.append(("open", (os.path.abspath(str(path)), fd)))
+        return fd
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", fd))
+        real_fsync(fd)
+
+    def recording_replace(src: object, dst: object) -> None:
+        events.append(("replace", (str(src), str(dst))))
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    for name in ("ckpt.npz", "ckpt.safetensors"):
+        events.clear()
+        target = tmp_path / name
+        ptc.tree_save(target, {"w": np.ones(3)})
+        replaces = [i for i, (kind, _) in enumerate(events) if kind == "replace"]
+        assert len(replaces) == 1
+        after = events[replaces[0] + 1 :]
+        dir_fds = [
+            fd for kind, (p, fd) in (e for e in after if e[0] == "open") if p == str(tmp_path)
+        ]  # type: ignore[misc]
+        assert len(dir_fds) == 1, events
+        assert ("fsync", dir_fds[0]) in after, events
+        assert_same(ptc.tree_load(target, like={"w": np.ones(3)}), {"w": np.ones(3)})
+
+
 _SHARDED_LOAD = """
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

@@ -206,6 +206,106 @@ def test_safetensors_file_is_read_by_the_safetensors_package(tmp_path: Path) -> 
     }
 
 
+# Values a swapped dtype code cannot pass through unchanged: negative ones for the signed
+# types, ones past the signed range for the unsigned (so int32 and uint32 read as each
+# other differ), and shapes that a swapped width would change.
+_CODE_VALUES = {
+    "BOOL": [[True, False], [False, True]],
+    "U8": [[0, 1], [200, 255]],
+    "I8": [[-1, 1], [-128, 127]],
+    "U16": [[0, 1], [40_000, 65_535]],
+    "I16": [[-1, 1], [-32_768, 32_767]],
+    "F16": [[-1.5, 0.25], [65_504.0, -0.0]],
+    "BF16": [[-1.5, 0.25], [3.0e38, -0.0]],
+    "U32": [[0, 1], [3_000_000_000, 4_294_967_295]],
+    "I32": [[-1, 1], [-(2**31), 2**31 - 1]],
+    "F32": [[-1.5, 0.1], [3.0e38, float("inf")]],
+    "U64": [[0, 1], [2**63 + 5, 2**64 - 1]],
+    "I64": [[-1, 1], [-(2**63), 2**63 - 1]],
+    "F64": [[-1.5, 0.1], [1e300, float("-inf")]],
+    "C64": [[1 + 2j, -3j], [0.5, -1 - 1j]],
+    "F8_E5M2": [[-1.5, 0.25], [57_344.0, -0.0]],
+    "F8_E4M3": [[-1.5, 0.25], [448.0, -0.0]],
+}
+
+
+def _code_arrays() -> dict[str, np.ndarray]:
+    from pytreeclass._io_safetensors import _DTYPES
+
+    assert set(_DTYPES) == set(_CODE_VALUES)  # a new code gets values here
+    return {code: np.array(_CODE_VALUES[code], dtype=dt) for code, dt in _DTYPES.items()}
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_every_dtype_code_is_read_back_by_the_reference_reader(tmp_path: Path) -> None:
+    """Our reader agrees with our writer whatever the codes are: the reference reader
+    catches a swapped pair (int32 and uint32, say) that a round trip cannot."""
+    arrays = _code_arrays()
+    path = tmp_path / "codes.safetensors"
+    ptc.tree_save(path, {code.lower(): a for code, a in arrays.items()})
+    header = _header(path)
+    read = []
+    with safetensors.safe_open(str(path), framework="np") as f:
+        for code, a in arrays.items():
+            assert header[code.lower()]["dtype"] == code
+            try:
+                back = f.get_tensor(code.lower())
+            except (AttributeError, TypeError):  # no NumPy dtype for it in this safetensors
+                continue
+            assert _bits_equal(back, a), (code, back, a)
+            read.append(code)
+    assert {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64", "I64"} <= set(read)
+
+
+def test_every_dtype_code_the_reference_writes_is_read_by_ours(tmp_path: Path) -> None:
+    arrays = _code_arrays()
+    written = {}
+    for code, a in arrays.items():
+        path = tmp_path / f"{code}.safetensors"
+        try:
+            safetensors_numpy.save_file({"x": a}, str(path))
+        except (ValueError, TypeError, KeyError):  # a dtype this safetensors cannot write
+            continue
+        assert _header(path)["x"]["dtype"] == code
+        written[code] = path
+    assert {"BOOL", "U8", "I8", "U16", "I16", "F16", "U32", "I32", "F32", "U64", "I64"} <= set(
+        written
+    )
+    for code, path in written.items():
+        a = arrays[code]
+        out = ptc.tree_load(path, like={"x": np.zeros(a.shape, a.dtype)})
+        assert _bits_equal(np.asarray(out["x"]), a), code
+        # A template of the swapped dtype is refused, not reinterpreted.
+        other = np.dtype(np.uint32 if a.dtype == np.int32 else np.int32)
+        if other != a.dtype:
+            with pytest.raises(ValueError, match=r"\['x'\]"):
+                ptc.tree_load(path, like={"x": np.zeros(a.shape, other)})
+
+
+@pytest.mark.parametrize("n", range(8))
+def test_header_is_padded_to_a_multiple_of_8_with_spaces(tmp_path: Path, n: int) -> None:
+    """The data section starts 8-byte aligned, so each tensor starts at a multiple of its
+    item size in the file (the reference writer's layout; memory-mapping readers rely on
+    it). Names of n extra characters walk the header length through every residue."""
+    tree = {"w" + "x" * n: np.arange(3, dtype=np.float64), "b": np.arange(3, dtype=np.int16)}
+    path = tmp_path / "pad.safetensors"
+    ptc.tree_save(path, tree)
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    assert size % 8 == 0
+    text = raw[8 : 8 + size].decode()
+    assert text == text.rstrip(" ") + " " * (len(text) - len(text.rstrip(" ")))
+    assert len(text) - len(text.rstrip(" ")) < 8 and text.rstrip(" ").endswith("}")
+    header = json.loads(text)
+    for name, value in tree.items():
+        begin, end = header[name]["data_offsets"]
+        assert (8 + size + begin) % value.dtype.itemsize == 0
+        assert raw[8 + size + begin : 8 + size + end] == value.tobytes()
+
+
 def test_bfloat16_is_a_standard_safetensors_dtype(tmp_path: Path) -> None:
     path = tmp_path / "bf16.safetensors"
     w = jnp.array([[1.5, -2.0]], jnp.bfloat16)

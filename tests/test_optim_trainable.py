@@ -1,8 +1,8 @@
 """Changing the trainable set mid-training: a clear error, and `Optimizer.reinit`.
 
 optax states mirror the params they were made for (Adam's `mu`/`nu`, a momentum trace),
-so an `Optimizer` made for one partition cannot update another. `update` says which
-paths changed; `reinit(params)` re-initialises for the new partition and keeps the state
+so an `Optimizer` made for one partition cannot update another, nor params whose leaves
+changed shape or dtype at the same paths (surgery). `update` says which paths changed; `reinit(params)` re-initialises for the new partition and keeps the state
 of every leaf whose path and shape survive. Because Adam and SGD act leaf by leaf, the
 leaves trained all along must follow exactly the trajectory they would have followed
 without the change: that is what the tests check, with `optax.adam` and with
@@ -211,3 +211,84 @@ def test_the_structure_is_static_and_shared_so_jit_does_not_retrace():
     with pytest.raises(ValueError, match="Present now but not in the state: \\['b'\\]"):
         step({"a": jnp.ones(2), "b": jnp.ones(2)}, opt)
     assert len(traces) == 2
+
+
+# -- a leaf's shape or dtype changed at the same path ------------------------------------------
+
+
+def _shape_error(arg: str, which: str, changes: str) -> str:
+    return (
+        rf"Optimizer.update\(\): {which} of the {arg} differ in shape or dtype from the params "
+        rf"the optimizer state was made for \(did surgery replace a layer\?\): {changes}\. "
+        r".*`opt = opt\.reinit\(params\)`"
+    )
+
+
+@pytest.mark.parametrize("tx_name", list(TXS))
+def test_update_after_surgery_changed_a_shape_names_the_path(tx_name):
+    """A new classifier head of another width: Adam's old moments would broadcast into it
+    (4x2 moments against a 4x1 head) and hand back params of the old shape."""
+    model = _net()
+    params, rest = ptc.tree_partition(model, ALL)
+    opt = ptc.Optimizer.create(TXS[tx_name](), params)
+    params, opt = _step(params, rest, opt)
+    narrow = ptc.tree_merge(rest, params).at.head.set(
+        Block(jnp.ones((4, 1)), jnp.zeros(1), jnp.ones(()))
+    )
+    new_params, new_rest = ptc.tree_partition(narrow, ALL)
+    match = _shape_error(
+        "params",
+        "2 leaves",
+        r"\.head\.w is f32\[4,1\] but was f32\[4,2\], "
+        r"\.head\.b is f32\[1\] but was f32\[2\]",
+    )
+    with pytest.raises(ValueError, match=match):
+        opt.update(jax.tree.map(jnp.ones_like, new_params), new_params)
+    with pytest.raises(ValueError, match=match):  # under jit: raised while tracing
+        _step(new_params, new_rest, opt)
+    # The grads are checked too (params as before, grads of the new shape).
+    with pytest.raises(
+        ValueError,
+        match=_shape_error("grads", "2 leaves", r"\.head\.w is f32\[4,1\] but was f32\[4,2\], .*"),
+    ):
+        opt.update(jax.tree.map(jnp.ones_like, new_params), params)
+    # reinit: the head starts afresh, the body keeps its state, and steps work again.
+    opt2 = opt.reinit(new_params)
+    out, opt3 = _step(new_params, new_rest, opt2)
+    assert out.head.w.shape == (4, 1) and int(opt3.step) == 2
+    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, new_params)
+
+
+def test_update_after_a_dtype_change_names_the_path():
+    params = {"a": jnp.ones(3), "b": jnp.ones((2, 2)), "n": 1.0}
+    opt = ptc.Optimizer.create(optax.adam(0.1), params)
+    cast = {**params, "b": params["b"].astype(jnp.bfloat16)}
+    match = _shape_error("params", "a leaf", r"\['b'\] is bf16\[2,2\] but was f32\[2,2\]")
+    with pytest.raises(ValueError, match=match):
+        opt.update(cast, cast)
+    # A Python number that became an array (and the other way) is a change too.
+    arr = {**params, "n": jnp.ones(())}
+    with pytest.raises(ValueError, match=r"\['n'\] is f32\[\] but was not an array"):
+        opt.update(arr, arr)
+    many = {f"k{i:02d}": jnp.ones(2) for i in range(10)}
+    opt = ptc.Optimizer.create(optax.sgd(0.1), many)
+    wide = jax.tree.map(lambda x: jnp.ones(3), many)
+    with pytest.raises(
+        ValueError,
+        match=r"10 leaves of the params .*\['k07'\] is f32\[3\] but was f32\[2\], \.\.\. \(2 more\)",
+    ):
+        opt.update(wide, wide)
+
+
+def test_structures_with_other_shapes_are_other_static_values():
+    a = ptc.Optimizer.create(optax.sgd(0.1), {"w": jnp.ones(2)})
+    b = ptc.Optimizer.create(optax.sgd(0.1), {"w": jnp.ones(3)})
+    c = ptc.Optimizer.create(optax.sgd(0.1), {"w": jnp.zeros(2)})
+    assert a.params_structure != b.params_structure
+    assert a.params_structure == c.params_structure
+    assert hash(a.params_structure) == hash(c.params_structure)
+    # vmapped construction records the per-member shapes, which vmapped updates see.
+    stacked = {"w": jnp.ones((3, 2))}
+    opts = jax.vmap(lambda p: ptc.Optimizer.create(optax.adam(0.1), p))(stacked)
+    new, opts = jax.vmap(lambda o, p: o.update(p, p))(opts, stacked)
+    assert new["w"].shape == (3, 2) and opts.step.tolist() == [1, 1, 1]

@@ -9,6 +9,7 @@ import pytest
 
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, Rng, field, treeclass
+from tests.versions import needs_nnx_nodes
 
 L, D = 5, 4
 
@@ -232,7 +233,7 @@ def test_tree_reseed_is_deterministic_and_differs_by_path_layer_and_member() -> 
         blocks: Dropout = field(stack="layers")
         head: Dropout
         raw: jax.Array = field(kind=Rng)
-        count: jax.Array = field(kind=Rng, default_factory=lambda: jnp.zeros((), jnp.uint32))
+        count: jax.Array = field(kind=Rng, default_factory=lambda: jnp.zeros((), jnp.int32))
         w: jax.Array = field(kind=Parameter, default_factory=lambda: jnp.ones(2))
 
     m = Model(Dropout(ptc.split_key(0, 3)), Dropout(jax.random.key(0)), jax.random.PRNGKey(0))
@@ -277,3 +278,75 @@ def test_tree_reseed_errors() -> None:
     assert ptc.tree_reseed(d, jax.random.key(1, impl="rbg")).key.dtype == d.key.dtype
     with pytest.raises(TypeError, match=r"tree_reseed: expected a PRNG key"):
         ptc.tree_reseed(d, 1.5)
+
+
+def test_tree_reseed_takes_uint32_rng_leaves_for_raw_keys_by_declaration() -> None:
+    @treeclass
+    class RawDrops:
+        keys: jax.Array = field(kind=Rng)  # raw keys, one per layer: u32[layers, 2]
+        steps: jax.Array = field(kind=Rng)  # a counter per layer, not uint32: left alone
+
+    for n in (1, 2, 4):
+        m = RawDrops(ptc.split_key(jax.random.PRNGKey(0), n), jnp.zeros(n, jnp.int32))
+        out = jax.jit(ptc.tree_reseed)(m, jax.random.key(3))
+        assert out.keys.dtype == jnp.uint32 and out.keys.shape == (n, 2)
+        assert len({tuple(r) for r in np.asarray(out.keys)}) == n
+        assert not np.array_equal(np.asarray(out.keys), np.asarray(m.keys))
+        assert out.steps is not None and np.array_equal(out.steps, m.steps)
+
+    # A uint32 counter declared Rng is not raw key data: an error naming it, not a guess.
+    @treeclass
+    class Counted:
+        count: jax.Array = field(kind=Rng)
+
+    for count, shown in (
+        (jnp.zeros((), jnp.uint32), r"u32\[\]"),
+        (jnp.zeros((2, 3), jnp.uint32), r"u32\[2,3\]"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"tree_reseed: the leaf at \.count is {shown}, of kind Rng and dtype uint32, so it "
+            r"is taken for raw key data, but one raw key of the given key's implementation is "
+            r"u32\[2\]\. If it is a counter, declare it with another kind \(ptc\.State\)",
+        ):
+            ptc.tree_reseed(Counted(count), jax.random.key(0))
+    # Raw rbg keys (u32[4]) reseed with an rbg key, not with a threefry one.
+    rbg = Counted(jax.random.key_data(jax.random.key(0, impl="rbg")))
+    assert ptc.tree_reseed(rbg, jax.random.key(1, impl="rbg")).count.shape == (4,)
+    with pytest.raises(ValueError, match=r"\.count is u32\[4\], .* is u32\[2\]"):
+        ptc.tree_reseed(rbg, jax.random.key(1))
+
+
+@needs_nnx_nodes
+@pytest.mark.parametrize("n", [2, 4])
+def test_tree_reseed_on_an_nnx_model_stacked_with_vmap(n: int) -> None:
+    """nnx.vmap stacks each layer's RngCount to u32[n]: with 2 layers, the shape of one raw
+    key. Keys are told by declaration (RngKey), so the counters stay as they are."""
+    from flax import nnx
+
+    class Block(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.lin = nnx.Linear(3, 3, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(rngs)
+
+    model = make(nnx.Rngs(0, dropout=1))
+    count = model.drop.rngs.count.get_value()
+    assert count.dtype == jnp.uint32 and count.shape == (n,)
+    count = count + jnp.arange(n, dtype=jnp.uint32)  # counters that have counted
+    model.drop.rngs.count.set_value(count)
+    before = model.drop.rngs.key.get_value()
+    out = ptc.tree_reseed(model, jax.random.key(7))
+    again = jax.jit(ptc.tree_reseed)(model, jax.random.key(7))
+    assert np.array_equal(np.asarray(out.drop.rngs.count.get_value()), np.asarray(count))
+    assert np.array_equal(np.asarray(again.drop.rngs.count.get_value()), np.asarray(count))
+    new = out.drop.rngs.key.get_value()
+    assert new.shape == (n,) and jnp.issubdtype(new.dtype, jax.dtypes.prng_key)
+    assert len({tuple(r) for r in _data(new)}) == n  # a key per layer
+    assert not np.array_equal(_data(new), _data(before))
+    assert np.array_equal(_data(new), _data(again.drop.rngs.key.get_value()))
+    assert out.lin.kernel.get_value() is model.lin.kernel.get_value()

@@ -127,6 +127,73 @@ def test_stack_errors_name_the_path() -> None:
     assert ptc.tree_stack([{"s": "x"}, {"s": "x"}]) == {"s": "x"}  # shared by both layers
 
 
+_WIDE = st.sampled_from([np.int64, np.uint64, np.float64, np.int8, np.complex128])
+
+
+@settings(max_examples=30, deadline=None)
+@given(_WIDE, st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=3))
+def test_numpy_leaves_stack_to_numpy_exactly(dtype: Any, values: list[int]) -> None:
+    """int64 beyond int32, uint64 beyond int64, float64 digits: nothing wraps or rounds."""
+    rows = [np.array(values, dtype=np.uint64).astype(dtype) + i for i in range(3)]
+    trees_ = [{"a": r, "s": r[0]} for r in rows]  # an array and a NumPy scalar
+    stacked = ptc.tree_stack(trees_)
+    assert type(stacked["a"]) is np.ndarray and stacked["a"].dtype == dtype
+    assert np.array_equal(stacked["a"], np.stack(rows))
+    assert stacked["s"].dtype == dtype and np.array_equal(stacked["s"], [r[0] for r in rows])
+    back = ptc.tree_unstack(stacked)
+    assert all(np.array_equal(b["a"], r) and b["a"].dtype == dtype for b, r in zip(back, rows))
+
+
+def test_numpy_stack_of_values_jax_would_change() -> None:
+    big = np.array([2**40 + 1, -(2**62)], np.int64)
+    third = np.float64(1 / 3)
+    s = ptc.tree_stack([{"i": big, "u": np.uint64(2**64 - 1), "f": third}] * 2)
+    assert s["i"].tolist() == [big.tolist()] * 2 and s["u"].tolist() == [2**64 - 1] * 2
+    assert s["f"].dtype == np.float64 and s["f"][0] == 1 / 3
+    # NumPy and JAX leaves of one dtype JAX holds make a JAX stack.
+    mixed = ptc.tree_stack([np.ones(2, np.float32), jnp.zeros(2)])
+    assert isinstance(mixed, jax.Array) and mixed.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    # Under jit the NumPy leaves are constants; the stack is still NumPy's.
+    out = jax.jit(lambda x: ptc.tree_stack([big, big])[0, 0] + x * 0)(1)
+    assert int(out) == int(np.int32(big[0]))  # jit itself computes in int32; the stack did not wrap
+
+
+def test_stack_of_numpy_and_jax_that_jax_cannot_hold_names_the_path() -> None:
+    big = np.array([2**40], np.int64)
+    for trees_, i, j in (
+        ([{"a": [big]}, {"a": [jnp.ones(1, jnp.int32)]}], 0, 1),
+        ([{"a": [jnp.ones(1, jnp.int32)]}, {"a": [big]}], 1, 0),
+    ):
+        with pytest.raises(
+            TypeError,
+            match=rf"tree_stack: the leaf at \['a'\]\[0\] is a NumPy i64\[1\] in tree {i}, a "
+            rf"dtype JAX cannot hold exactly, but a JAX i32\[1\] in tree {j}\. Give every tree NumPy",
+        ):
+            ptc.tree_stack(trees_)
+    with pytest.raises(TypeError, match=r"NumPy f64\[\] in tree 1.*JAX f32\[\] in tree 0"):
+        ptc.tree_stack([jnp.float32(1), np.float64(1), np.float64(2)])
+
+
+def test_stack_of_a_number_and_an_array_names_the_path_in_either_order() -> None:
+    for second, shown in (
+        (jnp.ones(2), r"f32\[2\]"),
+        ("x", "'x'"),
+        (np.int64(3), r"np\.int64\(3\)"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"tree_stack: the leaf at \['b'\]\[1\] is the number 1 in tree 0 but {shown} "
+            r"in tree 2; every tree must hold a number there",
+        ):
+            ptc.tree_stack([{"b": [0, 1]}, {"b": [0, 2.5]}, {"b": [0, second]}])
+    with pytest.raises(
+        ValueError, match=r"the leaf at \['b'\] is f32\[2\] in tree 0 but 1 in tree 1"
+    ):
+        ptc.tree_stack([{"b": jnp.ones(2)}, {"b": 1}])
+    # Numbers of different Python types still stack (to JAX's dtype for them).
+    assert ptc.tree_stack([1, 2.5, True]).tolist() == [1.0, 2.5, 1.0]
+
+
 def test_unstack_errors_name_the_leaves() -> None:
     with pytest.raises(ValueError, match="tree_unstack: the stack has no array leaves"):
         ptc.tree_unstack({"a": None})

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
 import pickle
-from typing import ClassVar, Generic, TypeVar
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
 
 import equinox as eqx
 import jax
@@ -344,6 +349,171 @@ def test_pickle_and_copy_round_trip(mlp: MLP) -> None:
             clone.mean = 1  # type: ignore[misc]
     assert copy.copy(m).layers is m.layers
     assert copy.deepcopy(m).layers is not m.layers
+
+
+def _double(x):
+    return 2 * x
+
+
+@treeclass
+class WithFn:  # module level, so pickle finds it; statics whose type tags are no module name
+    w: jax.Array = field(kind=Parameter)
+    act: Any = field(static=True, default=_double)
+    acts: tuple = field(static=True, default=(math.sqrt, jax.nn.gelu, (_double, 1), None))
+    dtype: Any = field(static=True, default=jnp.float32)
+    kind: type = field(static=True, default=int)
+
+    @functools.cached_property
+    def derived(self):  # a value derived from the fields that does not pickle
+        return lambda: self.w
+
+    def __call__(self, x):
+        return self.act(x * self.w)
+
+
+class EqxStyle(ptc.TreeClass):  # a user-written __init__, as in Equinox
+    inner: WithFn
+    layers: list
+    n: int = field(static=True)
+
+    def __init__(self, n: int):
+        self.inner = WithFn(jnp.ones(2), act=math.tanh)
+        self.layers = [WithFn(jnp.full(2, float(i), jnp.float32)) for i in range(n)]
+        self.n = n
+
+
+@treeclass
+class StackOfFn:
+    blocks: WithFn = field(stack="layers")
+    head: WithFn
+
+
+def _picklable_models():
+    stacked = StackOfFn(
+        ptc.tree_stack([WithFn(jnp.full(2, float(i), jnp.float32)) for i in range(3)]),
+        WithFn(jnp.ones(2)),
+    )
+    return {"statics": WithFn(jnp.ones(2)), "eqx_init": EqxStyle(2), "stacked": stacked}
+
+
+def _check_clone(clone, m) -> None:
+    assert type(clone) is type(m)
+    assert jax.tree_util.tree_structure(clone) == jax.tree_util.tree_structure(m)
+    assert ptc.tree_equal(clone, m)
+    for node in jax.tree_util.tree_leaves(clone, is_leaf=ptc.is_treeclass):
+        # The copy stores its own flatten result (the fast path), not a stale one.
+        assert node.__dict__["__ptc_flat__"] == type(node).__ptc_meta__.flatten(node)
+    with pytest.raises(ptc.FrozenInstanceError):
+        clone.x = 1
+    # The copy is a working tree: lens edits, jit, and the same compiled function.
+    leaves = jax.tree_util.tree_leaves(clone)
+    edited = ptc.at(clone)[ptc.Parameter].apply(lambda a: a + 1)
+    assert jax.tree_util.tree_structure(edited) == jax.tree_util.tree_structure(m)
+    assert all(np.array_equal(a + 1, b) for a, b in zip(leaves, jax.tree_util.tree_leaves(edited)))
+    f = jax.jit(lambda t: t)
+    f(m)
+    f(clone)
+    assert f._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", ["statics", "eqx_init", "stacked"])
+def test_pickle_copy_deepcopy_with_function_statics(name):
+    m = _picklable_models()[name]
+    for node in jax.tree_util.tree_leaves(m, is_leaf=lambda x: isinstance(x, WithFn)):
+        node.derived  # noqa: B018 -- fill the cached_property
+    clones = [pickle.loads(pickle.dumps(m, p)) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+    for clone in [*clones, copy.copy(m), copy.deepcopy(m)]:
+        _check_clone(clone, m)
+    assert copy.copy(m).__dict__.keys() <= {f.name for f in ptc.fields(m)} | {"__ptc_flat__"}
+    deep = copy.deepcopy(m)
+    assert all(
+        a is not b for a, b in zip(jax.tree_util.tree_leaves(deep), jax.tree_util.tree_leaves(m))
+    )
+
+
+def test_cloudpickle_round_trip():
+    cloudpickle = pytest.importorskip("cloudpickle", reason="cloudpickle is not installed")
+    for m in _picklable_models().values():
+        _check_clone(pickle.loads(cloudpickle.dumps(m)), m)
+
+    @treeclass
+    class Local:  # pickled by value, with a lambda static (a new function once loaded)
+        w: jax.Array
+        act: Any = field(static=True, default=lambda x: x + 1)
+
+    clone = pickle.loads(cloudpickle.dumps(Local(jnp.ones(2))))
+    assert type(clone) is Local and clone.act(1) == 2 and np.array_equal(clone.w, jnp.ones(2))
+    assert "__ptc_flat__" in clone.__dict__
+
+
+_LOAD_IN_NEW_PROCESS = """
+import pickle, sys
+import jax, jax.numpy as jnp
+import pytreeclass as ptc
+for (a, b), sub in pickle.loads(sys.stdin.buffer.read()):
+    assert jax.tree_util.tree_structure([a, b]).num_leaves == 2
+    for t in (a, sub):  # keyed and unkeyed flatten agree
+        assert [k for k, _ in jax.tree_util.tree_flatten_with_path(t)[0]] == [
+            (jax.tree_util.GetAttrKey("w"),)
+        ]
+        assert len(jax.tree_util.tree_leaves(t)) == 1
+    out = jax.jit(lambda t: ptc.at(t)[0].w.set(t[0].w + t[1].act(1.0)))([a, b])
+    assert out[0].w.tolist() == [3.0, 3.0], out
+    assert ptc.tree_mask(sub, ptc.Parameter).w is True
+    assert jax.tree_util.tree_leaves(type(a)(jnp.zeros(3)))[0].shape == (3,)
+print("OK")
+"""
+
+
+def test_cloudpickle_by_value_into_a_new_process():
+    """A class defined in `__main__` or a function travels by value (a notebook class sent
+    to a worker): the new process gets a registered treeclass whose keyed and unkeyed
+    flatten agree, without `@treeclass` running."""
+    cloudpickle = pytest.importorskip("cloudpickle", reason="cloudpickle is not installed")
+
+    @treeclass
+    class Local:
+        w: jax.Array = field(kind=Parameter)
+        act: Any = field(static=True, default=lambda x: x + 1)
+
+    class Sub(Local):  # an undecorated subclass, also by value
+        pass
+
+    # A TreeClass subclass: the new process registers it while it is still empty (its
+    # __init_subclass__ runs before cloudpickle fills in the class), so it is re-registered.
+    class Base(ptc.TreeClass):
+        w: jax.Array = field(kind=Parameter)
+        act: Any = field(static=True, default=lambda x: x + 1)
+
+    class BaseSub(Base):
+        pass
+
+    payload = cloudpickle.dumps(
+        [
+            ([Local(jnp.ones(2)), Local(jnp.zeros(2))], Sub(jnp.ones(1))),
+            ([Base(jnp.ones(2)), Base(jnp.zeros(2))], BaseSub(jnp.ones(1))),
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_NEW_PROCESS],
+        input=payload,
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == b"OK", result.stderr[-3000:]
+
+
+def test_pickle_without_stored_flatten_result_and_old_pickles():
+    m = WithFn(jnp.ones(2))
+    # Inside value_and_tree the copy is mutable and stores no flatten result.
+    out, _ = ptc.value_and_tree(lambda t: pickle.loads(pickle.dumps(t)))(m)
+    _check_clone(out, m)
+    # A pickle whose state still holds the stored result (as before) loads and is re-sealed.
+    state = {**m.__dict__, "__ptc_flat__": ((jnp.zeros(2),), None)}
+    clone = copy.copy(m)
+    clone.__setstate__(state)
+    _check_clone(clone, m)
 
 
 # -- equality and hashing --------------------------------------------------------------------
