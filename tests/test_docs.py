@@ -6,6 +6,10 @@ What runs:
   `README.md`, in page order, in one fresh module namespace per page (one test per page);
 * every ```` ```pycon ```` block (`>>>` prompts with expected output) of those pages, as a
   doctest in that same namespace, in page order with the python blocks;
+* the output shown under a python block: a ```` ```text title="Output" ```` block right
+  after it (nothing but blank lines between) must equal what the block prints, line for
+  line (trailing spaces and trailing blank lines aside); a python block that calls
+  `print` must be followed by one;
 * the doctest examples in the docstrings of every `pytreeclass` module;
 * checks on what the pages show: code fits in 80 columns, no lint pragmas, guide pages
   link the API names they mention to the reference, and every name in
@@ -26,10 +30,13 @@ is invisible on the rendered page and on GitHub. Blocks fenced with any other la
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import html.parser
 import importlib
+import importlib.util
 import inspect
+import io
 import json
 import os
 import pkgutil
@@ -77,6 +84,28 @@ class Block:
     lang: str  # "python" or "pycon"
     code: str
     line: int  # 1-based line of the first code line in the page
+    output: str | None = None  # the text of the output block shown under it, if any
+
+
+# The fence of a block that shows what the python block above it prints.
+_OUTPUT_INFO = re.compile(r'^text\s+title="Output"\s*$')
+
+
+def _output_after(lines: list[str], j: int) -> str | None:
+    """The body of an output block starting at the first non-blank line after j."""
+    k = j + 1
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    m = _FENCE.match(lines[k]) if k < len(lines) else None
+    if m is None or not _OUTPUT_INFO.match(m["info"].strip()):
+        return None
+    fence, indent = m["fence"], len(m["indent"])
+    body = []
+    for line in lines[k + 1 :]:
+        if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+            break
+        body.append(line[indent:] if line[:indent].strip() == "" else line)
+    return "\n".join(body)
 
 
 def extract_blocks(text: str) -> list[Block]:
@@ -101,7 +130,9 @@ def extract_blocks(text: str) -> list[Block]:
             body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
             j += 1
         if lang in ("python", "py", "pycon") and prev != NOTEST:
-            blocks.append(Block("pycon" if lang == "pycon" else "python", "\n".join(body), i + 2))
+            kind = "pycon" if lang == "pycon" else "python"
+            output = _output_after(lines, j) if kind == "python" else None
+            blocks.append(Block(kind, "\n".join(body), i + 2, output))
         i = j + 1
     return blocks
 
@@ -133,7 +164,18 @@ def run_page(page: Path) -> None:
             if block.lang == "python":
                 # Pad so that tracebacks give the line number in the markdown file.
                 code = compile("\n" * (block.line - 1) + block.code, filename, "exec")
-                exec(code, ns)
+                if block.output is None:
+                    exec(code, ns)
+                    continue
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):
+                    exec(code, ns)
+                if _shown(printed.getvalue()) != _shown(block.output):
+                    pytest.fail(
+                        f"{filename}:{block.line}: the block prints\n{printed.getvalue()}"
+                        f"but the page shows\n{block.output}",
+                        pytrace=False,
+                    )
             else:
                 parser = doctest.DocTestParser()
                 test = parser.get_doctest(
@@ -149,6 +191,14 @@ def run_page(page: Path) -> None:
                 ns.update(test.globs)  # DocTest works on a copy; later blocks see its names
     finally:
         del sys.modules[name]
+
+
+def _shown(text: str) -> list[str]:
+    """Lines as a page shows them: no trailing spaces, no trailing blank lines."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 # -- the markdown runner itself -------------------------------------------------------------
@@ -201,7 +251,42 @@ def test_run_page_checks_pycon_output(tmp_path: Path) -> None:
         run_page(page)
 
 
+def test_run_page_checks_the_output_shown_under_a_block(tmp_path: Path) -> None:
+    page = tmp_path / "out.md"
+    shown = '```python\nprint("a  ")\nprint(1 + 1)\n```\n\n```text title="Output"\n'
+    page.write_text(shown + "a\n2\n\n```\n", encoding="utf-8")
+    run_page(page)  # trailing spaces and blank lines aside, equal
+    page.write_text(shown + "a\n3\n```\n", encoding="utf-8")
+    with pytest.raises(
+        pytest.fail.Exception, match=r"out.md:2: the block prints\na *\n2\nbut the page shows\na\n3"
+    ):
+        run_page(page)
+    # indented (in a content tab), and a plain text block is not an output block
+    page.write_text(
+        '=== "tab"\n\n    ```python\n    print(2)\n    ```\n\n'
+        '    ```text title="Output"\n    2\n    ```\n\n```python\nx = 1\n```\n'
+        "```text\nnot output\n```\n",
+        encoding="utf-8",
+    )
+    assert [b.output for b in extract_blocks(page.read_text())] == ["2", None]
+    run_page(page)
+
+
 # -- the pages ------------------------------------------------------------------------------
+
+
+def test_blocks_that_print_show_their_output() -> None:
+    """A reader sees what a block prints: a python block that calls `print` has an
+    output block under it (which test_page_examples_run compares with the real output)."""
+    silent = [
+        f"{_page_id(page)}:{block.line}"
+        for page in sorted(DOCS.glob("*.md"))
+        for block in extract_blocks(page.read_text(encoding="utf-8"))
+        if block.lang == "python"
+        and block.output is None
+        and re.search(r"^\s*print\(", block.code, flags=re.M)
+    ]
+    assert not silent, 'add a ```text title="Output"``` block under:\n' + "\n".join(silent)
 
 
 # Pages that show an API only newer releases have (the docs show the current APIs; the
@@ -671,3 +756,42 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert len(commands) == 2 and "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in [line.strip() for line in ci]
+
+
+# -- pictures -------------------------------------------------------------------------------
+
+IMAGES = DOCS / "images"
+
+
+def test_the_figure_script_draws_every_committed_picture(tmp_path: Path) -> None:
+    """docs/_tools/make_figures.py runs (the getting-started page, the benchmark
+    tables it parses) and draws exactly the pictures committed in docs/images/."""
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location(
+        "make_figures", DOCS / "_tools" / "make_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_figures"] = module  # dataclasses look the classes' module up
+    try:
+        spec.loader.exec_module(module)
+        drawn = module.main(tmp_path)
+    finally:
+        del sys.modules["make_figures"]
+    assert {p.name for p in drawn} == {p.name for p in IMAGES.glob("*.png")}
+    for path in drawn:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"no table under '### 9\. nothing'"):
+        module.table("### 8a. x\n\n| a |\n|---|\n| 1 |\n", "9. nothing")
+
+
+def test_every_picture_is_shown_and_every_shown_picture_exists() -> None:
+    shown: set[str] = set()
+    for page in _shown_pages():
+        for src in re.findall(r"!\[[^\]]+\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            target = (page.parent / src).resolve()
+            assert target.exists(), f"{_page_id(page)} shows {src}, which does not exist"
+            shown.add(target.name)
+    committed = {p.name for p in IMAGES.glob("*.png")}
+    assert len(committed) >= 4
+    assert committed <= shown, f"pictures no page shows: {sorted(committed - shown)}"
