@@ -15,7 +15,7 @@ from ._errors import reraise_if_too_deep
 from ._leaf_facts import Leaves, leaf_axes, leaf_kinds
 from ._meta import meta_of
 from ._stack import TIMES, find_stacks, stack_size
-from ._tree_util import MAX_ITEMS, Elided, has_shape_dtype, key_label, leaf_repr, one_level
+from ._tree_util import Elided, has_shape_dtype, key_label, leaf_repr, one_level
 
 __all__ = ["StackRow", "SummaryRow", "TreeSummary", "tree_aliases", "tree_diagram", "tree_summary"]
 
@@ -203,6 +203,10 @@ def tree_summary(tree: Any) -> TreeSummary:
         (one per leaf) and `totals` (a dict from kind name to `(count, bytes)`); an
         HTML table in notebooks.
 
+    Raises:
+        TreeTooDeepError: the tree is nested deeper than pytreeclass walks, or
+            holds a reference cycle.
+
     Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc
@@ -323,7 +327,7 @@ def _child(node: Any, key: Any) -> Any:
 # -- diagram ----------------------------------------------------------------------------------
 
 
-def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
+def tree_diagram(tree: Any, *, max_items: int | None = 8) -> str:
     """A text tree (box-drawing characters) of `tree`'s structure, one line per node.
 
     Leaves show as `name: f32[3,4] (Parameter)`, with the field's `axes` when it sets
@@ -336,6 +340,10 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
 
     Returns:
         The diagram, a `str` that prints unquoted at the prompt.
+
+    Raises:
+        TreeTooDeepError: the tree is nested deeper than pytreeclass walks, or
+            holds a reference cycle.
 
     Examples:
         >>> import jax.numpy as jnp

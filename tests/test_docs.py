@@ -294,6 +294,7 @@ def test_blocks_that_print_show_their_output() -> None:
 # from pytreeclass is also covered by the unit tests, which run there.
 _PAGE_NEEDS = {
     "interop.md": needs_nnx_nodes,
+    "from-flax-nnx.md": needs_nnx_nodes,
     "kinds.md": needs_nnx_nodes,
     "sharding.md": pytest.mark.skipif(
         not JAX_HAS_AXIS_TYPES, reason="the page uses jax.sharding.AxisType (jax >= 0.5.3)"
@@ -345,7 +346,9 @@ def _reference_entries() -> dict[str, list[str]]:
         text = page.read_text(encoding="utf-8")
         if page.name == "index.md":
             continue
-        for name in re.findall(r"^::: pytreeclass\.(\w+)", text, flags=re.M):
+        # `::: pytreeclass._module.Name` documents a type a public signature names
+        # (the class `tree_summary` returns) without making it a public name.
+        for name in re.findall(r"^::: pytreeclass\.(\w+)\s*$", text, flags=re.M):
             entries.setdefault(name, []).append(page.name)
     return entries
 
@@ -666,6 +669,10 @@ def test_public_functions_return_precise_types() -> None:
     assert not loose, f"functions annotated `-> Any`: {loose}"
 
 
+# The docstring options of mkdocs.yml's mkdocstrings handler.
+_GRIFFE_OPTIONS = {"returns_multiple_items": False, "returns_named_value": False}
+
+
 def test_public_functions_document_args_returns_raises() -> None:
     """Google-style sections, parsed as the docs site parses them (griffe)."""
     griffe = pytest.importorskip("griffe")
@@ -682,6 +689,13 @@ def test_public_functions_document_args_returns_raises() -> None:
         returns = inspect.signature(fn).return_annotation
         if returns not in ("None", None) and "returns" not in sections:
             missing.append(f"{name}: Returns")
+        # A Returns section is read as "type: description" up to its first colon: a
+        # colon in its first line would put words in the reference's Type column.
+        for section in obj.docstring.parse("google", **_GRIFFE_OPTIONS) if obj.docstring else []:
+            if section.kind.value == "returns":
+                shown = str(section.value[0].annotation).replace(" ", "")
+                if shown != str(returns).replace(" ", "").replace("'", ""):
+                    missing.append(f"{name}: Returns shows the type {shown!r}")
         source = inspect.getsource(fn)
         if re.search(r"^\s+raise \w", source, flags=re.M) and "raises" not in sections:
             missing.append(f"{name}: Raises")
@@ -795,3 +809,45 @@ def test_every_picture_is_shown_and_every_shown_picture_exists() -> None:
     committed = {p.name for p in IMAGES.glob("*.png")}
     assert len(committed) >= 4
     assert committed <= shown, f"pictures no page shows: {sorted(committed - shown)}"
+
+
+def test_the_raises_sections_say_what_happens() -> None:
+    """What the Raises sections of the display functions, `Lens.paths`,
+    `value_and_tree` and `Optimizer.reinit` promise, happens."""
+    import jax.numpy as jnp
+    import optax
+
+    from pytreeclass._tree_util import MAX_ITEMS
+
+    deep: object = 1.0
+    for _ in range(3000):
+        deep = [deep]
+    for fn in (ptc.tree_summary, ptc.tree_diagram, ptc.tree_kinds):
+        with pytest.raises(ptc.TreeTooDeepError, match="nested too deeply"):
+            fn(deep)
+    with pytest.raises(ptc.TreeTooDeepError, match="nested too deeply"):
+        ptc.at(deep)[float].paths()
+    with pytest.raises(KeyError, match="no key 'b'"):
+        ptc.at({"a": 1})["b"].paths()
+    with pytest.raises(IndexError):
+        ptc.at([1])[3].paths()
+
+    @ptc.treeclass
+    class Box:
+        x: int
+
+    def add(box: Box) -> None:
+        box.y = 1
+
+    def drop(box: Box) -> None:
+        del box.x
+
+    with pytest.raises(AttributeError, match="cannot set 'y' on Box"):
+        ptc.value_and_tree(add)(Box(1))
+    with pytest.raises(TypeError, match="deleted field"):
+        ptc.value_and_tree(drop)(Box(1))
+    opt = ptc.Optimizer.create(optax.adam(0.1), {"a": jnp.ones(2)})
+    with pytest.raises(TypeError):
+        opt.reinit({"a": "not an array"})
+    # the signature shows the number; the display module's constant is the same
+    assert inspect.signature(ptc.tree_diagram).parameters["max_items"].default == MAX_ITEMS
