@@ -8,6 +8,7 @@ Each picture comes from something real, never from typed-in numbers:
 * getting-started-loss.png: the `losses` that the code of
   docs/getting-started.md records when it runs (the page runs here, block by
   block, as tests/test_docs.py runs it);
+* train-mlp-loss.png: the picture examples/train_mlp.py saves, from a run;
 * tree-kinds.png: a small model, drawn from its own pytree structure, each leaf
   coloured by the kind `ptc.tree_labels` gives it;
 * stacks-compile.png: compile and step time against depth for scanned and
@@ -107,6 +108,24 @@ def loss_curve(out: Path) -> Path:
     ax.legend(frameon=False)
     ax.grid(alpha=0.3, which="both")
     return _save(fig, out / "getting-started-loss.png")
+
+
+def train_mlp_curve(out: Path) -> Path:
+    """examples/train_mlp.py's own picture, from a full run of the script."""
+    import importlib.util
+
+    script = ROOT / "examples" / "train_mlp.py"
+    spec = importlib.util.spec_from_file_location("example_train_mlp", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the classes' module up
+    try:
+        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(io.StringIO()):
+            module.main(plot=out / "train-mlp-loss.png")
+    finally:
+        del sys.modules[spec.name]
+    return out / "train-mlp-loss.png"
 
 
 # -- a model drawn as a tree ---------------------------------------------------------------
@@ -433,6 +452,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 FIGURES: dict[str, Callable[[Path, str], Path]] = {
     "getting-started-loss.png": lambda out, _: loss_curve(out),
+    "train-mlp-loss.png": lambda out, _: train_mlp_curve(out),
     "tree-kinds.png": lambda out, _: tree_picture(out),
     "stacks-compile.png": stacks_picture,
     "io-formats.png": io_picture,
