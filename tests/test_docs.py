@@ -851,3 +851,30 @@ def test_the_raises_sections_say_what_happens() -> None:
         opt.reinit({"a": "not an array"})
     # the signature shows the number; the display module's constant is the same
     assert inspect.signature(ptc.tree_diagram).parameters["max_items"].default == MAX_ITEMS
+
+
+def test_reference_signatures_name_only_public_or_documented_types(site: Path) -> None:
+    """A signature on the reference shows no module-internal name (a `Format` alias,
+    a `MAX_ITEMS` default) unless it links to an entry that documents it."""
+    import typing
+
+    internal = set()
+    for module_name in _modules():
+        module = importlib.import_module(module_name)
+        for name, value in vars(module).items():
+            if name in ptc.__all__ or name.startswith("_") or isinstance(value, typing.TypeVar):
+                continue
+            defined_here = getattr(value, "__module__", module_name).startswith("pytreeclass")
+            alias = type(value).__module__ == "typing"  # Format = Literal[...]
+            constant = not callable(value) and not isinstance(value, types.ModuleType)
+            if defined_here or alias or constant:
+                internal.add(name)
+    internal -= set(dir(typing)) | {"T", "Self"}
+    shown = []
+    for page in sorted((site / "reference").rglob("index.html")):
+        html_text = page.read_text(encoding="utf-8")
+        for sig in re.findall(r'<div class="doc-signature.*?</div>', html_text, flags=re.S):
+            unlinked = re.sub(r"<a\b[^>]*>.*?</a>", "", sig, flags=re.S)
+            for name in sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", _text(unlinked))) & internal):
+                shown.append(f"{page.parent.name}: {name}")
+    assert not shown, "internal names in signatures:\n" + "\n".join(sorted(set(shown)))
