@@ -878,3 +878,31 @@ def test_reference_signatures_name_only_public_or_documented_types(site: Path) -
             for name in sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", _text(unlinked))) & internal):
                 shown.append(f"{page.parent.name}: {name}")
     assert not shown, "internal names in signatures:\n" + "\n".join(sorted(set(shown)))
+
+
+@pytest.mark.parametrize("name", ["counter", "running_average", "dropout_rng"])
+def test_example_pages_show_what_the_scripts_print(name: str) -> None:
+    """The output on an example's page is the script's (the quick, deterministic
+    ones are rerun here; docs/_tools/fill_outputs.py --examples rewrites them all)."""
+    spec = importlib.util.spec_from_file_location(
+        "fill_outputs", DOCS / "_tools" / "fill_outputs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    page = (DOCS / "examples" / f"{name}.md").read_text(encoding="utf-8")
+    shown = tool.EXAMPLE_OUTPUT.search(page)
+    assert shown is not None, f"docs/examples/{name}.md has no output block"
+    assert _shown(tool.example_output(name)) == _shown(shown[1])
+
+
+def test_every_example_has_a_page_with_its_output() -> None:
+    scripts = {p.stem for p in (ROOT / "examples").glob("*.py")}
+    pages = {p.stem for p in (DOCS / "examples").glob("*.md")}
+    assert scripts == pages
+    index = (DOCS / "examples.md").read_text(encoding="utf-8")
+    for name in scripts:
+        page = (DOCS / "examples" / f"{name}.md").read_text(encoding="utf-8")
+        assert f'--8<-- "examples/{name}.py"' in page
+        assert 'title="Output of one run' in page, name
+        assert f"(examples/{name}.md)" in index, name

@@ -1,11 +1,18 @@
 """Write what each docs block prints into the output block under it.
 
     python docs/_tools/fill_outputs.py docs/getting-started.md [more pages]
+    python docs/_tools/fill_outputs.py --examples [counter ...]
 
 A page's python and pycon blocks run in order in one namespace, as
 tests/test_docs.py runs them; the body of every ```` ```text title="Output" ````
 block that follows a python block is replaced by what that block printed. The
 test then keeps it honest: it fails when a shown output no longer matches.
+
+With `--examples`, it runs each script of examples/ (all, or those named) and
+writes what it prints into the ```` ```text title="Output of one run ..." ````
+block of its page in docs/examples/, leaving out lines wider than the code
+column (80 characters). tests/test_docs.py reruns the quick, deterministic
+ones and compares.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import doctest
 import io
+import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -83,6 +92,43 @@ def fill(page: Path) -> int:
     return filled
 
 
+EXAMPLE_OUTPUT = re.compile(
+    r'^```text title="Output of one run[^"]*"\n(.*?)^```$', re.M | re.S
+)
+
+
+def example_output(name: str) -> str:
+    """What `python examples/<name>.py` prints, as its page shows it."""
+    run = subprocess.run(
+        [sys.executable, f"examples/{name}.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return "\n".join(ln for ln in run.stdout.splitlines() if len(ln) <= 80)
+
+
+def fill_example(name: str) -> None:
+    page = ROOT / "docs" / "examples" / f"{name}.md"
+    text = page.read_text(encoding="utf-8")
+    match = EXAMPLE_OUTPUT.search(text)
+    if match is None:
+        raise ValueError(f"{page}: no output block to fill")
+    shown = example_output(name) + "\n"
+    page.write_text(
+        text[: match.start(1)] + shown + text[match.end(1) :], encoding="utf-8"
+    )
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
-        print(f"{name}: {fill(Path(name))} output blocks filled")
+    if sys.argv[1:2] == ["--examples"]:
+        names = sys.argv[2:] or sorted(
+            p.stem for p in (ROOT / "examples").glob("*.py")
+        )
+        for name in names:
+            fill_example(name)
+            print(f"docs/examples/{name}.md: output filled")
+    else:
+        for name in sys.argv[1:]:
+            print(f"{name}: {fill(Path(name))} output blocks filled")
