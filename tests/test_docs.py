@@ -906,3 +906,13 @@ def test_every_example_has_a_page_with_its_output() -> None:
         assert f'--8<-- "examples/{name}.py"' in page
         assert 'title="Output of one run' in page, name
         assert f"(examples/{name}.md)" in index, name
+
+
+def test_the_home_page_starts_with_the_install_line_and_lists_every_page() -> None:
+    home = (DOCS / "index.md").read_text(encoding="utf-8")
+    first_block = home.split("```")[1]
+    assert first_block.startswith("bash\npip install ."), "the first block installs"
+    linked = set(re.findall(r"\]\(([\w-]+\.md)(?:#[\w-]*)?\)", home))
+    pages = {p.name for p in DOCS.glob("*.md")} - {"index.md"}
+    assert pages <= linked, f"pages the home page does not list: {sorted(pages - linked)}"
+    assert "reference/index.md" in home
