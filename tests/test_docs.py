@@ -941,3 +941,15 @@ def test_the_home_page_starts_with_the_install_line_and_lists_every_page() -> No
     pages = {p.name for p in DOCS.glob("*.md")} - {"index.md"}
     assert pages <= linked, f"pages the home page does not list: {sorted(pages - linked)}"
     assert "reference/index.md" in home
+
+
+def test_the_site_publishes_pages_only_and_requests_nothing_outside(site: Path) -> None:
+    """No tool or config file is published, no page loads a web font, and the
+    reference's backlinks wrap on a phone (docs/_tools/browser_check.py measures
+    the same in a browser)."""
+    published = {p.name for p in site.rglob("*") if p.is_file()}
+    assert not published & {"ruff.toml", "make_figures.py", "browser_check.py"}
+    for page in site.rglob("*.html"):
+        assert "fonts.googleapis" not in page.read_text(encoding="utf-8"), page
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert re.search(r"\.doc-backlink-crumb\s*\{\s*white-space:\s*normal", css)
