@@ -47,7 +47,12 @@ def _format(fn: str, path: str, format: Any) -> Format:
     return format
 
 
-def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None = None) -> None:
+def tree_save(
+    path: str | os.PathLike[str],
+    tree: Any,
+    *,
+    format: Literal["npz", "safetensors"] | None = None,
+) -> None:
     """Write the leaves of `tree` to the file `path`, atomically (no extension is added).
 
     The format follows the suffix: a path ending in `.safetensors` gets a standard
@@ -107,7 +112,12 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
                 write_npz(f, leaves)
 
 
-def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = None) -> T:
+def tree_load(
+    path: str | os.PathLike[str],
+    *,
+    like: T,
+    format: Literal["npz", "safetensors"] | None = None,
+) -> T:
     """Read a file written by `tree_save` into the structure of the template `like`.
 
     The format follows the suffix, as in `tree_save`. A `.safetensors` file written by

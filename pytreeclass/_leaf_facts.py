@@ -143,6 +143,10 @@ def tree_kinds(tree: T) -> T:
     Returns:
         A tree with `tree`'s structure whose leaves are `Kind` subclasses or `None`.
 
+    Raises:
+        TreeTooDeepError: the tree is nested deeper than pytreeclass walks, or
+            holds a reference cycle.
+
     Examples:
         >>> import jax.numpy as jnp
         >>> import pytreeclass as ptc

@@ -356,8 +356,15 @@ class Lens(Generic[T]):
         """The key paths of what the lens selects, as strings (`'.layers[0]'`).
 
         Returns:
-            `[jax.tree_util.keystr(p) for p, _ in lens.items()]`: one string per
-            selected value, relative to the root.
+            One string per selected value, its key path relative to the root as
+            `jax.tree_util.keystr` writes it (the paths of `lens.items()`).
+
+        Raises:
+            AttributeError: a step names a missing field or attribute.
+            KeyError: a step names a missing key.
+            IndexError: a step's index is out of range.
+            TreeTooDeepError: the tree is nested deeper than pytreeclass walks, or
+                holds a reference cycle.
 
         Examples:
             >>> import pytreeclass as ptc

@@ -257,6 +257,10 @@ class Optimizer:
             An `Optimizer` with the same `tx` and `step`, a state for `params`, and
             `params`' structure to check later updates against.
 
+        Raises:
+            TypeError: from `tx.init`, when a leaf of `params` is not an array it can
+                make a state for (optax's own message).
+
         Examples:
             >>> import jax.numpy as jnp, optax
             >>> import pytreeclass as ptc

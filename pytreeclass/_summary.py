@@ -15,7 +15,7 @@ from ._errors import reraise_if_too_deep
 from ._leaf_facts import Leaves, leaf_axes, leaf_kinds
 from ._meta import meta_of
 from ._stack import TIMES, find_stacks, stack_size
-from ._tree_util import MAX_ITEMS, Elided, has_shape_dtype, key_label, leaf_repr, one_level
+from ._tree_util import Elided, has_shape_dtype, key_label, leaf_repr, one_level
 
 __all__ = [
     "GroupRow",
@@ -241,6 +241,10 @@ def tree_summary(tree: Any, *, depth: int | None = None) -> TreeSummary:
 
     Raises:
         ValueError: `depth` is negative or not an int.
+
+    Raises:
+        TreeTooDeepError: the tree is nested deeper than pytreeclass walks, or
+            holds a reference cycle.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -481,7 +485,7 @@ def _child(node: Any, key: Any) -> Any:
 # -- diagram ----------------------------------------------------------------------------------
 
 
-def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
+def tree_diagram(tree: Any, *, max_items: int | None = 8) -> str:
     """A text tree (box-drawing characters) of `tree`'s structure, one line per node.
 
     Leaves show as `name: f32[3,4] (Parameter)`, with the field's `axes` when it sets
@@ -494,6 +498,10 @@ def tree_diagram(tree: Any, *, max_items: int | None = MAX_ITEMS) -> str:
 
     Returns:
         The diagram, a `str` that prints unquoted at the prompt.
+
+    Raises:
+        TreeTooDeepError: the tree is nested deeper than pytreeclass walks, or
+            holds a reference cycle.
 
     Examples:
         >>> import jax.numpy as jnp

@@ -178,6 +178,14 @@ def value_and_tree(fn: Callable[..., R]) -> Callable[Concatenate[T, ...], tuple[
         It raises what `fn` raises (the original tree is untouched then too), and a
         `TypeError` if `fn` deletes a field of a treeclass instance.
 
+    Raises:
+        TypeError: (from the returned function) `fn` deleted a field of a treeclass
+            instance, or set a static field to an unhashable value.
+        AttributeError: (from the returned function) `fn` set an attribute that is
+            not a field of a treeclass instance.
+        TreeTooDeepError: (from the returned function) the tree is nested deeper than
+            pytreeclass walks, or holds a reference cycle.
+
     Examples:
         >>> import pytreeclass as ptc
         >>> @ptc.treeclass

@@ -155,7 +155,8 @@ def tree_to_dict(
         unstack: one entry per layer for the leaves of stacked fields.
 
     Returns:
-        `{flat name: leaf}` in the order of the tree's leaves.
+        A dict from each leaf's flat name to the leaf, in the order of the tree's
+        leaves.
 
     Raises:
         ValueError: two leaves have the same flat name, or `sep` is not a non-empty

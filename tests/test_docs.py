@@ -6,6 +6,10 @@ What runs:
   `README.md`, in page order, in one fresh module namespace per page (one test per page);
 * every ```` ```pycon ```` block (`>>>` prompts with expected output) of those pages, as a
   doctest in that same namespace, in page order with the python blocks;
+* the output shown under a python block: a ```` ```text title="Output" ```` block right
+  after it (nothing but blank lines between) must equal what the block prints, line for
+  line (trailing spaces and trailing blank lines aside); a python block that calls
+  `print` must be followed by one;
 * the doctest examples in the docstrings of every `pytreeclass` module;
 * checks on what the pages show: code fits in 80 columns, no lint pragmas, guide pages
   link the API names they mention to the reference, and every name in
@@ -26,10 +30,13 @@ is invisible on the rendered page and on GitHub. Blocks fenced with any other la
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import html.parser
 import importlib
+import importlib.util
 import inspect
+import io
 import json
 import os
 import pkgutil
@@ -45,7 +52,7 @@ import pytest
 
 import pytreeclass as ptc
 
-from .versions import JAX_HAS_AXIS_TYPES, needs_nnx_nodes
+from .versions import JAX_HAS_AXIS_TYPES, JAX_THREEFRY_PARTITIONABLE, needs_nnx_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -77,6 +84,28 @@ class Block:
     lang: str  # "python" or "pycon"
     code: str
     line: int  # 1-based line of the first code line in the page
+    output: str | None = None  # the text of the output block shown under it, if any
+
+
+# The fence of a block that shows what the python block above it prints.
+_OUTPUT_INFO = re.compile(r'^text\s+title="Output"\s*$')
+
+
+def _output_after(lines: list[str], j: int) -> str | None:
+    """The body of an output block starting at the first non-blank line after j."""
+    k = j + 1
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    m = _FENCE.match(lines[k]) if k < len(lines) else None
+    if m is None or not _OUTPUT_INFO.match(m["info"].strip()):
+        return None
+    fence, indent = m["fence"], len(m["indent"])
+    body = []
+    for line in lines[k + 1 :]:
+        if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+            break
+        body.append(line[indent:] if line[:indent].strip() == "" else line)
+    return "\n".join(body)
 
 
 def extract_blocks(text: str) -> list[Block]:
@@ -101,7 +130,9 @@ def extract_blocks(text: str) -> list[Block]:
             body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
             j += 1
         if lang in ("python", "py", "pycon") and prev != NOTEST:
-            blocks.append(Block("pycon" if lang == "pycon" else "python", "\n".join(body), i + 2))
+            kind = "pycon" if lang == "pycon" else "python"
+            output = _output_after(lines, j) if kind == "python" else None
+            blocks.append(Block(kind, "\n".join(body), i + 2, output))
         i = j + 1
     return blocks
 
@@ -133,7 +164,18 @@ def run_page(page: Path) -> None:
             if block.lang == "python":
                 # Pad so that tracebacks give the line number in the markdown file.
                 code = compile("\n" * (block.line - 1) + block.code, filename, "exec")
-                exec(code, ns)
+                if block.output is None:
+                    exec(code, ns)
+                    continue
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):
+                    exec(code, ns)
+                if not _outputs_match(printed.getvalue(), block.output):
+                    pytest.fail(
+                        f"{filename}:{block.line}: the block prints\n{printed.getvalue()}"
+                        f"but the page shows\n{block.output}",
+                        pytrace=False,
+                    )
             else:
                 parser = doctest.DocTestParser()
                 test = parser.get_doctest(
@@ -149,6 +191,34 @@ def run_page(page: Path) -> None:
                 ns.update(test.globs)  # DocTest works on a copy; later blocks see its names
     finally:
         del sys.modules[name]
+
+
+def _shown(text: str) -> list[str]:
+    """Lines as a page shows them: no trailing spaces, no trailing blank lines."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def _outputs_match(got: str, shown: str, same_random_bits: bool | None = None) -> bool:
+    """What a block printed equals the output shown under it. Where JAX draws other
+    random bits than the docs were printed with, numbers are not compared."""
+    if _shown(got) == _shown(shown):
+        return True
+    if same_random_bits is None:
+        same_random_bits = JAX_THREEFRY_PARTITIONABLE
+    if same_random_bits:
+        return False
+
+    # a number's width may change too (0.01 vs 0.009): compare without spaces as well
+    def masked(text: str) -> list[str]:
+        return [_NUMBER.sub("#", line).replace(" ", "") for line in _shown(text)]
+
+    return masked(got) == masked(shown)
 
 
 # -- the markdown runner itself -------------------------------------------------------------
@@ -201,7 +271,47 @@ def test_run_page_checks_pycon_output(tmp_path: Path) -> None:
         run_page(page)
 
 
+def test_run_page_checks_the_output_shown_under_a_block(tmp_path: Path) -> None:
+    page = tmp_path / "out.md"
+    shown = '```python\nprint("a  ")\nprint(1 + 1)\n```\n\n```text title="Output"\n'
+    page.write_text(shown + "a\n2\n\n```\n", encoding="utf-8")
+    run_page(page)  # trailing spaces and blank lines aside, equal
+    page.write_text(shown + "b\n2\n```\n", encoding="utf-8")
+    with pytest.raises(
+        pytest.fail.Exception, match=r"out.md:2: the block prints\na *\n2\nbut the page shows\nb\n2"
+    ):
+        run_page(page)
+    # indented (in a content tab), and a plain text block is not an output block
+    page.write_text(
+        '=== "tab"\n\n    ```python\n    print(2)\n    ```\n\n'
+        '    ```text title="Output"\n    2\n    ```\n\n```python\nx = 1\n```\n'
+        "```text\nnot output\n```\n",
+        encoding="utf-8",
+    )
+    assert [b.output for b in extract_blocks(page.read_text())] == ["2", None]
+    run_page(page)
+
+    # with other random bits (an older jax), the numbers are not compared; the rest is
+    assert not _outputs_match("loss 0.012\n", "loss 0.03\n", same_random_bits=True)
+    assert _outputs_match("loss 0.012\n", "loss 0.03\n", same_random_bits=False)
+    assert not _outputs_match("loss 0.012\n", "acc 0.03\n", same_random_bits=False)
+
+
 # -- the pages ------------------------------------------------------------------------------
+
+
+def test_blocks_that_print_show_their_output() -> None:
+    """A reader sees what a block prints: a python block that calls `print` has an
+    output block under it (which test_page_examples_run compares with the real output)."""
+    silent = [
+        f"{_page_id(page)}:{block.line}"
+        for page in sorted(DOCS.glob("*.md"))
+        for block in extract_blocks(page.read_text(encoding="utf-8"))
+        if block.lang == "python"
+        and block.output is None
+        and re.search(r"^\s*print\(", block.code, flags=re.M)
+    ]
+    assert not silent, 'add a ```text title="Output"``` block under:\n' + "\n".join(silent)
 
 
 # Pages that show an API only newer releases have (the docs show the current APIs; the
@@ -209,6 +319,7 @@ def test_run_page_checks_pycon_output(tmp_path: Path) -> None:
 # from pytreeclass is also covered by the unit tests, which run there.
 _PAGE_NEEDS = {
     "interop.md": needs_nnx_nodes,
+    "from-flax-nnx.md": needs_nnx_nodes,
     "kinds.md": needs_nnx_nodes,
     "sharding.md": pytest.mark.skipif(
         not JAX_HAS_AXIS_TYPES, reason="the page uses jax.sharding.AxisType (jax >= 0.5.3)"
@@ -260,7 +371,9 @@ def _reference_entries() -> dict[str, list[str]]:
         text = page.read_text(encoding="utf-8")
         if page.name == "index.md":
             continue
-        for name in re.findall(r"^::: pytreeclass\.(\w+)", text, flags=re.M):
+        # `::: pytreeclass._module.Name` documents a type a public signature names
+        # (the class `tree_summary` returns) without making it a public name.
+        for name in re.findall(r"^::: pytreeclass\.(\w+)\s*$", text, flags=re.M):
             entries.setdefault(name, []).append(page.name)
     return entries
 
@@ -581,6 +694,10 @@ def test_public_functions_return_precise_types() -> None:
     assert not loose, f"functions annotated `-> Any`: {loose}"
 
 
+# The docstring options of mkdocs.yml's mkdocstrings handler.
+_GRIFFE_OPTIONS = {"returns_multiple_items": False, "returns_named_value": False}
+
+
 def test_public_functions_document_args_returns_raises() -> None:
     """Google-style sections, parsed as the docs site parses them (griffe)."""
     griffe = pytest.importorskip("griffe")
@@ -597,6 +714,13 @@ def test_public_functions_document_args_returns_raises() -> None:
         returns = inspect.signature(fn).return_annotation
         if returns not in ("None", None) and "returns" not in sections:
             missing.append(f"{name}: Returns")
+        # A Returns section is read as "type: description" up to its first colon: a
+        # colon in its first line would put words in the reference's Type column.
+        for section in obj.docstring.parse("google", **_GRIFFE_OPTIONS) if obj.docstring else []:
+            if section.kind.value == "returns":
+                shown = str(section.value[0].annotation).replace(" ", "")
+                if shown != str(returns).replace(" ", "").replace("'", ""):
+                    missing.append(f"{name}: Returns shows the type {shown!r}")
         source = inspect.getsource(fn)
         if re.search(r"^\s+raise \w", source, flags=re.M) and "raises" not in sections:
             missing.append(f"{name}: Raises")
@@ -671,3 +795,161 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert len(commands) == 2 and "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in [line.strip() for line in ci]
+
+
+# -- pictures -------------------------------------------------------------------------------
+
+IMAGES = DOCS / "images"
+
+
+def test_the_figure_script_draws_every_committed_picture(tmp_path: Path) -> None:
+    """docs/_tools/make_figures.py runs (the getting-started page, the benchmark
+    tables it parses) and draws exactly the pictures committed in docs/images/."""
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location(
+        "make_figures", DOCS / "_tools" / "make_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_figures"] = module  # dataclasses look the classes' module up
+    try:
+        spec.loader.exec_module(module)
+        drawn = module.main(tmp_path)
+    finally:
+        del sys.modules["make_figures"]
+    assert {p.name for p in drawn} == {p.name for p in IMAGES.glob("*.png")}
+    for path in drawn:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"no table under '### 9\. nothing'"):
+        module.table("### 8a. x\n\n| a |\n|---|\n| 1 |\n", "9. nothing")
+
+
+def test_every_picture_is_shown_and_every_shown_picture_exists() -> None:
+    shown: set[str] = set()
+    for page in _shown_pages():
+        for src in re.findall(r"!\[[^\]]+\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            target = (page.parent / src).resolve()
+            assert target.exists(), f"{_page_id(page)} shows {src}, which does not exist"
+            shown.add(target.name)
+    committed = {p.name for p in IMAGES.glob("*.png")}
+    assert len(committed) >= 4
+    assert committed <= shown, f"pictures no page shows: {sorted(committed - shown)}"
+
+
+def test_the_raises_sections_say_what_happens() -> None:
+    """What the Raises sections of the display functions, `Lens.paths`,
+    `value_and_tree` and `Optimizer.reinit` promise, happens."""
+    import jax.numpy as jnp
+    import optax
+
+    from pytreeclass._tree_util import MAX_ITEMS
+
+    deep: object = 1.0
+    for _ in range(3000):
+        deep = [deep]
+    for fn in (ptc.tree_summary, ptc.tree_diagram, ptc.tree_kinds):
+        with pytest.raises(ptc.TreeTooDeepError, match="nested too deeply"):
+            fn(deep)
+    with pytest.raises(ptc.TreeTooDeepError, match="nested too deeply"):
+        ptc.at(deep)[float].paths()
+    with pytest.raises(KeyError, match="no key 'b'"):
+        ptc.at({"a": 1})["b"].paths()
+    with pytest.raises(IndexError):
+        ptc.at([1])[3].paths()
+
+    @ptc.treeclass
+    class Box:
+        x: int
+
+    def add(box: Box) -> None:
+        box.y = 1
+
+    def drop(box: Box) -> None:
+        del box.x
+
+    with pytest.raises(AttributeError, match="cannot set 'y' on Box"):
+        ptc.value_and_tree(add)(Box(1))
+    with pytest.raises(TypeError, match="deleted field"):
+        ptc.value_and_tree(drop)(Box(1))
+    opt = ptc.Optimizer.create(optax.adam(0.1), {"a": jnp.ones(2)})
+    with pytest.raises(TypeError):
+        opt.reinit({"a": "not an array"})
+    # the signature shows the number; the display module's constant is the same
+    assert inspect.signature(ptc.tree_diagram).parameters["max_items"].default == MAX_ITEMS
+
+
+def test_reference_signatures_name_only_public_or_documented_types(site: Path) -> None:
+    """A signature on the reference shows no module-internal name (a `Format` alias,
+    a `MAX_ITEMS` default) unless it links to an entry that documents it."""
+    import typing
+
+    internal = set()
+    for module_name in _modules():
+        module = importlib.import_module(module_name)
+        for name, value in vars(module).items():
+            if name in ptc.__all__ or name.startswith("_") or isinstance(value, typing.TypeVar):
+                continue
+            defined_here = getattr(value, "__module__", module_name).startswith("pytreeclass")
+            alias = type(value).__module__ == "typing"  # Format = Literal[...]
+            constant = not callable(value) and not isinstance(value, types.ModuleType)
+            if defined_here or alias or constant:
+                internal.add(name)
+    internal -= set(dir(typing)) | {"T", "Self"}
+    shown = []
+    for page in sorted((site / "reference").rglob("index.html")):
+        html_text = page.read_text(encoding="utf-8")
+        for sig in re.findall(r'<div class="doc-signature.*?</div>', html_text, flags=re.S):
+            unlinked = re.sub(r"<a\b[^>]*>.*?</a>", "", sig, flags=re.S)
+            for name in sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", _text(unlinked))) & internal):
+                shown.append(f"{page.parent.name}: {name}")
+    assert not shown, "internal names in signatures:\n" + "\n".join(sorted(set(shown)))
+
+
+@pytest.mark.parametrize("name", ["counter", "running_average", "dropout_rng"])
+def test_example_pages_show_what_the_scripts_print(name: str) -> None:
+    """The output on an example's page is the script's (the quick, deterministic
+    ones are rerun here; docs/_tools/fill_outputs.py --examples rewrites them all)."""
+    spec = importlib.util.spec_from_file_location(
+        "fill_outputs", DOCS / "_tools" / "fill_outputs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    page = (DOCS / "examples" / f"{name}.md").read_text(encoding="utf-8")
+    shown = tool.EXAMPLE_OUTPUT.search(page)
+    assert shown is not None, f"docs/examples/{name}.md has no output block"
+    assert _outputs_match(tool.example_output(name), shown[1])
+
+
+def test_every_example_has_a_page_with_its_output() -> None:
+    scripts = {p.stem for p in (ROOT / "examples").glob("*.py")}
+    pages = {p.stem for p in (DOCS / "examples").glob("*.md")}
+    assert scripts == pages
+    index = (DOCS / "examples.md").read_text(encoding="utf-8")
+    for name in scripts:
+        page = (DOCS / "examples" / f"{name}.md").read_text(encoding="utf-8")
+        assert f'--8<-- "examples/{name}.py"' in page
+        assert 'title="Output of one run' in page, name
+        assert f"(examples/{name}.md)" in index, name
+
+
+def test_the_home_page_starts_with_the_install_line_and_lists_every_page() -> None:
+    home = (DOCS / "index.md").read_text(encoding="utf-8")
+    first_block = home.split("```")[1]
+    assert first_block.startswith("bash\npip install ."), "the first block installs"
+    linked = set(re.findall(r"\]\(([\w-]+\.md)(?:#[\w-]*)?\)", home))
+    pages = {p.name for p in DOCS.glob("*.md")} - {"index.md"}
+    assert pages <= linked, f"pages the home page does not list: {sorted(pages - linked)}"
+    assert "reference/index.md" in home
+
+
+def test_the_site_publishes_pages_only_and_requests_nothing_outside(site: Path) -> None:
+    """No tool or config file is published, no page loads a web font, and the
+    reference's backlinks wrap on a phone (docs/_tools/browser_check.py measures
+    the same in a browser)."""
+    published = {p.name for p in site.rglob("*") if p.is_file()}
+    assert not published & {"ruff.toml", "make_figures.py", "browser_check.py"}
+    for page in site.rglob("*.html"):
+        assert "fonts.googleapis" not in page.read_text(encoding="utf-8"), page
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    assert re.search(r"\.doc-backlink-crumb\s*\{\s*white-space:\s*normal", css)

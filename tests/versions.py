@@ -67,3 +67,9 @@ JAX_HAS_AXIS_TYPES = hasattr(jax.sharding, "AxisType")  # jax >= 0.5.3
 # without it, the caches keyed by a strict treedef (masks, partitions, merge plans) do not
 # cache trees that hold a dict or foreign aux data; they are built anew on every call.
 JAX_BUILDS_TREEDEFS = hasattr(jax.tree_util.PyTreeDef, "from_node_data_and_children")
+
+# The random bits of `jax.random` (threefry) changed when `jax_threefry_partitionable`
+# became the default (jax 0.5.0). The outputs shown under docs blocks were printed with
+# it on; where it is off, numbers drawn from random weights differ, so tests/test_docs.py
+# compares those outputs with their numbers masked.
+JAX_THREEFRY_PARTITIONABLE = bool(jax.config.jax_threefry_partitionable)
