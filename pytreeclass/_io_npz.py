@@ -62,7 +62,8 @@ def _stored(leaf: HostLeaf) -> np.ndarray:
     return data
 
 
-def write_npz(f: Any, leaves: Sequence[HostLeaf]) -> None:
+def write_npz(f: Any, leaves: Sequence[HostLeaf], extra: dict[str, Any] | None = None) -> None:
+    """Write an `.npz` file; `extra` goes into the manifest (the names, the structure)."""
     buffers: dict[str, list[np.ndarray]] = {}
     index: dict[str, int] = {}
     rows: list[list[Any]] = []
@@ -80,6 +81,7 @@ def write_npz(f: Any, leaves: Sequence[HostLeaf]) -> None:
             row.append({"key_impl": leaf.key_impl, "stored_shape": list(data.shape)})
         rows.append(row)
     manifest = {"format": FORMAT, "version": VERSION, "buffers": list(index), "leaves": rows}
+    manifest.update(extra or {})
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(MANIFEST, json.dumps(manifest, separators=(",", ":")))
         for name, arrays in buffers.items():
@@ -108,6 +110,7 @@ class NpzIndex:
             raise corrupt(path, f"it is not a complete zip archive ({e})") from None
         self.zf, self.f = zf, f
         header = self._manifest()
+        self.manifest: dict[str, Any] = header
         self.offered: dict[str, Offered] = {}
         self.key_impl: dict[str, str] = {}
         self.spans: list[Span] = []
