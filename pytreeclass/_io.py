@@ -318,16 +318,23 @@ def _load_recorded(target: str, cp: Checkpoint) -> Any:
             raise corrupt(target, str(e)) from None
         raise
     t_flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    paths = [keystr(p) for p, _ in t_flat]
-    names = paths if cp.kind == "npz" else [flat_name(p) for p, _ in t_flat]
+    if cp.kind == "npz":
+        names = paths = [keystr(p) for p, _ in t_flat]
+    else:
+        names = [flat_name(p) for p, _ in t_flat]
+        paths = names  # only messages use them: a flat name says where as well
     offered = cp.offered
     if len(names) != len(offered) or not all(n in offered for n in names):
         raise corrupt(target, "its recorded structure does not match its tensors")
     got = [offered[n] for n in names]
-    t_leaves = [
-        _template_leaf(target, slot.kind, g, cp.key_impl.get(n))
-        for (_, slot), g, n in zip(t_flat, got, names)
-    ]
+    made: dict[Any, Any] = {}  # template leaves are immutable: one per kind, shape, dtype
+    t_leaves = []
+    for (_, slot), g, n in zip(t_flat, got, names):
+        key = (slot.kind, g, cp.key_impl.get(n) if cp.key_impl else None)
+        leaf = made.get(key)
+        if leaf is None:
+            leaf = made[key] = _template_leaf(target, *key)
+        t_leaves.append(leaf)
     return treedef.unflatten(_values(target, cp, paths, names, got, t_leaves, [False] * len(names)))
 
 

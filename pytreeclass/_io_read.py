@@ -133,13 +133,14 @@ class TreeInfo:
         if not isinstance(s, dict):
             return None
         root = s.get("root")
-        if isinstance(root, dict) and "class" in root:
-            try:
-                return s["classes"][root["class"]]["name"].replace(":", ".")
-            except (KeyError, IndexError, TypeError):
-                return None
-        if isinstance(root, dict) and root:
-            return next(iter(root))
+        try:
+            if type(root) is int:
+                node = s["nodes"][root]
+                if "class" in node:
+                    return s["classes"][node["class"]]["name"].replace(":", ".")
+                return node.get("namedtuple", "").replace(":", ".") or next(iter(node))
+        except (KeyError, IndexError, TypeError, AttributeError, StopIteration):
+            return None
         return "leaf" if isinstance(root, str) else repr(root)
 
     def __repr__(self) -> str:

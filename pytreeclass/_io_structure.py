@@ -18,19 +18,22 @@ Safety is the point of the design, since a checkpoint may come from anyone:
 * anything else is recorded as "needs a template", and loading it without one is a
   `ValueError` naming the field.
 
-Encoding (`"structure"` in the file's manifest):
+Encoding (`"structure"` in the file's manifest). Equal subtrees are recorded once (a
+model of 48 equal blocks records one block), in a node table where children come before
+their parents:
 
 ```
 {"version": 1, "classes": [{"name": "mod:Qual", "fields": [...], "static": [...],
                             "stack": {field: axis}}, ...],
- "root": node}
-node  := "jax" | "numpy" | "scalar" | "python"            (a leaf, and what it was)
-       | null                                               (None)
-       | {"list": [node, ...]} | {"tuple": [node, ...]}
-       | {"dict": [[key, node], ...]} | {"odict": [[key, node], ...]}
-       | {"namedtuple": "mod:Qual", "items": [node, ...]}
-       | {"class": i, "fields": [node, ...], "static": [value, ...]}   (a treeclass)
-       | {"template": "TypeName"}                           (cannot be rebuilt)
+ "nodes": [node, ...], "root": ref}
+ref   := "jax" | "numpy" | "scalar" | "python"     (a leaf, and what kind it was)
+       | null                                      (None)
+       | i                                         (nodes[i], i below the parent's id)
+node  := {"list": [ref, ...]} | {"tuple": [ref, ...]}
+       | {"dict": [[key, ref], ...]} | {"odict": [[key, ref], ...]}
+       | {"namedtuple": "mod:Qual", "items": [ref, ...]}
+       | {"class": i, "fields": [ref, ...], "static": [value, ...]}   (a treeclass)
+       | {"template": "TypeName"}                  (cannot be rebuilt)
 value := str | int | float | bool | null | {"float": "nan"} | {"list": [...]}
        | {"tuple": [...]} | {"dict": [[value, value], ...]} | {"frozenset": [...]}
        | {"complex": [re, im]} | {"bytes": "hex"} | {"ref": "mod:Qual"}
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -153,6 +157,8 @@ class _Recorder:
     def __init__(self) -> None:
         self.classes: list[dict[str, Any]] = []
         self.class_index: dict[type, int | str] = {}
+        self.nodes: list[dict[str, Any]] = []
+        self.ids: dict[Any, int] = {}
 
     def class_of(self, cls: type) -> int | str:
         """The class table index of treeclass `cls`; a str (why not) if it cannot be found."""
@@ -176,7 +182,16 @@ class _Recorder:
             self.class_index[cls] = found
         return found
 
+    def intern(self, key: Any, node: dict[str, Any]) -> int:
+        """The id of `node` in the node table: equal subtrees are recorded once."""
+        found = self.ids.get(key)
+        if found is None:
+            found = self.ids[key] = len(self.nodes)
+            self.nodes.append(node)
+        return found
+
     def node(self, x: Any) -> Any:
+        """A leaf kind, None, or the node table id of `x`'s (sub)tree."""
         t = type(x)
         if x is None:
             return None
@@ -189,37 +204,43 @@ class _Recorder:
         if isinstance(x, np.generic):
             return "scalar"
         if t is list or t is tuple:
-            return {t.__name__: [self.node(c) for c in x]}
+            items = [self.node(c) for c in x]
+            return self.intern((t, *items), {t.__name__: items})
         if t is dict or t is collections.OrderedDict:
             keys = [encode_value(k) for k in x]
             if _first_need(keys):
-                return {"template": f"{t.__name__} with keys that are not JSON values"}
+                return self.template(f"{t.__name__} with keys that are not JSON values")
             tag = "dict" if t is dict else "odict"
-            return {tag: [[k, self.node(c)] for k, c in zip(keys, x.values())]}
+            pairs = [[k, self.node(c)] for k, c in zip(keys, x.values())]
+            key = (tag, json.dumps(keys), *[c for _, c in pairs])
+            return self.intern(key, {tag: pairs})
         meta = meta_of(t)
         if meta is not None:
             index = self.class_of(t)
             if isinstance(index, str):
-                return {"template": index}
+                return self.template(index)
             d = x.__dict__
-            return {
-                "class": index,
-                "fields": [self.node(d[n]) for n in meta.child_names],
-                "static": [encode_value(d[n]) for n in meta.static_names],
-            }
+            children = [self.node(d[n]) for n in meta.child_names]
+            static = [encode_value(d[n]) for n in meta.static_names]
+            key = (index, json.dumps(static) if static else "", *children)
+            return self.intern(key, {"class": index, "fields": children, "static": static})
         if _is_namedtuple_class(t):
             name = _qualified(t)
             if name is None:
-                return {"template": f"{t.__qualname__} (a namedtuple defined in a function)"}
-            return {"namedtuple": name, "items": [self.node(c) for c in x]}
-        return {"template": f"{t.__module__}.{t.__qualname__}"}
+                return self.template(f"{t.__qualname__} (a namedtuple defined in a function)")
+            items = [self.node(c) for c in x]
+            return self.intern((name, *items), {"namedtuple": name, "items": items})
+        return self.template(f"{t.__module__}.{t.__qualname__}")
+
+    def template(self, what: str) -> int:
+        return self.intern(("template", what), {"template": what})
 
 
 def record_structure(tree: Any) -> dict[str, Any]:
     """The JSON structure of `tree` (see the module docstring)."""
     rec = _Recorder()
     root = rec.node(tree)
-    return {"version": STRUCTURE_VERSION, "classes": rec.classes, "root": root}
+    return {"version": STRUCTURE_VERSION, "classes": rec.classes, "nodes": rec.nodes, "root": root}
 
 
 # -- rebuilding ---------------------------------------------------------------------------------
@@ -242,11 +263,13 @@ def _bad(path: str, why: str) -> ValueError:
 
 
 class _Builder:
-    def __init__(self, fn: str, file: str, classes: Any) -> None:
+    def __init__(self, fn: str, file: str, classes: Any, nodes: Any) -> None:
         self.fn, self.file = fn, file
-        if not isinstance(classes, list):
-            raise _bad("", "no class list")
+        if not (isinstance(classes, list) and isinstance(nodes, list)):
+            raise _bad("", "no class or node list")
         self.entries = classes
+        self.nodes = nodes
+        self.built: dict[int, Any] = {}
         self.classes: dict[int, tuple[type, Any]] = {}
 
     def need_template(self, path: str, why: str) -> ValueError:
@@ -383,14 +406,25 @@ class _Builder:
             )
         return obj
 
-    def node(self, path: str, x: Any) -> Any:
-        if x is None:
+    def node(self, path: str, ref: Any, below: int | None = None) -> Any:
+        """The template (sub)tree a reference stands for: a leaf kind, None, or a node id
+        (built once, then shared: a template's nodes are never mutated)."""
+        if ref is None:
             return None
-        if type(x) is str:
-            slot = _SLOTS.get(x)
+        if type(ref) is str:
+            slot = _SLOTS.get(ref)
             if slot is None:
-                raise _bad(path, f"an unknown leaf kind {x!r}")
+                raise _bad(path, f"an unknown leaf kind {ref!r}")
             return slot
+        if type(ref) is not int or not 0 <= ref < (len(self.nodes) if below is None else below):
+            # Children come before their parents: no node can contain itself.
+            raise _bad(path, "an invalid node reference")
+        built = self.built.get(ref, _MISSING)
+        if built is _MISSING:
+            built = self.built[ref] = self._build(path, ref, self.nodes[ref])
+        return built
+
+    def _build(self, path: str, i: int, x: Any) -> Any:
         if type(x) is not dict:
             raise _bad(path, "an invalid node")
         if "class" in x:
@@ -401,29 +435,32 @@ class _Builder:
             obj = object.__new__(cls)
             d = obj.__dict__
             for n, c in zip(meta.child_names, children):
-                d[n] = self.node(f"{path}.{n}", c)
+                d[n] = self.node(f"{path}.{n}", c, i)
             for n, v in zip(meta.static_names, static):
                 d[n] = self.value(f"{path}.{n}", v)
             d[FLAT] = meta.flatten(obj)
             return obj
         if "list" in x or "tuple" in x:
             (tag, items), *_ = x.items()
-            built = [self.node(f"{path}[{i}]", c) for i, c in enumerate(_list(path, items))]
+            built = [self.node(f"{path}[{j}]", c, i) for j, c in enumerate(_list(path, items))]
             return built if tag == "list" else tuple(built)
         if "dict" in x or "odict" in x:
             (tag, pairs), *_ = x.items()
             out = {} if tag == "dict" else collections.OrderedDict()
             for k, c in map(_pair(path), _list(path, pairs)):
                 key = self.value(path, k)
-                out[key] = self.node(f"{path}[{key!r}]", c)
+                out[key] = self.node(f"{path}[{key!r}]", c, i)
             return out
         if "namedtuple" in x:
             cls = self._named(path, x["namedtuple"], _is_namedtuple_class, "namedtuple")
             items = _list(path, x.get("items"))
-            return cls(*[self.node(f"{path}.{f}", c) for f, c in zip(cls._fields, items)])
+            return cls(*[self.node(f"{path}.{f}", c, i) for f, c in zip(cls._fields, items)])
         if "template" in x:
             raise self.need_template(path, f"a {x['template']}")
         raise _bad(path, "an invalid node")
+
+
+_MISSING = object()
 
 
 def _is_enum(obj: Any) -> bool:
@@ -456,5 +493,5 @@ def rebuild(fn: str, file: str, structure: Any) -> Any:
         raise _bad("", "not an object")
     if structure.get("version") != STRUCTURE_VERSION:
         raise _bad("", f"unknown version {structure.get('version')!r}")
-    builder = _Builder(fn, file, structure.get("classes"))
+    builder = _Builder(fn, file, structure.get("classes"), structure.get("nodes"))
     return builder.node("", structure.get("root"))
