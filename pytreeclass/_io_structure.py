@@ -58,7 +58,7 @@ import numpy as np
 from ._io_leaves import NUMBERS, show
 from ._meta import FLAT, meta_of, own_meta
 
-__all__ = ["STRUCTURE_VERSION", "LeafSlot", "rebuild", "record_structure"]
+__all__ = ["STRUCTURE_VERSION", "LeafSlot", "encode_value", "rebuild", "record_structure"]
 
 STRUCTURE_VERSION = 1
 _LEAF_KINDS = ("jax", "numpy", "scalar", "python")
@@ -143,7 +143,7 @@ def encode_value(value: Any) -> Any:
     if callable(value) and isinstance(what, str):
         where = "defined in a function" if "<" in what else "not found under its own name"
         return {"needs": f"{what} ({where})"}
-    return {"needs": f"a {t.__qualname__} (not a JSON value, function, class or enum)"}
+    return {"needs": f"an instance of {t.__qualname__} (not a JSON value)"}
 
 
 def _first_need(items: list[Any]) -> dict[str, str] | None:
@@ -166,7 +166,7 @@ class _Recorder:
         if found is None:
             name = _qualified(cls)
             if name is None:
-                found = f"{cls.__qualname__} (a class defined in a function)"
+                found = f"a {cls.__qualname__} (a class defined in a function)"
             else:
                 meta = meta_of(cls)
                 assert meta is not None
@@ -209,7 +209,7 @@ class _Recorder:
         if t is dict or t is collections.OrderedDict:
             keys = [encode_value(k) for k in x]
             if _first_need(keys):
-                return self.template(f"{t.__name__} with keys that are not JSON values")
+                return self.template(f"a {t.__name__} with keys that are not JSON values")
             tag = "dict" if t is dict else "odict"
             pairs = [[k, self.node(c)] for k, c in zip(keys, x.values())]
             key = (tag, json.dumps(keys), *[c for _, c in pairs])
@@ -227,10 +227,10 @@ class _Recorder:
         if _is_namedtuple_class(t):
             name = _qualified(t)
             if name is None:
-                return self.template(f"{t.__qualname__} (a namedtuple defined in a function)")
+                return self.template(f"a {t.__qualname__} (a namedtuple defined in a function)")
             items = [self.node(c) for c in x]
             return self.intern((name, *items), {"namedtuple": name, "items": items})
-        return self.template(f"{t.__module__}.{t.__qualname__}")
+        return self.template(f"an instance of {t.__module__}.{t.__qualname__}")
 
     def template(self, what: str) -> int:
         return self.intern(("template", what), {"template": what})
@@ -275,9 +275,10 @@ class _Builder:
     def need_template(self, path: str, why: str) -> ValueError:
         return ValueError(
             f"{self.fn}: {self.file} cannot be loaded without a template: {show(path)} "
-            f"holds {why}, which the file records by name only. Pass like= (a template of "
-            "the saved model, e.g. jax.eval_shape(init, key)), or ptc.tree_read(path) for "
-            "the arrays alone."
+            f"holds {why}, which a file cannot describe (it records JSON values, "
+            "treeclasses, containers, and functions, classes and enums defined at the top "
+            "of a module). Pass like= (a template of the saved model, e.g. "
+            "jax.eval_shape(init, key)), or use ptc.tree_read(path) for the arrays alone."
         )
 
     def treeclass(self, path: str, i: Any) -> tuple[type, Any]:
@@ -328,8 +329,8 @@ class _Builder:
             and isinstance(stack, dict)
         ):
             raise _bad(path, "a class entry without valid field lists")
-        saved = {n: "static" for n in static} | {n: "child" for n in fields}
-        now = {n: "static" for n in meta.static_names} | {n: "child" for n in meta.child_names}
+        saved = {n: "child" for n in fields} | {n: "static" for n in static}
+        now = {n: "child" for n in meta.child_names} | {n: "static" for n in meta.static_names}
         diffs = []
         gone = [n for n in saved if n not in now]
         new = [n for n in now if n not in saved]
@@ -456,7 +457,7 @@ class _Builder:
             items = _list(path, x.get("items"))
             return cls(*[self.node(f"{path}.{f}", c, i) for f, c in zip(cls._fields, items)])
         if "template" in x:
-            raise self.need_template(path, f"a {x['template']}")
+            raise self.need_template(path, str(x["template"]))
         raise _bad(path, "an invalid node")
 
 
