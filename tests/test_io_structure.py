@@ -273,7 +273,7 @@ def test_equinox_modules_need_a_template(tmp_path: Path) -> None:
 def test_file_without_structure_needs_a_template(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     safetensors_numpy.save_file({"w": np.ones(2, np.float32)}, str(path))
-    with pytest.raises(ValueError, match="records no tree structure .* pass like="):
+    with pytest.raises(ValueError, match=r"records no tree structure .* pass like="):
         ptc.tree_load(path)
     assert ptc.tree_load(path, like={"w": np.zeros(2, np.float32)})["w"].tolist() == [1, 1]
 
@@ -376,7 +376,7 @@ def test_named_statics_resolve_only_to_defined_objects(
     ],
 )
 def test_malformed_structures_are_corrupt_files(tmp_path: Path, edit: Any) -> None:
-    with pytest.raises(ValueError, match="corrupt|recorded structure"):
+    with pytest.raises(ValueError, match=r"recorded structure .*truncated, corrupt"):
         ptc.tree_load(_with_structure(tmp_path, edit))
 
 
