@@ -193,20 +193,27 @@ class _Recorder:
     def node(self, x: Any) -> Any:
         """A leaf kind, None, or the node table id of `x`'s (sub)tree."""
         t = type(x)
+        kind = _KIND_OF.get(t)
+        if kind is None:
+            kind = _kind_of(t)
+        if type(kind) is str:
+            return kind  # a leaf
+        if kind is _TREECLASS:
+            meta = meta_of(t)
+            index = self.class_of(t)
+            if type(index) is str:
+                return self.template(index)
+            d = x.__dict__
+            children = [self.node(d[n]) for n in meta.child_names]  # type: ignore[union-attr]
+            static = [encode_value(d[n]) for n in meta.static_names]  # type: ignore[union-attr]
+            key = (index, json.dumps(static) if static else "", *children)
+            return self.intern(key, {"class": index, "fields": children, "static": static})
         if x is None:
             return None
-        if t in NUMBERS:
-            return "python"
-        if isinstance(x, jax.Array):
-            return "jax"
-        if isinstance(x, np.ndarray):
-            return "numpy"
-        if isinstance(x, np.generic):
-            return "scalar"
-        if t is list or t is tuple:
+        if kind is _SEQUENCE:
             items = [self.node(c) for c in x]
             return self.intern((t, *items), {t.__name__: items})
-        if t is dict or t is collections.OrderedDict:
+        if kind is _MAPPING:
             keys = [encode_value(k) for k in x]
             if _first_need(keys):
                 return self.template(f"a {t.__name__} with keys that are not JSON values")
@@ -214,17 +221,7 @@ class _Recorder:
             pairs = [[k, self.node(c)] for k, c in zip(keys, x.values())]
             key = (tag, json.dumps(keys), *[c for _, c in pairs])
             return self.intern(key, {tag: pairs})
-        meta = meta_of(t)
-        if meta is not None:
-            index = self.class_of(t)
-            if isinstance(index, str):
-                return self.template(index)
-            d = x.__dict__
-            children = [self.node(d[n]) for n in meta.child_names]
-            static = [encode_value(d[n]) for n in meta.static_names]
-            key = (index, json.dumps(static) if static else "", *children)
-            return self.intern(key, {"class": index, "fields": children, "static": static})
-        if _is_namedtuple_class(t):
+        if kind is _NAMEDTUPLE:
             name = _qualified(t)
             if name is None:
                 return self.template(f"a {t.__qualname__} (a namedtuple defined in a function)")
@@ -234,6 +231,36 @@ class _Recorder:
 
     def template(self, what: str) -> int:
         return self.intern(("template", what), {"template": what})
+
+
+_TREECLASS, _SEQUENCE, _MAPPING, _NAMEDTUPLE, _OTHER = (object() for _ in range(5))
+# What each type is, worked out once per type (recording visits every node).
+_KIND_OF: dict[type, Any] = {
+    type(None): _OTHER,  # None: no kind of its own (checked by identity)
+    list: _SEQUENCE,
+    tuple: _SEQUENCE,
+    dict: _MAPPING,
+    collections.OrderedDict: _MAPPING,
+    **{t: "python" for t in NUMBERS},
+}
+
+
+def _kind_of(t: type) -> Any:
+    if issubclass(t, jax.Array):
+        kind = "jax"
+    elif issubclass(t, np.ndarray):
+        kind = "numpy"
+    elif issubclass(t, np.generic):
+        kind = "scalar"
+    elif meta_of(t) is not None:
+        kind = _TREECLASS
+    elif _is_namedtuple_class(t):
+        kind = _NAMEDTUPLE
+    else:
+        kind = _OTHER
+    if len(_KIND_OF) < 1024:
+        _KIND_OF[t] = kind
+    return kind
 
 
 def record_structure(tree: Any) -> dict[str, Any]:
