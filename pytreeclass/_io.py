@@ -44,7 +44,6 @@ Format = Literal["npz", "safetensors"]
 _FORMATS = ("npz", "safetensors")
 _ONE_NAME = "a .safetensors file needs one name per leaf. Rename a dict key, or use .npz."
 _DEFAULT_METADATA = {"format": "pt"}  # what transformers' from_pretrained requires
-_NO_TEMPLATE: Any = object()
 _HINT = "Load with a template of the saved model (same sizes and dtypes), or convert after loading."
 
 
@@ -192,8 +191,10 @@ def _metadata(fmt: str, metadata: Any, max_shard_size: Any) -> dict[str, str]:
 @overload
 def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = None) -> T: ...
 @overload
-def tree_load(path: str | os.PathLike[str], *, format: Format | None = None) -> Any: ...
-def tree_load(path: str | os.PathLike[str], *, like: Any = _NO_TEMPLATE, format: Any = None) -> Any:
+def tree_load(
+    path: str | os.PathLike[str], *, like: None = None, format: Format | None = None
+) -> Any: ...
+def tree_load(path: str | os.PathLike[str], *, like: Any = None, format: Any = None) -> Any:
     """Read a file written by `tree_save` into the structure of the template `like`,
     or, without `like`, into the structure the file records.
 
@@ -213,8 +214,8 @@ def tree_load(path: str | os.PathLike[str], *, like: Any = _NO_TEMPLATE, format:
             Hugging Face `*.safetensors.index.json`).
         like: the template: a tree with the saved tree's structure whose leaves are
             arrays, `jax.ShapeDtypeStruct`s or Python numbers (their values are
-            ignored), e.g. `jax.eval_shape(init, key)`. Without it, the file's recorded
-            structure is rebuilt: leaves come back as the kind they were saved as
+            ignored), e.g. `jax.eval_shape(init, key)`. Without it (`None`), the
+            file's recorded structure is rebuilt: leaves come back as the kind they were saved as
             (`jax.Array` on the default device, NumPy array or scalar, Python number).
         format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
 
@@ -251,7 +252,7 @@ def tree_load(path: str | os.PathLike[str], *, like: Any = _NO_TEMPLATE, format:
             fmt = "sharded"
         else:
             fmt = _format("tree_load", target, format)
-        if like is _NO_TEMPLATE:
+        if like is None:
             return _load_recorded(target, open_checkpoint("tree_load", target, fmt))
         t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
         paths = [keystr(p) for p, _ in t_flat]
