@@ -7,7 +7,9 @@ reads (`allow_pickle=False`), with
   "leaves": [[path, dtype, shape, buffer, extra?], ...]}`, one entry per leaf in tree
   order: its key path (`jax.tree_util.keystr`), dtype and shape, which buffer holds it,
   and, only where needed, how to give it back (`{"python": "float"}`, or for PRNG keys
-  `{"key_impl": ..., "stored_shape": ...}`);
+  `{"key_impl": ..., "stored_shape": ...}`); newer files also hold `"names"`, the
+  leaves' flat names in the same order (for `tree_read`), and `"structure"`, the tree's
+  recorded structure (see `_io_structure`), both ignored by older readers;
 * one `.npy` entry per stored dtype (`float32.npy`, `uint16.npy`, ...): a 1-D array
   holding the leaves of that dtype back to back, in manifest order. numpy has no
   bfloat16/float8/int4 (ml_dtypes) or PRNG key dtypes, so those are stored as the raw

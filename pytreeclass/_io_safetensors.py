@@ -14,7 +14,10 @@ leaves the standard dtypes cannot describe: Python numbers (`{"python": "float"}
 keys (stored as their key data: `{"dtype": "key<fry>", "shape": [...], "key_impl":
 "fry"}`) and dtypes with no safetensors code (int4, float8 variants, complex128, ...:
 their raw bits as unsigned integers, `{"dtype": "int4", "shape": [...]}`). A file without
-it (written by another tool) loads by name, with the dtypes its header gives.
+it (written by another tool) loads by name, with the dtypes its header gives. The
+manifest also holds `"structure"` (the tree's recorded structure, see `_io_structure`)
+and, in shards, `"save_id"` (see `_io_shards`); `__metadata__` holds the user's
+entries beside it, `{"format": "pt"}` by default.
 """
 
 from __future__ import annotations
