@@ -121,6 +121,12 @@ def tree_save(
         else:
             fmt = _format("tree_save", target, format)
         meta = _metadata(fmt, metadata, max_shard_size)
+        if sharded and max_shard_size is None:
+            raise ValueError(
+                f"tree_save: {target!r} is a shard index; give max_shard_size= (such as "
+                "'5GB') to write shards, or save to a .safetensors path."
+            )
+        size = parse_size("tree_save", max_shard_size) if sharded else 0
         flat, _ = jax.tree_util.tree_flatten_with_path(tree)
         if fmt == "safetensors":
             names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
@@ -141,12 +147,6 @@ def tree_save(
         leaves = host_leaves("tree_save", flat)
         extra: dict[str, Any] = {"structure": record_structure(tree)}
         if sharded:
-            if max_shard_size is None:
-                raise ValueError(
-                    f"tree_save: {target!r} is a shard index; give max_shard_size= (such "
-                    "as '5GB') to write shards, or save to a .safetensors path."
-                )
-            size = parse_size("tree_save", max_shard_size)
             write_sharded(target, names, leaves, size, meta, extra)
             return
         with atomic_write(target) as f:
