@@ -298,8 +298,13 @@ def _open_sharded(fn: str, path: str) -> Checkpoint:
                 f"{fn}: the shard {file!r} that {path!r} lists is missing; copy every "
                 "shard the index lists next to it."
             )
-        with open(shard, "rb") as f:
-            sub = SafetensorsIndex(f, shard)
+        try:
+            with open(shard, "rb") as f:
+                sub = SafetensorsIndex(f, shard)
+        except ValueError:  # pytorch_model.bin.index.json lists pickles
+            if shard.lower().endswith(_TORCH_SUFFIXES) or _is_torch_pickle(shard):
+                raise torch_pickle_error(fn, shard) from None
+            raise
         listed = set(names)
         if listed != set(sub.offered):
             odd = sorted(listed ^ set(sub.offered))[0]

@@ -363,6 +363,16 @@ def test_pytorch_pickles_are_refused_unopened(tmp_path: Path, name: str, kind: s
     assert UNPICKLED == []
 
 
+def test_a_pytorch_shard_index_names_the_pickle(tmp_path: Path) -> None:
+    shard = tmp_path / "pytorch_model-00001-of-00001.bin"
+    _torch_like_zip(shard)
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": shard.name}}))
+    with pytest.raises(ValueError, match=r"pytorch_model-00001-of-00001\.bin' is a PyTorch"):
+        ptc.tree_read(index)
+    assert UNPICKLED == []
+
+
 def test_a_damaged_file_is_still_called_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
     path.write_bytes(b"PK\x03\x04 not really a zip")
