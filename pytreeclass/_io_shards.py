@@ -172,9 +172,10 @@ def _plain_name(name: str) -> bool:
 
 def torch_pickle_error(fn: str, path: str) -> ValueError:
     return ValueError(
-        f"{fn}: {path!r} is a PyTorch pickle (torch.save, pytorch_model.bin), and "
-        "pytreeclass never unpickles: unpickling a file can run any code it holds. Convert "
-        "it once, where you trust the file, to .safetensors: `import torch; from "
+        f"{fn}: {path!r} is a pickle (as PyTorch's torch.save and pytorch_model.bin "
+        "files are), and pytreeclass never unpickles: unpickling a file can run any code "
+        "it holds. Convert it once, where you trust the file, to .safetensors: `import "
+        "torch; from "
         "safetensors.torch import save_file; save_file(torch.load(path, "
         "weights_only=True), 'model.safetensors')` (or model.save_pretrained(folder, "
         "safe_serialization=True) in transformers), then load that file."
