@@ -55,6 +55,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._errors import reraise_if_too_deep
 from ._io_leaves import NUMBERS, show
 from ._meta import FLAT, meta_of, own_meta
 
@@ -266,7 +267,13 @@ def _kind_of(t: type) -> Any:
 def record_structure(tree: Any) -> dict[str, Any]:
     """The JSON structure of `tree` (see the module docstring)."""
     rec = _Recorder()
-    root = rec.node(tree)
+    try:
+        root = rec.node(tree)
+    except RecursionError:
+        # Saving must not fail where flattening did not: record that this tree needs
+        # a template (a load without one then says so) instead.
+        rec = _Recorder()
+        root = rec.template("a tree nested deeper than Python's recursion limit")
     return {"version": STRUCTURE_VERSION, "classes": rec.classes, "nodes": rec.nodes, "root": root}
 
 
@@ -522,4 +529,8 @@ def rebuild(fn: str, file: str, structure: Any) -> Any:
     if structure.get("version") != STRUCTURE_VERSION:
         raise _bad("", f"unknown version {structure.get('version')!r}")
     builder = _Builder(fn, file, structure.get("classes"), structure.get("nodes"))
-    return builder.node("", structure.get("root"))
+    try:
+        return builder.node("", structure.get("root"))
+    except RecursionError as e:
+        reraise_if_too_deep(fn, e)
+        raise

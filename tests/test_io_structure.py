@@ -432,3 +432,22 @@ def test_a_named_object_must_be_found_under_its_own_name(tmp_path: Path) -> None
         ptc.tree_load(path)
     path = _save(tmp_path, "ok.npz", {"t": Plain(jnp.ones(1), n=double)})  # type: ignore[arg-type]
     assert ptc.tree_load(path)["t"].n is double
+
+
+def test_trees_deeper_than_the_recursion_limit() -> None:
+    """Saving works where flattening does; a template-free load then needs a template
+    (recorded), and a rebuild that recurses too deep is a TreeTooDeepError."""
+    tree: Any = jnp.ones(1)
+    for _ in range(150):
+        tree = [tree]
+    structure = record_structure(tree)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(120)  # below this test's own depth + 150: the walk hits it
+    try:
+        shallow = record_structure(tree)
+        with pytest.raises(ptc.TreeTooDeepError, match="tree_load"):
+            rebuild("tree_load", "'f'", structure)
+    finally:
+        sys.setrecursionlimit(old)
+    assert shallow["nodes"] == [{"template": "a tree nested deeper than Python's recursion limit"}]
+    assert jax.tree.structure(rebuild("tree_load", "'f'", structure)) == jax.tree.structure(tree)
