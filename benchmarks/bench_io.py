@@ -29,6 +29,7 @@ import pytreeclass as ptc
 
 LOAD_TARGET = 1.5
 SAVE_TARGET = 1.3
+NO_TEMPLATE_TARGET = 1.1  # tree_load(path) against tree_load(path, like=model)
 MEMORY_TARGET_GIB = 1.3
 
 
@@ -101,6 +102,10 @@ def _rows(
             lambda: ptc.tree_load(npz, like=model),
         ),
     }
+    # The same files loaded without a template (the structure they record): not saved
+    # again, so their save column repeats the row above.
+    pairs["pytreeclass .safetensors, no template"] = (lambda: None, lambda: ptc.tree_load(st))
+    pairs["pytreeclass .npz, no template"] = (lambda: None, lambda: ptc.tree_load(npz))
     out = {name: [float("inf"), float("inf")] for name in pairs}
     for _ in range(repeat):  # interleaved: a burst of load hits every row alike
         for name, (save, load) in pairs.items():
@@ -109,6 +114,8 @@ def _rows(
     for _ in range(load_repeat - repeat):  # loads are quick, and noisier (page faults)
         for name, (_, load) in pairs.items():
             out[name][1] = min(out[name][1], _time(load, 1))
+    for fmt in (".safetensors", ".npz"):
+        out[f"pytreeclass {fmt}, no template"][0] = out[f"pytreeclass {fmt}"][0]
     return {name: (save_s, load_s) for name, (save_s, load_s) in out.items()}
 
 
@@ -182,7 +189,16 @@ def bench_io(settings: Settings) -> Section:
                     fmt_ratio(s / ref_save),
                     fmt_ratio(ld / ref_load),
                 )
-                if name.startswith("pytreeclass"):
+                if name.endswith("no template"):
+                    fmt = name.split()[1].rstrip(",")
+                    with_template = rows[f"pytreeclass {fmt}"][1]
+                    sec.check(
+                        f"{fmt} load without a template <= {NO_TEMPLATE_TARGET}x with one "
+                        f"({label})",
+                        fmt_ratio(ld / with_template),
+                        ld / with_template <= NO_TEMPLATE_TARGET,
+                    )
+                elif name.startswith("pytreeclass"):
                     fmt = name.split()[-1]
                     sec.check(
                         f"{fmt} load <= {LOAD_TARGET}x reference ({label})",

@@ -18,6 +18,10 @@ from ._filters import PathMatch as PathMatch
 from ._filters import Predicate as Predicate
 from ._io import tree_load as tree_load
 from ._io import tree_save as tree_save
+from ._io_read import TensorInfo as TensorInfo
+from ._io_read import TreeInfo as TreeInfo
+from ._io_read import tree_info as tree_info
+from ._io_read import tree_read as tree_read
 from ._kinds import BatchStat as BatchStat
 from ._kinds import Cache as Cache
 from ._kinds import Kind as Kind
@@ -94,7 +98,9 @@ __all__ = [
     "Predicate",
     "Rng",
     "State",
+    "TensorInfo",
     "TreeClass",
+    "TreeInfo",
     "TreeTooDeepError",
     "at",
     "capture",
@@ -109,12 +115,14 @@ __all__ = [
     "tree_equal",
     "tree_filter",
     "tree_from_dict",
+    "tree_info",
     "tree_kinds",
     "tree_labels",
     "tree_load",
     "tree_mask",
     "tree_merge",
     "tree_partition",
+    "tree_read",
     "tree_reseed",
     "tree_save",
     "tree_shardings",

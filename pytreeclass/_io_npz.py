@@ -7,7 +7,9 @@ reads (`allow_pickle=False`), with
   "leaves": [[path, dtype, shape, buffer, extra?], ...]}`, one entry per leaf in tree
   order: its key path (`jax.tree_util.keystr`), dtype and shape, which buffer holds it,
   and, only where needed, how to give it back (`{"python": "float"}`, or for PRNG keys
-  `{"key_impl": ..., "stored_shape": ...}`);
+  `{"key_impl": ..., "stored_shape": ...}`); newer files also hold `"names"`, the
+  leaves' flat names in the same order (for `tree_read`), and `"structure"`, the tree's
+  recorded structure (see `_io_structure`), both ignored by older readers;
 * one `.npy` entry per stored dtype (`float32.npy`, `uint16.npy`, ...): a 1-D array
   holding the leaves of that dtype back to back, in manifest order. numpy has no
   bfloat16/float8/int4 (ml_dtypes) or PRNG key dtypes, so those are stored as the raw
@@ -62,7 +64,8 @@ def _stored(leaf: HostLeaf) -> np.ndarray:
     return data
 
 
-def write_npz(f: Any, leaves: Sequence[HostLeaf]) -> None:
+def write_npz(f: Any, leaves: Sequence[HostLeaf], extra: dict[str, Any] | None = None) -> None:
+    """Write an `.npz` file; `extra` goes into the manifest (the names, the structure)."""
     buffers: dict[str, list[np.ndarray]] = {}
     index: dict[str, int] = {}
     rows: list[list[Any]] = []
@@ -80,6 +83,7 @@ def write_npz(f: Any, leaves: Sequence[HostLeaf]) -> None:
             row.append({"key_impl": leaf.key_impl, "stored_shape": list(data.shape)})
         rows.append(row)
     manifest = {"format": FORMAT, "version": VERSION, "buffers": list(index), "leaves": rows}
+    manifest.update(extra or {})
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         zf.writestr(MANIFEST, json.dumps(manifest, separators=(",", ":")))
         for name, arrays in buffers.items():
@@ -108,6 +112,7 @@ class NpzIndex:
             raise corrupt(path, f"it is not a complete zip archive ({e})") from None
         self.zf, self.f = zf, f
         header = self._manifest()
+        self.manifest: dict[str, Any] = header
         self.offered: dict[str, Offered] = {}
         self.key_impl: dict[str, str] = {}
         self.spans: list[Span] = []

@@ -14,7 +14,10 @@ leaves the standard dtypes cannot describe: Python numbers (`{"python": "float"}
 keys (stored as their key data: `{"dtype": "key<fry>", "shape": [...], "key_impl":
 "fry"}`) and dtypes with no safetensors code (int4, float8 variants, complex128, ...:
 their raw bits as unsigned integers, `{"dtype": "int4", "shape": [...]}`). A file without
-it (written by another tool) loads by name, with the dtypes its header gives.
+it (written by another tool) loads by name, with the dtypes its header gives. The
+manifest also holds `"structure"` (the tree's recorded structure, see `_io_structure`)
+and, in shards, `"save_id"` (see `_io_shards`); `__metadata__` holds the user's
+entries beside it, `{"format": "pt"}` by default.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from ._io_file import Slot, Span, check_tiling, corrupt, make_slot, write_joined
 from ._io_leaves import FORMAT, VERSION, HostLeaf, Offered, dtype_facts, itemsize_of
 
-__all__ = ["SafetensorsIndex", "write_safetensors"]
+__all__ = ["META_KEY", "SafetensorsIndex", "write_safetensors"]
 
 META_KEY = "pytreeclass"
 _quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
@@ -81,7 +84,15 @@ def _stored(leaf: HostLeaf) -> tuple[str, np.ndarray, dict[str, Any] | None]:
     return code, data, extra
 
 
-def write_safetensors(f: Any, names: Sequence[str], leaves: Sequence[HostLeaf]) -> None:
+def write_safetensors(
+    f: Any,
+    names: Sequence[str],
+    leaves: Sequence[HostLeaf],
+    metadata: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a `.safetensors` file: `metadata` goes into `__metadata__` beside our
+    manifest, `extra` into the manifest (the recorded structure, a save id)."""
     stored = [_stored(leaf) for leaf in leaves]
     # Widest items first, so every tensor starts aligned to its item size (as the
     # reference writer does); tree order otherwise.
@@ -92,7 +103,7 @@ def write_safetensors(f: Any, names: Sequence[str], leaves: Sequence[HostLeaf]) 
     manifest: dict[str, Any] = {}
     offset = 0
     for i in order:
-        code, data, extra = stored[i]
+        code, data, entry = stored[i]
         end = offset + data.nbytes
         shape = ",".join(map(str, data.shape))
         parts.append(
@@ -100,10 +111,11 @@ def write_safetensors(f: Any, names: Sequence[str], leaves: Sequence[HostLeaf]) 
             f'"data_offsets":[{offset},{end}]}}'
         )
         offset = end
-        if extra is not None:
-            manifest[names[i]] = extra
-    meta = json.dumps({"format": FORMAT, "version": VERSION, "leaves": manifest})
-    parts.append('"__metadata__":' + json.dumps({META_KEY: meta}))
+        if entry is not None:
+            manifest[names[i]] = entry
+    meta = {"format": FORMAT, "version": VERSION, "leaves": manifest, **(extra or {})}
+    encoded = json.dumps(meta, separators=(",", ":"))
+    parts.append('"__metadata__":' + json.dumps({**(metadata or {}), META_KEY: encoded}))
     raw = ("{" + ",".join(parts) + "}").encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
     f.write(len(raw).to_bytes(8, "little"))
@@ -118,14 +130,18 @@ class SafetensorsIndex:
     """What a `.safetensors` file holds, read from its header alone.
 
     `offered[name]` is what the file has for each tensor (before any data is read);
-    `slots` / `spans` say where its bytes lie, `key_impl[name]` which PRNG keys it holds.
+    `slots` / `spans` say where its bytes lie, `key_impl[name]` which PRNG keys it holds;
+    `manifest` is pytreeclass's manifest (empty for files of other tools), `metadata`
+    the rest of the header's `__metadata__`.
     """
 
     def __init__(self, f: Any, path: str) -> None:
         self.path = path
         header, data_start, data_size = self._header(f)
         meta = header.pop("__metadata__", None)
+        self.manifest: dict[str, Any] = {}
         special = self._manifest(meta)
+        self.metadata: dict[str, str] = {k: v for k, v in (meta or {}).items() if k != META_KEY}
         self.spans = [Span(data_start, data_size, "the data section")]
         self.slots: dict[str, Slot] = {}
         self.offered: dict[str, Offered] = {}
@@ -193,6 +209,7 @@ class SafetensorsIndex:
         leaves = m.get("leaves")
         if not (isinstance(leaves, dict) and all(map(_valid_extra, leaves.values()))):
             raise corrupt(path, "its manifest has no valid leaf list")
+        self.manifest = m
         return leaves
 
     def _tensor(self, name: str, t: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:

@@ -662,7 +662,8 @@ def test_the_reference_shows_no_private_names_and_one_signature_each(site: Path)
 # `field` returns a Field at run time but is typed as its default's type (so that
 # `x: int = field(default=1)` type-checks), and `Lens.get` returns whatever is at the
 # path: no single precise type exists for either.
-_ANY_RETURN_OK = {"field", "Lens.get"}
+# tree_load: overloads give `T` with `like=`; without it the file decides the type.
+_ANY_RETURN_OK = {"field", "Lens.get", "tree_load"}
 # Filters' `mask(ctx)` is the protocol the selection functions call, not an API for
 # users; the reference does not render it (`members: false`).
 _NOT_RENDERED = {"mask", "node_test"}  # the filter protocol, not rendered

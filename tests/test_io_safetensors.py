@@ -198,7 +198,10 @@ def test_safetensors_file_is_read_by_the_safetensors_package(tmp_path: Path) -> 
         np.testing.assert_array_equal(loaded[name], value)
         assert loaded[name].dtype == np.asarray(value).dtype
     with safetensors.safe_open(str(path), framework="np") as f:
-        meta = json.loads(f.metadata()["pytreeclass"])
+        metadata = f.metadata()
+    meta = json.loads(metadata.pop("pytreeclass"))
+    assert metadata == {"format": "pt"}  # what transformers' from_pretrained requires
+    assert meta.pop("structure")["classes"][0]["name"].endswith(":MLP")  # test_io_structure
     assert meta == {
         "format": "pytreeclass.tree",
         "version": 2,

@@ -15,7 +15,9 @@ L0  generic, no treeclass knowledge: the error types and the one depth guard (`_
     body (`_record`); and the
     leaf I/O both `_io` and `_weights` build on (`_io_file`: atomic writes and chunked
     reads; `_io_leaves`: flat names, leaves to and from host arrays, the checks against a
-    template; `_io_npz`, `_io_safetensors`: the two file formats).
+    template; `_io_npz`, `_io_safetensors`: the two file formats; `_io_shards`: a
+    checkpoint as one file or Hugging Face shards with their index; `_io_read`:
+    `tree_read` / `tree_info`, which need no treeclass knowledge).
 L1  the class protocol: kinds (`_kinds`), `Field` (`_field`), the class metadata every
     other module reads through `meta_of`, with the static check and the one copy helper
     `with_field` (`_meta`), and what runs per instance (`_instance`).
@@ -44,6 +46,9 @@ Changes from the plan in STYLE.md, and why:
 * The leaf I/O and the file formats sit in L0, not beside `_io` in L4: they know nothing
   of treeclasses (leaves, key paths, bytes), and two peripherals share them (`_io` saves
   and loads files, `_weights` converts flat dicts with the same names and checks).
+* The recorded structure of a saved tree (`_io_structure`) sits at the end of L2, not
+  with the other I/O in L0: it reads the class metadata (L1) to record and rebuild
+  treeclass instances, and `_io` (L4) is its only user.
 * Within a layer, order matters only where one module builds on another (`_meta` reads
   `Field`, `_instance` uses `_meta`); the order below is that dependency order.
 
@@ -83,12 +88,14 @@ LAYERS: list[tuple[str, list[str]]] = [
             "_io_leaves",
             "_io_npz",
             "_io_safetensors",
+            "_io_shards",
+            "_io_read",
         ],
     ),
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
     (
         "L2 selection",
-        ["_leaf_facts", "_stack", "_filters", "_partition", "_cast", "_labels"],
+        ["_leaf_facts", "_stack", "_filters", "_partition", "_cast", "_labels", "_io_structure"],
     ),
     (
         "L3 editing",
