@@ -408,7 +408,14 @@ class PathMatch(Filter):
 
     @staticmethod
     def prefix(name: str) -> PathMatch:
-        """The leaves at the dotted name `name` or under it."""
+        """The filter a bare string with a dot stands for.
+
+        Args:
+            name: a dotted name, such as `"blocks.0.attn"`.
+
+        Returns:
+            A `PathMatch` selecting the leaf named `name` and every leaf under it.
+        """
         return PathMatch(re.escape(name) + r"(\..+)?")
 
 

@@ -182,8 +182,9 @@ def tree_info(path: str | os.PathLike[str], *, format: Any = None) -> TreeInfo:
         format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
 
     Returns:
-        A `TreeInfo`: `.tensors` (`{name: TensorInfo(shape, dtype, nbytes, file)}`),
-        `.names`, `.metadata`, `.structure`, `.nbytes`, `.files`; its repr is a table.
+        The file's description as a `TreeInfo`, with `.tensors` (name to
+        `TensorInfo(shape, dtype, nbytes, file)`), `.names`, `.metadata`, `.structure`,
+        `.nbytes` and `.files`; its repr is a table.
 
     Raises:
         ValueError: the file is corrupt, of another format version, or a PyTorch pickle.
@@ -241,7 +242,7 @@ def tree_read(
         format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
 
     Returns:
-        `{flat name: array}` in the file's order.
+        A dict from each flat name to its array, in the file's order.
 
     Raises:
         ValueError: the file is corrupt, of another format version, or a PyTorch

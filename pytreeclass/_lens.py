@@ -41,9 +41,9 @@ from ._lens_steps import (
 from ._lens_walk import (
     Mapped,
     StackView,
+    path_text,
     put,
     walk,
-    where,
 )
 from ._select import (
     NthStep,
@@ -379,6 +379,15 @@ class Lens(Generic[T]):
         """Narrow the selection to its `n`-th element (negative from the end); out of range
         selects nothing. Steps may follow.
 
+        Args:
+            n: the position in the selection's order (`paths()` order).
+
+        Returns:
+            A lens selecting that one element.
+
+        Raises:
+            TypeError: `n` is not an int.
+
         Examples:
             >>> import pytreeclass as ptc
             >>> ptc.at({"a": [1, 2], "b": [3]})[...][...].nth(-1).set(0)
@@ -394,6 +403,9 @@ class Lens(Generic[T]):
     def remove(self) -> T:
         """A copy of the root without the selected elements: list and tuple items drop out
         (no `None` hole), dict entries are deleted, layers leave a stacked field.
+
+        Returns:
+            A new root without them; the root itself is unchanged.
 
         Raises:
             TypeError: a selected element is a field or attribute (fields cannot be
@@ -411,6 +423,12 @@ class Lens(Generic[T]):
         """A copy of the root with `x` inserted before each selected list, tuple or stack
         item (`x(item)` when `x` is a function).
 
+        Args:
+            x: the value to insert, or a function of the selected item that makes it.
+
+        Returns:
+            A new root with the items inserted; the root itself is unchanged.
+
         Raises:
             TypeError: a selected element is not an item of a list, tuple or stack.
 
@@ -425,6 +443,15 @@ class Lens(Generic[T]):
     def insert_after(self, x: Any) -> T:
         """As `insert_before`, after each selected item.
 
+        Args:
+            x: the value to insert, or a function of the selected item that makes it.
+
+        Returns:
+            A new root with the items inserted; the root itself is unchanged.
+
+        Raises:
+            TypeError: a selected element is not an item of a list, tuple or stack.
+
         Examples:
             >>> import pytreeclass as ptc
             >>> ptc.at([1, 2])[...].insert_after(lambda v: v * 10)
@@ -436,6 +463,12 @@ class Lens(Generic[T]):
     def set_items(self, mapping: Any, /) -> T:
         """A copy of the root with each selected key path set to its value: the inverse of
         `items()`. Keys are key paths (tuples of JAX keys) or their `keystr` strings.
+
+        Args:
+            mapping: `{key path: value}` for some of the paths the lens selects.
+
+        Returns:
+            A new root with those values; the root itself is unchanged.
 
         Raises:
             KeyError: a key is not a path this lens selects (the message lists them).
@@ -517,7 +550,7 @@ def _mapped_set(root: Any, path: _Path, value: Any, verb: str) -> Any:
     if not _has_slice(path):  # one position (an NNX attribute)
         return sel_set_items(sel, {sel.positions[0].keys: value})
     n = len(sel.positions)
-    here = where((root, path.steps, -1), len(path.steps))
+    here = path_text((root, path.steps, -1), len(path.steps))
     fix = f"Set it to (or return from apply) a list or tuple of {n} item(s), one per item."
     if not isinstance(value, (list, tuple)):
         raise TypeError(
@@ -533,7 +566,7 @@ def _mapped_set(root: Any, path: _Path, value: Any, verb: str) -> Any:
 
 def _where_all(lens: Lens[Any]) -> str:
     root, path = _GET(lens)
-    return where((root, path.steps, path.split), len(path.steps))
+    return path_text((root, path.steps, path.split), len(path.steps))
 
 
 def lens_on(tree: T) -> Lens[T]:

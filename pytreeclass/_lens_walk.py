@@ -55,7 +55,7 @@ __all__ = [
     "step_into",
     "walk",
     "walk_focus",
-    "where",
+    "path_text",
 ]
 
 _new = object.__new__
@@ -68,7 +68,7 @@ def _root_name(root: Any) -> str:
     return "model" if node_code(root) in (TREECLASS, DATACLASS) else "tree"
 
 
-def where(state: tuple[Any, Any, int], upto: int) -> str:
+def path_text(state: tuple[Any, Any, int], upto: int) -> str:
     """The path of a lens state `(root, steps, split)` up to step `upto`, e.g. `model.layers[7]`."""
     return _root_name(state[0]) + "".join(map(repr, state[1][:upto]))
 
@@ -83,7 +83,7 @@ def _missing(
     node: Any, code: int, step: PathStep, state: tuple[Any, Any, int], i: int
 ) -> Exception:
     """The error for a step that does not exist in `node`, naming the path and what is there."""
-    path = where(state, i + 1)
+    path = path_text(state, i + 1)
     key = step.key
     typ = type(node).__name__
     if type(key) is TracedIndex:
@@ -114,14 +114,16 @@ def _missing(
         keyed = any(type(k) is DictKey for k in keys)
         return step.error(f"{path}: {typ} has no child {step!r}; children: {children}", keyed)
     if code == NONE:
-        return step.error(f"{path}: the value at {where(state, i)} is None, which has no children")
+        return step.error(
+            f"{path}: the value at {path_text(state, i)} is None, which has no children"
+        )
     hint = (
         " To change array elements use .apply(lambda a: a.at[...].set(v))."
         if hasattr(node, "shape")
         else ""
     )
     return step.error(
-        f"{path}: cannot step into the leaf {leaf_repr(node)} at {where(state, i)}.{hint}"
+        f"{path}: cannot step into the leaf {leaf_repr(node)} at {path_text(state, i)}.{hint}"
     )
 
 
@@ -143,10 +145,10 @@ def slice_child(
             "layers, field(stack=...), to slice its layers)."
         )
         raise TypeError(
-            f"{where(state, i + 1)}: a slice selects items of a list or tuple, but the value "
-            f"at {where(state, i)} is {_describe(node)}. {fix}"
+            f"{path_text(state, i + 1)}: a slice selects items of a list or tuple, but the value "
+            f"at {path_text(state, i)} is {_describe(node)}. {fix}"
         )
-    return node[s], SLICE, (range(len(node))[s], where(state, i + 1))
+    return node[s], SLICE, (range(len(node))[s], path_text(state, i + 1))
 
 
 def _splice(node: Any, token: tuple[range, str], value: Any) -> Any:
@@ -302,7 +304,7 @@ class StackView:
 
     def write(self, value: Any) -> Any:
         """The stacked subtree with the addressed rows replaced by `value`."""
-        return scatter(self.node, self.idx, value, where(self.state, self.upto))
+        return scatter(self.node, self.idx, value, path_text(self.state, self.upto))
 
 
 def _stack_hop(
@@ -310,13 +312,13 @@ def _stack_hop(
 ) -> tuple[Any, ...]:
     """Record the stack index `key` (int or SliceKey) into `node`; the rows so far + it."""
     depth = 0 if idx is None else len(idx)
-    field = where(state, i)
-    n = stack_length(node, where(state, i + 1), axis=depth, prefix=field)
+    field = path_text(state, i)
+    n = stack_length(node, path_text(state, i + 1), axis=depth, prefix=field)
     if type(key) is int:
         k = key + n if key < 0 else key
         if not 0 <= k < n:
             raise IndexError(
-                f"{where(state, i + 1)}: index out of range (the stack {field} has {n} layers)"
+                f"{path_text(state, i + 1)}: index out of range (the stack {field} has {n} layers)"
             )
         row: Any = k
     elif type(key) is TracedIndex:
@@ -435,7 +437,7 @@ def put(
     if trail and trail[-1][1] == TREECLASS:
         parent, _, key = trail[-1]
         if meta_of(type(parent)).fields_by_name[key].stack is not None:  # type: ignore[union-attr]
-            _check_stack(node, value, where(state, len(steps)))
+            _check_stack(node, value, path_text(state, len(steps)))
     # Paths updated often are compiled (`_lens_compile`); this runs for a path's first
     # updates and for node types that are not compiled, so it simply calls `rebuild`
     # (a treeclass hop is `_meta.with_field`), except for the list item, cheap to inline.

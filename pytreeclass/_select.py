@@ -50,7 +50,7 @@ from ._lens_steps import (
     TracedIndex,
     node_code,
 )
-from ._lens_walk import listing, where
+from ._lens_walk import listing, path_text
 from ._meta import is_treeclass, meta_of
 from ._nodes import KINDS, NodeKind, StackKind
 from ._tree_util import ARRAY_TYPES, first_difference, leaf_repr
@@ -274,7 +274,7 @@ class Selection:
 def _step_error(step: Any, state: Any, at: int, seen: list[Any], keyed: bool) -> Exception:
     names = listing(dict.fromkeys(_keystr((k,)) for k in seen))
     return step.error(
-        f"{where(state, at + 1)}: no child {step!r} under any selected node; children "
+        f"{path_text(state, at + 1)}: no child {step!r} under any selected node; children "
         f"there: {names}",
         mapping=keyed,
     )
@@ -288,7 +288,7 @@ def _single_error(p: Pos, step: PathStep, state: Any, at: int) -> Exception:
         step_into(p.value, step, state, at)
     except (AttributeError, KeyError, IndexError, TypeError) as e:
         return e
-    return step.error(f"{where(state, at + 1)}: no such child")  # pragma: no cover
+    return step.error(f"{path_text(state, at + 1)}: no such child")  # pragma: no cover
 
 
 def select(root: Any, steps: tuple[Any, ...], state: Any, split: int) -> Selection:
@@ -314,7 +314,7 @@ def _select(root: Any, steps: tuple[Any, ...], state: Any, split: int) -> Select
             focus = cur[0] if len(cur) == 1 else None
         if any(p.static for p in cur):
             raise TypeError(
-                f"{where(state, j + 1)}: {where(state, j)} is a static attribute (static "
+                f"{path_text(state, j + 1)}: {path_text(state, j)} is a static attribute (static "
                 "fields hold configuration, not a subtree): a path can only end there "
                 "(with .get(), .set(v) or .apply(fn))."
             )
@@ -358,8 +358,8 @@ def _select(root: Any, steps: tuple[Any, ...], state: Any, split: int) -> Select
                 if p.view is not None or p.stack is not None or p.node_kind().code in (LIST, TUPLE):
                     if p.stack is not None and key.slice.step == 0:
                         raise ValueError(
-                            f"{where(state, j + 1)}: slice step cannot be zero; a slice of "
-                            f"the stack {where(state, j)} needs a step such as 1, 2 or -1."
+                            f"{path_text(state, j + 1)}: slice step cannot be zero; a slice of "
+                            f"the stack {path_text(state, j)} needs a step such as 1, 2 or -1."
                         )
                     out.append(_view(p, key.slice))
                 elif single:
@@ -389,8 +389,8 @@ def _select(root: Any, steps: tuple[Any, ...], state: Any, split: int) -> Select
                     if not 0 <= i < n:
                         if single and len(cur) == 1:
                             raise IndexError(
-                                f"{where(state, j + 1)}: index out of range (the stack "
-                                f"{where(state, j)} has {n} layers)"
+                                f"{path_text(state, j + 1)}: index out of range (the stack "
+                                f"{path_text(state, j)} has {n} layers)"
                             )
                         continue
                     out.append(_layer(q, i))
@@ -631,7 +631,7 @@ def sel_set(sel: Selection, value: Any) -> Any:
     if nodes and all(q.static or not _is_leaf(q) for q in nodes):  # nodes or statics
         return _update(sel, [(p, _constant(value)) for p in nodes])  # a node for each
     raise ValueError(
-        f"{where(state, len(state[1]))}.set(): {vals}. Pass a single leaf (given to every "
+        f"{path_text(state, len(state[1]))}.set(): {vals}. Pass a single leaf (given to every "
         "selected leaf) or a tree shaped like .get(), where None keeps the leaf or subtree "
         "there."
     )
@@ -714,14 +714,14 @@ def _parent_groups(sel: Selection, verb: str) -> dict[tuple[Any, ...], list[Pos]
         for q in p.items():
             if not q.hops:
                 raise TypeError(
-                    f"{where(state, len(state[1]))}.{verb}(): the selection is the root "
+                    f"{path_text(state, len(state[1]))}.{verb}(): the selection is the root "
                     "itself, which has no parent to take it from."
                 )
             kind = q.hops[-1][0]
             if not kind.sequence:
                 what = type(_parent_value(sel.root, q.hops)).__name__
                 raise TypeError(
-                    f"{where(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
+                    f"{path_text(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
                     f"of a {what}, whose children are fixed (a field or an attribute). "
                     f"{verb}() works on items of lists, tuples, dicts and stacked fields; "
                     "to replace a field use .set(v) or .apply(fn)."
@@ -732,7 +732,7 @@ def _parent_groups(sel: Selection, verb: str) -> dict[tuple[Any, ...], list[Pos]
                 and not isinstance(kind, StackKind)
             ):
                 raise TypeError(
-                    f"{where(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
+                    f"{path_text(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
                     "of a dict, which has no order to insert into; build the dict with "
                     ".set(...) on its parent instead."
                 )
@@ -797,7 +797,7 @@ def _inserter(kind: NodeKind, at: dict[Any, Any], state: Any) -> Callable[[Any],
                 return tree_stack(out)
             except ValueError as e:
                 raise ValueError(
-                    f"{where(state, len(state[1]))}: the inserted layer does not stack with "
+                    f"{path_text(state, len(state[1]))}: the inserted layer does not stack with "
                     f"the others: {e}"
                 ) from None
 
@@ -819,7 +819,7 @@ def sel_set_items(sel: Selection, mapping: Any) -> Any:
         if q is None:
             shown = listing(by_str, 10)
             raise KeyError(
-                f"{where(state, len(state[1]))}.set_items(): {k!r} is not a key path this "
+                f"{path_text(state, len(state[1]))}.set_items(): {k!r} is not a key path this "
                 f"lens selects; it selects: {shown}. Use the paths .items() or .paths() give."
             )
         fns.append((q, _constant(v)))
