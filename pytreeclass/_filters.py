@@ -66,7 +66,7 @@ __all__ = [
 _LEAF_TYPES = (bool, int, float, complex, str, bytes, np.ndarray, np.generic, jax.Array)
 
 
-def type_members(t: Any) -> tuple[type, ...]:
+def type_members(t: _Any) -> tuple[type, ...]:
     """The classes of a type, a tuple of types or a union (`A | B`, `Union[A, B]`)."""
     if isinstance(t, tuple):
         return tuple(m for x in t for m in type_members(x))
@@ -87,10 +87,10 @@ def _may_match_leaves(t: type) -> bool:
     return False
 
 
-_NODE_TYPES: dict[Any, tuple[type, ...]] = {}
+_NODE_TYPES: dict[_Any, tuple[type, ...]] = {}
 
 
-def node_types(t: Any) -> tuple[type, ...]:
+def node_types(t: _Any) -> tuple[type, ...]:
     """The members of `t` that select nodes (empty for leaf types such as `jax.Array`)."""
     try:
         return _NODE_TYPES[t]
@@ -121,7 +121,7 @@ def always_node(t: type) -> bool:
     return module is not None and issubclass(t, module)
 
 
-def _is_instance_type(cls: Any, types: tuple[type, ...]) -> bool:
+def _is_instance_type(cls: _Any, types: tuple[type, ...]) -> bool:
     try:
         return issubclass(cls, types)
     except TypeError:
@@ -131,14 +131,14 @@ def _is_instance_type(cls: Any, types: tuple[type, ...]) -> bool:
 _INSIDE = BoundedCache(maxsize=4096)
 
 
-def inside_flags(treedef: Any, types: tuple[type, ...]) -> tuple[bool, ...]:
+def inside_flags(treedef: _Any, types: tuple[type, ...]) -> tuple[bool, ...]:
     """Per leaf of `treedef`: does it lie under a node whose class is one of `types`?"""
     key = (treedef, types)
     out = _INSIDE.get(key)
     if out is None:
         flags: list[bool] = []
 
-        def walk(td: Any, inside: bool) -> None:
+        def walk(td: _Any, inside: bool) -> None:
             data = td.node_data()
             if data is None:  # a leaf
                 flags.append(inside)

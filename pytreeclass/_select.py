@@ -97,8 +97,10 @@ class Pos:
     whose leaves are rows), and what it is: a stacked field (`stack`), a view of items
     (`view`: the item tokens), or a static attribute (`static`)."""
 
-    __slots__ = ("flat", "hops", "keys", "kind", "lo", "n", "outer", "stack", "static", "td")
-    __slots__ += ("value", "view")
+    __slots__ = (
+        *("flat", "hops", "keys", "kind", "lo", "n", "outer", "stack", "static", "td"),
+        *("value", "view"),
+    )
 
     def __init__(
         self,

@@ -624,7 +624,8 @@ def scan_layers(
     if any(shared):  # shared leaves (functions, strings) are closed over, not scanned
         xs: Any = [None if s else x for x, s in zip(flat, shared)]
 
-        def scanned(c: Any, rows: Any) -> tuple[Any, Any]:
+        def scanned(c: Any, layer: Any) -> tuple[Any, Any]:
+            rows = layer
             layer = treedef.unflatten([x if s else r for x, r, s in zip(flat, rows, shared)])
             new_c, (new_layer, records) = body(c, layer)
             if new_layer is not None:
