@@ -210,7 +210,11 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("f", FILTERS, ids=repr)
+def _filter_id(f: Any) -> str:
+    return "value>10" if type(f).__name__ == "function" else getattr(f, "__name__", repr(f))
+
+
+@pytest.mark.parametrize("f", FILTERS, ids=_filter_id)
 @pytest.mark.parametrize("prefix", ["", ".blocks", ".blocks[1]", ".blocks[1].mlp"])
 def test_a_selection_is_tree_mask_on_the_root_restricted_to_the_focus(f: Any, prefix: str) -> None:
     listed, _ = twins()
