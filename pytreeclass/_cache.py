@@ -1,4 +1,35 @@
-"""Bounded caches: `BoundedCache` for per-treedef results, `TypeTable` for per-type facts."""
+"""Bounded caches: `BoundedCache` for per-treedef results, `TypeTable` for per-type facts.
+
+Every cache in the package, in one place (`tests/test_layers.py` checks that each cache
+a module makes is listed here, and each one listed exists). Per-treedef caches marked
+*strict* hold trees' own keys or aux data, so an `==`-equal tree of other key types
+misses (see `BoundedCache`); each has a test that warms it with such a tree first.
+
+| cache | keyed by | holds |
+|---|---|---|
+| `_leaf_facts._KINDS_CACHE` | treedef | the kind of each leaf |
+| `_leaf_facts._AXES_CACHE` | treedef | the logical axes of each leaf |
+| `_leaf_facts._PATHS_CACHE` (strict) | treedef | the key path of each leaf |
+| `_filters._MASK_CACHE` | treedef, filter | which leaves a structural filter selects |
+| `_filters._INSIDE` | treedef, node types | which leaves lie under a node of those types |
+| `_filters._NODE_TYPES` | a filter's type | the members of it that select nodes |
+| `_filters._TYPE_FILTERS` | type | the filter object a bare type stands for |
+| `_partition._SELECTIONS` (strict) | treedef, filters | a partition's two sides, as plans |
+| `_partition._MASKS` (strict) | treedef, filters | mask trees |
+| `_partition._PLANS` (strict) | treedefs | merge plans |
+| `_labels._LABELS` (strict) | treedef, mapping | a maker of the labels tree |
+| `_lens_steps.CODES` | type | how a node of that type is taken apart (its kind) |
+| `_lens_steps.DATACLASS_FIELDS` | type | a dataclass-like node's field names |
+| `_lens_walk._TC` | type | a treeclass's fields by name (the walk's fast path) |
+| `_nodes._CHILDREN` | type | a dataclass-like node's child fields |
+| `_select._PLANS` (strict) | treedef, lens steps | a selection's update: leaf indices or a runner |
+| `_io_leaves._FACTS` | dtype | how a dtype is written and read |
+| `_io_leaves.itemsize_of` (lru) | dtype name | its item size |
+| `_io._key_dtype` (lru) | key implementation | the dtype of its keys |
+
+Lens paths (`_lens._Path`) are interned and keep their compiled updates (`_lens_compile`)
+per root type, both bounded by counts in `_lens`.
+"""
 
 from __future__ import annotations
 

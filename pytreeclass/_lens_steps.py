@@ -88,7 +88,7 @@ CODES = TypeTable(
         type(None): NONE,
     },
 )
-DATACLASS_FIELDS = TypeTable(8192)  # per DATACLASS type: the field names that are children
+DATACLASS_FIELDS = TypeTable(8192)  # per DATACLASS type: its field names, static ones too
 
 
 def _classify(x: Any) -> NodeCode:

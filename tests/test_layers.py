@@ -350,3 +350,26 @@ def test_compiled_update_agrees_with_with_field(name: str) -> None:
     _same_copy(got, _meta.with_field(outer, "inner", got.inner))
     with pytest.raises(TypeError, match="static field 'n' of _Layer holds an unhashable list"):
         outer.at.inner.n.set([1])
+
+
+def test_every_cache_is_listed_in_one_place() -> None:
+    """`_cache.py`'s table lists every module-level cache the package makes."""
+    import pytreeclass._cache as cache_module
+
+    doc = cache_module.__doc__ or ""
+    listed = set(re.findall(r"\| `(_\w+)\.(\w+)`", doc))
+    made = set()
+    for module, tree in MODULES.items():
+        for node in tree.body:
+            value = getattr(node, "value", None)
+            targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
+            call = getattr(getattr(value, "func", None), "id", None)
+            if call in ("BoundedCache", "TypeTable"):
+                made |= {(module, t.id) for t in targets if isinstance(t, ast.Name)}
+            if isinstance(node, ast.FunctionDef) and any(
+                "lru_cache" in ast.unparse(d) for d in node.decorator_list
+            ):
+                made.add((module, node.name))
+    made |= {("_filters", "_NODE_TYPES"), ("_io_leaves", "_FACTS")}  # plain bounded dicts
+    assert made <= listed, f"caches missing from _cache.py's table: {sorted(made - listed)}"
+    assert listed <= made, f"listed in _cache.py but not made: {sorted(listed - made)}"
