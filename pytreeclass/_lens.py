@@ -71,11 +71,12 @@ class _Path:
     given `.name` or `[key]` is made once and reused, so a step costs one dict lookup and
     no tuple copy, and `model.at.layers[3].w` built twice shares one `_Path`."""
 
-    __slots__ = ("attrs", "items", "plan", "plans", "split", "steps", "tries")
+    __slots__ = ("attrs", "items", "memo", "plan", "plans", "split", "steps", "tries")
 
     def __init__(self, steps: tuple[Any, ...], split: int) -> None:
         # split: index of the first multi step (`[...]`, a filter, `.nth`), or -1
         self.steps, self.split = steps, split
+        self.memo: list[Any] = [None, None, None]  # a selection's plan (`planned_update`)
         self.attrs: dict[str, _Path] = {}  # `.name` -> child path
         self.items: dict[Any, _Path] = {}  # `[str]`, `[int]`, `[...]` -> child path
         self.plans: dict[type, Any] = {}  # type of root -> compiled update (`compile_put`)
@@ -290,7 +291,7 @@ class Lens(Generic[T]):
                 return _mapped_set(root, path, value, "set")
         state = (root, path.steps, path.split)
         if value is None or is_single_leaf(value):
-            return planned_update(root, path.steps, state, path.split, lambda _: value)
+            return planned_update(root, path.steps, state, path.split, lambda _: value, path.memo)
         return sel_set(select(root, path.steps, state, path.split), value)
 
     def apply(self, fn: Callable[..., Any], *, with_path: bool = False) -> T:
@@ -325,7 +326,8 @@ class Lens(Generic[T]):
             except Mapped:  # inside each item of a list's slice: fn per item
                 return sel_apply(_selection(root, path), fn, False)
         if not with_path:
-            return planned_update(root, path.steps, (root, path.steps, path.split), path.split, fn)
+            state = (root, path.steps, path.split)
+            return planned_update(root, path.steps, state, path.split, fn, path.memo)
         return sel_apply(_selection(root, path), fn, with_path)
 
     def items(self) -> list[tuple[tuple[Any, ...], Any]]:

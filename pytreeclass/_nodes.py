@@ -286,7 +286,11 @@ class StackKind(NodeKind):
         return stack_length(node, self.where, prefix=self.where)
 
     def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
-        return [(SequenceKey(i), take(node, (i,)), i) for i in range(self.length(node))]
+        n = self.length(node)
+        leaves, treedef = jax.tree_util.tree_flatten(node)
+        # one unstack per leaf (`list(x)`), not one index per layer and leaf
+        rows = [[x] * n if shared_leaf(x) else list(x) for x in leaves]
+        return [(SequenceKey(i), treedef.unflatten([r[i] for r in rows]), i) for i in range(n)]
 
     def child(self, node: Any, token: Any) -> Any:
         return take(node, (token,))

@@ -32,7 +32,7 @@ import jax
 from jax.core import Tracer
 from jax.tree_util import DictKey, SequenceKey
 
-from ._cache import BoundedCache
+from ._cache import BoundedCache, strict_treedef
 from ._errors import reraise_if_too_deep
 from ._filters import Filter, Position
 from ._kinds import foreign_kind
@@ -519,11 +519,14 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
 
     def run(node: Any, fns: list[Any]) -> Any:
         new, statics, olds = [], [], []
+        layers = None
+        if stack and len(subs) > 1:  # many layers: take them apart at once
+            layers = [v for _, v, _ in kind0.children(node)]
         for token, r, static in subs:
             if static:
                 statics.append((token, r(getattr(node, token), fns)))
             else:
-                old = kind0.child(node, token)
+                old = kind0.child(node, token) if layers is None else layers[token]
                 new.append((token, r(old, fns)))
                 olds.append(old)
         if stack:  # rows a layer kept as taken stay the stack's own (by identity)
@@ -534,6 +537,17 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
             out = kind0.put_static(out, name, value)
         return out
 
+    tokens = [t for t, _, _ in subs]
+    ends = [sub[0][2] for sub in groups.values() if len(sub) == 1 and not sub[0][0]]
+    if kind0.code == LIST and tokens == list(range(len(tokens))) and len(ends) == len(tokens):
+        width = len(tokens)
+
+        def each(node: Any, fns: list[Any]) -> Any:  # every item of a list: one pass
+            if len(node) != width:  # pragma: no cover - plans are per structure
+                return run(node, fns)
+            return [fns[i](x) for i, x in zip(ends, node)]
+
+        return each
     return run
 
 
@@ -837,10 +851,14 @@ class Plan:
     """A selection's update, made once per structure: either the flat indices of the
     selected leaves (one flatten and one unflatten of the root), or a runner."""
 
-    __slots__ = ("count", "indices", "run")
+    __slots__ = ("count", "indices", "run", "shapes")
 
-    def __init__(self, sel: Selection) -> None:
+    def __init__(self, sel: Selection, leaves: list[Any]) -> None:
         ps = sel.positions
+        # Layers of a stacked field are counted from array shapes, which the treedef
+        # does not hold: such a plan also keeps the shapes it was made for.
+        stacks = any(isinstance(h[0], StackKind) for p in ps for h in p.hops)
+        self.shapes = _shapes(leaves) if stacks else None
         self.count = len(ps)
         flat = all(p.flat and not p.static and _is_leaf(p) for p in ps)
         self.indices = tuple(p.lo for p in ps) if flat and ps else None
@@ -855,11 +873,15 @@ class Plan:
             self.count = len(spec)
             self.run = runner(spec)
 
-    def update(self, root: Any, fn: Callable[[Any], Any]) -> Any:
+    def fits(self, leaves: list[Any]) -> bool:
+        return self.shapes is None or self.shapes == _shapes(leaves)
+
+    def update(self, root: Any, fn: Callable[[Any], Any], flat: Any) -> Any:
         if not self.count:
             return root
         if self.indices is not None:
-            leaves, treedef = _flatten(root)
+            leaves, treedef = flat
+            leaves = list(leaves)
             for i in self.indices:
                 leaves[i] = fn(leaves[i])
             return treedef.unflatten(leaves)
@@ -867,6 +889,16 @@ class Plan:
 
 
 _flatten = jax.tree_util.default_registry.flatten
+
+
+def _shapes(leaves: list[Any]) -> tuple[Any, ...]:
+    return tuple(getattr(x, "shape", None) for x in leaves)
+
+
+def is_plain(treedef: Any) -> bool:
+    """Does `treedef` hold no dict keys or foreign aux data whose types `==` ignores
+    (`1` vs `True`)? Treeclass statics compare by type already: a model's qualifies."""
+    return strict_treedef(treedef, is_treeclass) is treedef
 
 
 def _cacheable(steps: tuple[Any, ...]) -> bool:
@@ -879,22 +911,34 @@ def _cacheable(steps: tuple[Any, ...]) -> bool:
     return True
 
 
-def planned_update(root: Any, steps: tuple[Any, ...], state: Any, split: int, fn: Any) -> Any:
+def planned_update(
+    root: Any, steps: tuple[Any, ...], state: Any, split: int, fn: Any, memo: list[Any]
+) -> Any:
     """`apply(fn)` on a selection, through a cached plan when the steps depend on the
-    structure alone and pass no stacked field (whose lengths the treedef does not hold)."""
+    structure alone and pass no stacked field (whose lengths the treedef does not hold).
+
+    `memo` is the lens path's own `[cacheable, treedef, plan]`: a path used on trees of
+    one structure (the common case) finds its plan without the shared cache."""
     try:
-        if not _cacheable(steps):
+        if memo[0] is None:
+            memo[0] = _cacheable(steps)
+        if not memo[0]:
             sel = select(root, steps, state, split)
             return _edit(root, [(p, fn) for p in sel.positions])
-        treedef = _flatten(root)[1]
+        flat = _flatten(root)
+        leaves, treedef = flat
+        if memo[1] is not None and memo[1] == treedef and memo[2].fits(leaves):
+            return memo[2].update(root, fn, flat)
         key = (treedef, steps)
         plan = _PLANS.get(key)
-        if plan is None:
-            sel = select(root, steps, state, split)
-            plan = Plan(sel)
-            if not any(isinstance(h[0], StackKind) for p in sel.positions for h in p.hops):
-                _PLANS.put(key, plan)
-        return plan.update(root, fn)
+        if plan is None or not plan.fits(leaves):
+            plan = Plan(select(root, steps, state, split), leaves)
+            _PLANS.put(key, plan)
+        # The path's own memo takes only treedefs without dict keys or foreign aux data
+        # (a model's): an `==`-equal treedef then has none either, so nothing `==` ignores.
+        if is_plain(treedef):
+            memo[1:] = treedef, plan
+        return plan.update(root, fn, flat)
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("lens", e)
         raise

@@ -503,3 +503,24 @@ def test_apply_with_path_and_set_items_are_inverse_to_items() -> None:
     assert float(out.blocks[0].lin.b[0]) == 0.0
     with pytest.raises(KeyError, match=r"set_items\(\): '\.nope' is not a key path"):
         lens.set_items({".nope": 1})
+
+
+def test_a_stack_plan_is_not_reused_for_a_stack_of_another_length() -> None:
+    # Warm the plan cache with a 4-layer stack; a 3-layer stack has an equal treedef
+    # (layer counts live in shapes), and must get its own plan.
+    _, four = twins()
+    three = StackNet(ptc.tree_stack([block(i) for i in range(3)]), four.head)
+    assert jax.tree_util.tree_structure(three) == jax.tree_util.tree_structure(four)
+    calls: list[int] = []
+
+    def count(b: Block) -> Block:
+        calls.append(1)
+        return b
+
+    lens = four.at[OfType(Block)]
+    lens.apply(count)
+    assert len(calls) == N
+    out = three.at[OfType(Block)].apply(count)
+    assert len(calls) == N + 3 and out.blocks.lin.w.shape == (3, 2)
+    four.at[OfType(Block)].apply(count)  # back to four: right again
+    assert len(calls) == 2 * N + 3
