@@ -2,6 +2,7 @@
 
 from ._equal import tree_equal as tree_equal
 from ._errors import FrozenInstanceError as FrozenInstanceError
+from ._errors import PartialLoadWarning as PartialLoadWarning
 from ._errors import TreeTooDeepError as TreeTooDeepError
 from ._field import Field as Field
 from ._field import field as field
@@ -86,6 +87,7 @@ __all__ = [
     "Optimizer",
     "OptState",
     "Parameter",
+    "PartialLoadWarning",
     "PathContains",
     "Predicate",
     "Rng",

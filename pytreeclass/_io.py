@@ -10,25 +10,28 @@ renamed over the target, and both are read without unpickling anything.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import jax
+import numpy as np
+from jax.tree_util import DictKey
 
 from ._io_file import atomic_write, corrupt, gc_paused, read_slots
 from ._io_leaves import (
-    Value,
-    check_leaf,
-    check_names,
+    Offered,
     decode,
+    dtype_facts,
     first_repeat,
     flat_names,
     host_leaves,
     keystr,
-    place,
     show,
 )
 from ._io_npz import NpzIndex, write_npz
+from ._io_rules import RuleSpec, as_array, compile_rules, export_flat, import_leaves
 from ._io_safetensors import SafetensorsIndex, write_safetensors
+from ._stack import find_stacks
 
 __all__ = ["tree_load", "tree_save"]
 
@@ -36,7 +39,11 @@ T = TypeVar("T")
 Format = Literal["npz", "safetensors"]
 _FORMATS = ("npz", "safetensors")
 _ONE_NAME = "a .safetensors file needs one name per leaf. Rename a dict key, or use .npz."
-_HINT = "Load with a template of the saved model (same sizes and dtypes), or convert after loading."
+_NPZ_RULES = (
+    "{fn}: rename=, transform= and unstack= work on flat names, which .safetensors files "
+    "use; a .npz file keys its leaves by key path. Save and load a .safetensors path, or "
+    "load the .npz with a template of the saved tree and edit it after loading."
+)
 
 
 def _format(fn: str, path: str, format: Any) -> Format:
@@ -47,7 +54,15 @@ def _format(fn: str, path: str, format: Any) -> Format:
     return format
 
 
-def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None = None) -> None:
+def tree_save(
+    path: str | os.PathLike[str],
+    tree: Any,
+    *,
+    format: Format | None = None,
+    rename: RuleSpec = None,
+    transform: RuleSpec = None,
+    unstack: bool = False,
+) -> None:
     """Write the leaves of `tree` to the file `path`, atomically (no extension is added).
 
     The format follows the suffix: a path ending in `.safetensors` gets a standard
@@ -55,6 +70,11 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
     as `ptc.tree_to_dict` gives them), readable by `safetensors`, PyTorch and Hugging
     Face tools; any other path gets pytreeclass's `.npz` format (a NumPy `.npz`
     archive). Both are written by pytreeclass itself, no optional package needed.
+
+    For a `.safetensors` file, `rename`, `transform` and `unstack` are the export rules
+    of `ptc.tree_to_dict`, from the tree's flat names to the file's: write a Hugging
+    Face layout (numbered layers, fused tensors, a tied weight left out) straight from
+    the model.
 
     Arrays keep their dtype (bfloat16, float8 and other ml_dtypes, PRNG keys included);
     Python numbers (bool, int, float, complex) are saved as 0-d arrays and come back as
@@ -67,12 +87,19 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
         path: the file to write.
         tree: any pytree whose leaves are arrays or Python numbers.
         format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
+        rename: ordered `(pattern, replacement)` rules from the tree's flat names to the
+            file's (`.safetensors` only), as in `ptc.tree_to_dict`.
+        transform: ordered `(pattern, fn)` rules: `fn` makes the value written under
+            each new name the pattern matches.
+        unstack: one tensor per layer for the leaves of stacked fields
+            (`blocks.3.attn.w`).
 
     Raises:
         TypeError: a leaf is neither an array nor a Python number, is abstract (a
             tracer or `jax.ShapeDtypeStruct`), or is not numeric (e.g. an object array).
         ValueError: two leaves have the same key path (or, for `.safetensors`, the
-            same flat name), or `format` is not one of the two.
+            same flat name), `format` is not one of the two, or export rules are given
+            for a `.npz` file.
         OverflowError: a Python int does not fit in 64 bits.
         OSError: the file cannot be written.
 
@@ -88,9 +115,17 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
     with gc_paused():
         target = os.fspath(path)
         fmt = _format("tree_save", target, format)
+        rules = compile_rules("tree_save", rename, transform)
         flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-        if fmt == "safetensors":
+        if fmt == "safetensors" and (rules.rename or rules.transform or unstack):
+            sites = find_stacks(tree, "tree_save", skip_empty=True) if unstack else ()
+            named = export_flat("tree_save", flat, sites, ".", unstack, rules)
+            names = list(named)
+            flat = [((DictKey(n),), v) for n, v in named.items()]
+        elif fmt == "safetensors":
             names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
+        elif rules.rename or rules.transform or unstack:
+            raise ValueError(_NPZ_RULES.format(fn="tree_save"))
         else:
             names = [keystr(p) for p, _ in flat]
             twice = first_repeat(names)
@@ -107,15 +142,71 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
                 write_npz(f, leaves)
 
 
-def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = None) -> T:
+class _FileSource:
+    """A file's tensors as a source for `import_leaves`, read only when fetched."""
+
+    word = "the file"
+
+    def __init__(self, f: Any, path: str, index: Any, fmt: Format) -> None:
+        self.f, self.path, self.index, self.fmt = f, path, index, fmt
+        self.names: list[str] = list(index.offered)
+
+    def offer(self, name: str) -> Offered:
+        return self.index.offered[name]
+
+    def direct(self, name: str, dtype: np.dtype) -> bool:
+        slot, got = self.index.slots[name], self.index.offered[name]
+        return (
+            slot.dtype == dtype
+            and not slot.fortran
+            and name not in self.index.key_impl
+            and got.python is None
+            and got.shape == slot.shape
+            and got.dtype == dtype_facts(dtype).name
+        )
+
+    def fetch(
+        self, names: Sequence[str], into: Mapping[str, np.ndarray]
+    ) -> dict[str, tuple[Any, bool]]:
+        index = self.index
+        if self.fmt == "npz" and len(names) != len(self.names):
+            names = self.names  # a CRC covers a whole entry: read all of it to check it
+        slots = [index.slots[n] for n in names]
+        stored = read_slots(self.f, self.path, index.spans, slots, [into.get(n) for n in names])
+        out = {}
+        for name, (arr, owned) in zip(names, stored):
+            if name not in into:
+                try:
+                    arr = decode(arr, index.offered[name], index.key_impl.get(name))
+                except (ValueError, TypeError) as e:
+                    why = f"the data for {show(name)} cannot be decoded ({e})"
+                    raise corrupt(self.path, why) from None
+            out[name] = (arr, owned)
+        return out
+
+    def value(self, name: str, data: Any) -> tuple[Any, Offered]:
+        return as_array("tree_load", f"{name!r} (the result of its transform)", data)
+
+
+def tree_load(
+    path: str | os.PathLike[str],
+    *,
+    like: T,
+    format: Format | None = None,
+    rename: RuleSpec = None,
+    transform: RuleSpec = None,
+    strict: bool = True,
+    on_mismatch: Literal["error", "skip"] = "error",
+) -> T:
     """Read a file written by `tree_save` into the structure of the template `like`.
 
     The format follows the suffix, as in `tree_save`. A `.safetensors` file written by
-    another tool loads too when its tensor names are the template's flat names
-    (`layers.0.w`); to rename, transpose or stack tensors first, read it with
-    `safetensors.numpy.load_file` and use `ptc.tree_from_dict`. Every key path (or
-    name), shape and dtype is checked against the template before any data is read.
-    Nothing is ever unpickled.
+    another tool (a Hugging Face checkpoint) loads too: its tensor names go through the
+    import rules of `ptc.tree_from_dict` (`rename`, `transform`, numbered layers filling
+    a stacked field, `strict`, `on_mismatch`) on the way, and the data is still read
+    once, straight into the arrays returned (the layers of a stacked leaf into one
+    array). Every name, shape and dtype is checked against the template before any data
+    is read (values made by a transform once made). Nothing is ever unpickled.
 
     Args:
         path: a file written by `tree_save` (or a standard `.safetensors` file).
@@ -123,6 +214,15 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
             arrays, `jax.ShapeDtypeStruct`s or Python numbers (their values are
             ignored), e.g. `jax.eval_shape(init, key)`.
         format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
+        rename: ordered `(pattern, replacement)` rules from the file's tensor names to
+            the template's flat names (`.safetensors` only), as in `ptc.tree_from_dict`.
+        transform: ordered `(pattern, fn)` rules: `fn(value)` replaces the value of
+            each (renamed) name the pattern matches.
+        strict: whether names either side lacks are an error. With `strict=False` the
+            names both have are loaded, the template's other leaves keep their values
+            and a `ptc.PartialLoadWarning` lists what was left out.
+        on_mismatch: `"error"`, or `"skip"` to keep the template's value where the
+            file's has another shape or dtype (a new head), reported the same way.
 
     Returns:
         A tree with `like`'s structure and the file's values. A `jax.Array` or
@@ -133,9 +233,11 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
 
     Raises:
         ValueError: a key path, shape or dtype differs from the template (the message
-            names the first difference, or lists the missing and unexpected paths), or
-            the file is truncated, corrupt or of another format version.
-        TypeError: a template leaf is not an array, `ShapeDtypeStruct` or number.
+            names the first difference, or lists the missing and unexpected paths), the
+            file is truncated, corrupt or of another format version, or a leaf left
+            out by a partial load has no value of its own (an abstract template leaf).
+        TypeError: a template leaf is not an array, `ShapeDtypeStruct` or number, or a
+            rule is malformed.
         FileNotFoundError: there is no file at `path`.
 
     Examples:
@@ -146,43 +248,42 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
         >>> ptc.tree_save(path, [jnp.arange(3.0)])
         >>> ptc.tree_load(path, like=[jnp.zeros(3)])
         [Array([0., 1., 2.], dtype=float32)]
+        >>> ptc.tree_load(path, like={"w": jnp.zeros(3)}, rename={r"^0$": "w"})
+        {'w': Array([0., 1., 2.], dtype=float32)}
     """
+    fn = "tree_load"
     with gc_paused():
         target = os.fspath(path)
-        fmt = _format("tree_load", target, format)
+        fmt = _format(fn, target, format)
+        rules = compile_rules(fn, rename, transform)
         t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
-        paths = [keystr(p) for p, _ in t_flat]
-        t_leaves = [leaf for _, leaf in t_flat]
         if fmt == "safetensors":
-            names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
-            what = "names"
+            names = flat_names(fn, "the template", t_flat, ".", _ONE_NAME)
+            sites = find_stacks(like, fn, skip_empty=True)
+            what, hint = "names", None
+        elif rules.rename or rules.transform:
+            raise ValueError(_NPZ_RULES.format(fn=fn))
         else:
-            names, what = paths, "key paths"
+            names, sites, what = [keystr(p) for p, _ in t_flat], (), "key paths"
+            hint = (
+                "Was it saved from a different version of the model? Load it with a "
+                "template of that version, or pass strict=False to load the leaves both have."
+            )
         with open(target, "rb") as f:
             index = SafetensorsIndex(f, target) if fmt == "safetensors" else NpzIndex(f, target)
-            check_names(
-                "tree_load",
-                f"{target!r}",
-                "the file",
-                what,
+            source = _FileSource(f, target, index, fmt)
+            leaves = import_leaves(
+                fn,
+                t_flat,
                 names,
-                index.offered,
-                True,
-                "Was it saved from a different version of the model? Load it with a template "
-                "of that version, or select the common leaves.",
+                sites,
+                ".",
+                rules,
+                strict,
+                on_mismatch,
+                source,
+                what,
+                f"{target!r}",
+                hint,
             )
-            offered = [index.offered[n] for n in names]
-            casts = [
-                check_leaf("tree_load", p, leaf, got, "the file", _HINT)
-                for p, leaf, got in zip(paths, t_leaves, offered)
-            ]
-            stored = read_slots(f, target, index.spans, [index.slots[n] for n in names])
-        values = []
-        keys = index.key_impl
-        for p, name, got, (arr, owned), cast in zip(paths, names, offered, stored, casts):
-            try:
-                value = decode(arr, got, keys.get(name) if keys else None)
-            except (ValueError, TypeError) as e:
-                raise corrupt(target, f"the data for {show(p)} cannot be decoded ({e})") from None
-            values.append(Value(value, owned, cast))
-        return treedef.unflatten(place("tree_load", paths, t_leaves, values))
+        return treedef.unflatten(leaves)

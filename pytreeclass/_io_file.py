@@ -26,6 +26,7 @@ __all__ = [
     "CHUNK",
     "Slot",
     "Span",
+    "aligned_empty",
     "atomic_write",
     "check_tiling",
     "corrupt",
@@ -184,7 +185,8 @@ def check_tiling(path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> Non
             raise corrupt(path, f"{span.label} holds {span.size} bytes but its leaves need {end}")
 
 
-def _aligned_empty(nbytes: int) -> np.ndarray:
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """`nbytes` of new memory, aligned as XLA wants to alias host memory without a copy."""
     raw = np.empty(nbytes + _ALIGN, np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
     return raw[start : start + nbytes]
@@ -201,8 +203,17 @@ def _read_exactly(f: Any, offset: int, buf: np.ndarray, path: str, label: str) -
         got += n
 
 
-def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> list[Any]:
+def read_slots(
+    f: Any,
+    path: str,
+    spans: Sequence[Span],
+    slots: Sequence[Slot],
+    into: Sequence[np.ndarray | None] | None = None,
+) -> list[Any]:
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
+
+    `into[k]`, where given, is a C-contiguous array of slot k's dtype and shape to read
+    its bytes straight into (the row of a stacked array): it is then the slot's array.
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
     all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
@@ -218,19 +229,31 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     # Per checked span: (CRC, length) of each chunk in file order, or a pending future.
     parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
     checked = sum(spans[n].size for n in parts)
+    dest = list(into) if into is not None else [None] * len(slots)
     with ThreadPoolExecutor(_CRC_WORKERS) if checked >= _CRC_THREAD else _Inline() as pool:
         i = 0
         while i < len(order):
             first = slots[order[i]]
+            span = spans[first.span]
+            target = dest[order[i]]
+            if target is not None:
+                buf = target.reshape(-1).view(np.uint8)
+                _read_exactly(f, span.start + first.offset, buf, path, span.label)
+                if first.span in parts:
+                    parts[first.span].append((pool.submit(zlib.crc32, buf.data), first.nbytes))
+                out[order[i]] = (target, True)
+                i += 1
+                continue
             j, nbytes = i, 0
             while j < len(order):
                 s = slots[order[j]]
                 if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
                     break
+                if dest[order[j]] is not None:
+                    break
                 nbytes += s.nbytes
                 j += 1
-            span = spans[first.span]
-            buf = _aligned_empty(nbytes)
+            buf = aligned_empty(nbytes)
             _read_exactly(f, span.start + first.offset, buf, path, span.label)
             if first.span in parts:
                 parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
