@@ -172,8 +172,8 @@ def _gather_error(fn: str, name: str, sources: Sequence[str], word: str) -> Valu
         f"{fn}: the names {sources[0]!r} and {sources[1]!r} of {word} are both renamed to "
         f"{name!r}; make the rename rules tell them apart, or write them as one tensor "
         "with a transform for that name, which receives their values as a tuple in "
-        f"{word}'s order (e.g. {{{re.escape(name)!r}: lambda parts: np.concatenate(parts, "
-        "-1)}})."
+        f"{word}'s order (e.g. transform={{{name!r}: lambda parts: np.concatenate(parts, "
+        "-1)})."
     )
 
 
