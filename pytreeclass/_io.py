@@ -39,6 +39,11 @@ T = TypeVar("T")
 Format = Literal["npz", "safetensors"]
 _FORMATS = ("npz", "safetensors")
 _ONE_NAME = "a .safetensors file needs one name per leaf. Rename a dict key, or use .npz."
+_FIX = (
+    "Load with a template of the saved model (same sizes and dtypes), map the names "
+    "with rename= or convert the values with transform={pattern: fn}, or pass "
+    'on_mismatch="skip" to keep the template\'s values where they differ.'
+)
 _NPZ_RULES = (
     "{fn}: rename=, transform= and unstack= work on flat names, which .safetensors files "
     "use; a .npz file keys its leaves by key path. Save and load a .safetensors path, or "
@@ -260,11 +265,15 @@ def tree_load(
         if fmt == "safetensors":
             names = flat_names(fn, "the template", t_flat, ".", _ONE_NAME)
             sites = find_stacks(like, fn, skip_empty=True)
-            what, hint = "names", None
+            what, hint, fix = "names", None, _FIX
         elif rules.rename or rules.transform:
             raise ValueError(_NPZ_RULES.format(fn=fn))
         else:
             names, sites, what = [keystr(p) for p, _ in t_flat], (), "key paths"
+            fix = (
+                "Load with a template of the saved model (same sizes and dtypes), or "
+                "convert after loading."
+            )
             hint = (
                 "Was it saved from a different version of the model? Load it with a "
                 "template of that version, or pass strict=False to load the leaves both have."
@@ -285,5 +294,6 @@ def tree_load(
                 what,
                 f"{target!r}",
                 hint,
+                fix,
             )
         return treedef.unflatten(leaves)

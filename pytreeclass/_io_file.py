@@ -249,8 +249,8 @@ def read_slots(
                 s = slots[order[j]]
                 if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
                     break
-                if dest[order[j]] is not None:
-                    break
+                if dest[order[j]] is not None or s.offset != first.offset + nbytes:
+                    break  # read in place, or not adjacent (a slot between is not read)
                 nbytes += s.nbytes
                 j += 1
             buf = aligned_empty(nbytes)

@@ -400,6 +400,7 @@ def import_leaves(
     what: str = "names",
     label: str | None = None,
     hint: str | None = None,
+    fix: str = _FIX,
 ) -> list[Any]:
     """The template's leaves filled from `source` by the import rules, in `t_flat`'s order.
 
@@ -447,7 +448,7 @@ def import_leaves(
                 if not need.transforms:
                     got = source.offer(first)
                     where = _label(need.path, need, word)
-                    casts[plan.leaf, j] = check_leaf(fn, where, row, got, word, _FIX)
+                    casts[plan.leaf, j] = check_leaf(fn, where, row, got, word, fix)
         except ValueError as e:
             if on_mismatch == "skip" and isinstance(e, MismatchError):
                 kept[plan.leaf] = e.reason

@@ -62,21 +62,36 @@ def tree_to_dict(
     (`blocks.3.attn.w` for row 3 of `blocks.attn.w`), as PyTorch state dicts number
     layers; the values are the rows (views of NumPy leaves, new arrays for JAX ones).
 
+    `rename` and `transform` are export rules, spelled as `ptc.tree_from_dict`'s and
+    applied from the tree's names to the dict's: ordered `(pattern, replacement)`
+    rules (`re.sub`; `None` leaves a name out, as for a tied weight; a tuple of
+    replacements writes one leaf under several names), then `(pattern, fn)` rules
+    giving each new name's value. Several names renamed to one are written as one
+    value: the first transform matching it receives their values as a tuple, in the
+    tree's order (`lambda qkv: np.concatenate(qkv, -1)`).
+
     `ptc.tree_from_dict` is the inverse; `ptc.tree_save(path, tree)` with a
-    `.safetensors` path writes these names.
+    `.safetensors` path writes these names (and takes the same rules).
 
     Args:
         tree: any pytree.
         *filters: select the leaves to include (all of them when none is given).
         sep: what joins the parts of a name.
         unstack: one entry per layer for the leaves of stacked fields.
+        rename: ordered `(pattern, replacement)` rules from the tree's names to the
+            dict's; `replacement` is a string or function as in `re.sub`, a tuple of
+            them, or `None` to leave the name out.
+        transform: ordered `(pattern, fn)` rules: `fn(value)` gives the value of each
+            new name the pattern matches.
 
     Returns:
-        `{flat name: leaf}` in the order of the tree's leaves.
+        `{flat name: leaf}` in the order of the tree's leaves (with rules: in the
+        order each new name first appears).
 
     Raises:
-        ValueError: two leaves have the same flat name, or `sep` is not a non-empty
-            string.
+        ValueError: two leaves have the same flat name, several names are renamed to
+            one without a transform to join them, or `sep` is not a non-empty string.
+        TypeError: a rule is malformed.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -93,6 +108,8 @@ def tree_to_dict(
         >>> net = Net(ptc.tree_stack([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}]))
         >>> list(ptc.tree_to_dict(net)), list(ptc.tree_to_dict(net, unstack=True))
         (['blocks.w'], ['blocks.0.w', 'blocks.1.w'])
+        >>> list(ptc.tree_to_dict(net, unstack=True, rename={r"^blocks": "h"}))
+        ['h.0.w', 'h.1.w']
     """
     fn = "tree_to_dict"
     _check_sep(fn, sep)
@@ -125,14 +142,22 @@ def tree_from_dict(
     (`blocks.0.attn.w`, `blocks.1.attn.w`, ...: numbered layers fill a stack). Before
     the lookup, the dict's names go through `rename`: ordered `(pattern, replacement)`
     pairs (or a dict of them), each applied with `re.sub` to the result of the one
-    before; a replacement of `None` drops the names its pattern matches. Then each value
-    whose new name matches a pattern of `transform` (`(pattern, fn)` pairs or a dict,
-    `re.search`, every matching one in order) is replaced by `fn(value)`.
+    before; a replacement of `None` drops the names its pattern matches, and a tuple of
+    replacements gives the value to several names (one tensor feeds several fields, or
+    a tied field is filled from another name). Then each value whose new name matches
+    a pattern of `transform` (`(pattern, fn)` pairs or a dict, `re.search`, every
+    matching one in order) is replaced by `fn(value)`. Several names renamed to one are
+    gathered: the first transform of that name receives their values as a tuple, in
+    the dict's order. `ptc.tree_to_dict` takes the same rules the other way.
 
     The same checks as `tree_load` follow, before any value is used: a `ValueError`
-    listing the template's names the dict lacks and (unless `strict=False`) the names
-    it has that the template does not; a shape or dtype mismatch names the leaf and the
-    dict's name for it. Leaves come back as the template holds them: a `jax.Array` or
+    giving the counts of the template's names the dict lacks and of the names it has
+    that the template does not, with at most 10 of each and their closest matches; a
+    shape or dtype mismatch names the leaf and the dict's name for it (and, after a
+    transform, both shapes). With `strict=False` the names both have are loaded and
+    the template's other leaves keep their values; with `on_mismatch="skip"` so do the
+    leaves whose value has another shape or dtype (a new head); either way a
+    `ptc.PartialLoadWarning` lists what was left out. Leaves come back as the template holds them: a `jax.Array` or
     `jax.ShapeDtypeStruct` template leaf gives a `jax.Array` (on its `sharding`, one
     batched transfer for all), a NumPy one a NumPy copy, a Python number a Python number.
     To fill part of a model, pass part of it (`ptc.tree_filter(model, ptc.Parameter)`)
@@ -146,20 +171,25 @@ def tree_from_dict(
             or Python numbers (their values are ignored), e.g. `jax.eval_shape(init,
             key)`.
         rename: ordered `(pattern, replacement)` rules for the dict's names;
-            `replacement` is a string or function as in `re.sub`, or `None` to drop.
+            `replacement` is a string or function as in `re.sub`, a tuple of them
+            (one name to several), or `None` to drop.
         transform: ordered `(pattern, fn)` rules: `fn(value)` replaces the value of
             each (renamed) name the pattern matches.
-        strict: whether names the template does not have are an error.
+        strict: whether names either side lacks are an error (else a partial load).
+        on_mismatch: `"error"`, or `"skip"` to keep the template's leaf where the
+            dict's value has another shape or dtype.
         sep: what joins the parts of the template's flat names.
 
     Returns:
         A tree with `like`'s structure and the dict's values.
 
     Raises:
-        ValueError: names are missing (or, with `strict`, unexpected), a shape or
-            dtype differs from the template, two names are renamed to one, a Python
-            number does not fit the template's dtype, a pattern is not a valid
-            regular expression, or `sep` is not a non-empty string.
+        ValueError: with `strict`, names are missing or unexpected; a shape or dtype
+            differs from the template (unless skipped); two names are renamed to one
+            without a transform to join them; a Python number does not fit the
+            template's dtype; a leaf a partial load leaves out is abstract (no value
+            to keep); a pattern is not a valid regular expression; or `sep` is not a
+            non-empty string.
         TypeError: `flat` is not a mapping of strings, a value is not an array or
             number, a rule is malformed, or a template leaf is not an array,
             `ShapeDtypeStruct` or number.

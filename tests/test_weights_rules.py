@@ -460,6 +460,15 @@ def test_strict_false_loads_the_common_names_of_a_file(tmp_path: Any) -> None:
     np.testing.assert_array_equal(out["body"]["w"], np.ones(3))
 
 
+def test_a_partial_load_skips_tensors_between_the_ones_it_reads(tmp_path: Any) -> None:
+    path = str(tmp_path / "abc.safetensors")
+    save_file({k: np.full(3, i, np.float32) for i, k in enumerate("abcde")}, path)
+    like = {k: np.zeros(3, np.float32) for k in "ace"}
+    with pytest.warns(ptc.PartialLoadWarning, match="2 of the file's names unused: b, d"):
+        out = ptc.tree_load(path, like=like, strict=False)
+    assert [out[k][0] for k in "ace"] == [0, 2, 4]
+
+
 def test_a_partial_load_cannot_keep_an_abstract_leaf(tmp_path: Any) -> None:
     path = str(tmp_path / "body.safetensors")
     ptc.tree_save(path, {"body": jnp.ones(3)})
