@@ -45,8 +45,9 @@ class PartialLoadWarning(UserWarning):
     """Warned by a partial load (`strict=False` or `on_mismatch="skip"` in `tree_load` and
     `tree_from_dict`) that left something out, so nothing is dropped silently.
 
-    The message lists what happened; the attributes say it to a program (all tuples of
-    names, in order):
+    The message lists what happened (at most 10 names of each kind, and the counts);
+    the attributes say all of it to a program, as tuples of names in order (flat names
+    such as `head.weight`; key paths such as `.head.weight` for `.npz` files):
 
     - `missing`: the template's names the source lacks (those leaves kept the
       template's own values);

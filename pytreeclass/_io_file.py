@@ -230,40 +230,54 @@ def read_slots(
     parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
     checked = sum(spans[n].size for n in parts)
     dest = list(into) if into is not None else [None] * len(slots)
-    with ThreadPoolExecutor(_CRC_WORKERS) if checked >= _CRC_THREAD else _Inline() as pool:
+    # Large reads run on two threads (positional reads release the GIL): filling fresh
+    # memory costs the kernel as much as the copy, and two cores share it.
+    parallel = _PREADV and sum(s.nbytes for s in slots) >= _READ_THREAD
+    threads = parallel or checked >= _CRC_THREAD
+    fd = f.fileno()
+
+    def read(offset: int, buf: np.ndarray, label: str, crc: bool) -> int | None:
+        if parallel:
+            _pread_exactly(fd, offset, buf, path, label)
+        return zlib.crc32(buf.data) if crc else None
+
+    pending = []
+    with ThreadPoolExecutor(_CRC_WORKERS) if threads else _Inline() as pool:
         i = 0
         while i < len(order):
             first = slots[order[i]]
             span = spans[first.span]
             target = dest[order[i]]
             if target is not None:
+                j, nbytes = i + 1, first.nbytes
                 buf = target.reshape(-1).view(np.uint8)
-                _read_exactly(f, span.start + first.offset, buf, path, span.label)
-                if first.span in parts:
-                    parts[first.span].append((pool.submit(zlib.crc32, buf.data), first.nbytes))
                 out[order[i]] = (target, True)
-                i += 1
-                continue
-            j, nbytes = i, 0
-            while j < len(order):
-                s = slots[order[j]]
-                if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
-                    break
-                if dest[order[j]] is not None or s.offset != first.offset + nbytes:
-                    break  # read in place, or not adjacent (a slot between is not read)
-                nbytes += s.nbytes
-                j += 1
-            buf = aligned_empty(nbytes)
-            _read_exactly(f, span.start + first.offset, buf, path, span.label)
+            else:
+                j, nbytes = i, 0
+                while j < len(order):
+                    s = slots[order[j]]
+                    if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
+                        break
+                    if dest[order[j]] is not None or s.offset != first.offset + nbytes:
+                        break  # read in place, or not adjacent (a slot between is not read)
+                    nbytes += s.nbytes
+                    j += 1
+                buf = aligned_empty(nbytes)
+                owned = j - i == 1
+                for k in order[i:j]:
+                    s = slots[k]
+                    layout = "F" if s.fortran else "C"
+                    arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
+                    out[k] = (arr, owned)
+            if not parallel:
+                _read_exactly(f, span.start + first.offset, buf, path, span.label)
+            job = pool.submit(read, span.start + first.offset, buf, span.label, first.span in parts)
+            pending.append(job)
             if first.span in parts:
-                parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
-            owned = j - i == 1
-            for k in order[i:j]:
-                s = slots[k]
-                layout = "F" if s.fortran else "C"
-                arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
-                out[k] = (arr, owned)
+                parts[first.span].append((job, nbytes))
             i = j
+        for job in pending:
+            job.result()  # a short read is raised here
     for n, chunks in parts.items():
         crc = spans[n].crc[0]  # type: ignore[index]
         for chunk_crc, nbytes in chunks:
@@ -273,6 +287,18 @@ def read_slots(
     return out
 
 
+def _pread_exactly(fd: int, offset: int, buf: np.ndarray, path: str, label: str) -> None:
+    view = buf.data
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            raise corrupt(path, f"it ends inside {label}")
+        got += n
+
+
+_PREADV = hasattr(os, "preadv")
+_READ_THREAD = 64 << 20  # bytes to read from which two reading threads pay
 _CRC_THREAD = 64 << 20  # bytes to check from which worker threads pay
 _CRC_WORKERS = 2
 

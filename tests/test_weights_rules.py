@@ -643,3 +643,48 @@ def test_stacked_load_under_jit_matches_the_eager_one(hf_file: str) -> None:
         b = model.at.h[i].get()
         eager = eager + b.mlp.c_proj(b.mlp.c_fc(eager))
     np.testing.assert_allclose(logits(model, x), eager @ model.wte.weight.T, rtol=1e-5)
+
+
+# -- reading on two threads ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_threaded_reads_give_the_same_values_and_catch_damage(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    from pytreeclass import _io_file
+
+    monkeypatch.setattr(_io_file, "_READ_THREAD", 0)  # every read on the threads
+    monkeypatch.setattr(_io_file, "CHUNK", 256)  # and many of them
+    tree = {f"x{i}": np.arange(40, dtype=np.float32) + i for i in range(10)}
+    tree["big"] = np.arange(1000, dtype=np.int64)
+    path = str(tmp_path / f"t{suffix}")
+    ptc.tree_save(path, tree)
+    out = ptc.tree_load(path, like=tree)
+    for k in tree:
+        np.testing.assert_array_equal(out[k], tree[k])
+    stacked = StackHolder(ptc.tree_stack([{"w": np.zeros(40, np.float32)}] * 10))
+    if suffix == ".safetensors":
+        rows = ptc.tree_load(
+            path, like=stacked, rename=[(r"^x(\d+)$", r"blocks.\1.w"), ("big", None)]
+        )
+        np.testing.assert_array_equal(rows.blocks["w"][:, 0], np.arange(10))
+    else:  # a flipped bit is still caught by the CRC, computed on the threads
+        data = bytearray((tmp_path / f"t{suffix}").read_bytes())
+        data[len(data) // 3] ^= 0xFF
+        (tmp_path / f"t{suffix}").write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=r"cannot read .*(damaged|corrupt|CRC)"):
+            ptc.tree_load(path, like=tree)
+
+
+def test_a_short_positional_read_is_a_corrupt_file(tmp_path: Any) -> None:
+    from pytreeclass import _io_file
+
+    path = str(tmp_path / "short.bin")
+    (tmp_path / "short.bin").write_bytes(b"12345678")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match=r"cannot read .*: it ends inside the data section"):
+            _io_file._pread_exactly(fd, 4, np.zeros(8, np.uint8), path, "the data section")
+    finally:
+        os.close(fd)
