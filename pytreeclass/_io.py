@@ -264,12 +264,11 @@ def tree_load(
         t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
         if fmt == "safetensors":
             names = flat_names(fn, "the template", t_flat, ".", _ONE_NAME)
-            sites = find_stacks(like, fn, skip_empty=True)
             what, hint, fix = "names", None, _FIX
         elif rules.rename or rules.transform:
             raise ValueError(_NPZ_RULES.format(fn=fn))
         else:
-            names, sites, what = [keystr(p) for p, _ in t_flat], (), "key paths"
+            names, what = [keystr(p) for p, _ in t_flat], "key paths"
             fix = (
                 "Load with a template of the saved model (same sizes and dtypes), or "
                 "convert after loading."
@@ -281,11 +280,14 @@ def tree_load(
         with open(target, "rb") as f:
             index = SafetensorsIndex(f, target) if fmt == "safetensors" else NpzIndex(f, target)
             source = _FileSource(f, target, index, fmt)
+            stacks = (
+                (lambda: find_stacks(like, fn, skip_empty=True)) if fmt == "safetensors" else tuple
+            )
             leaves = import_leaves(
                 fn,
                 t_flat,
                 names,
-                sites,
+                stacks,
                 ".",
                 rules,
                 strict,

@@ -332,7 +332,7 @@ def _wanted(
     fn: str,
     t_flat: list[tuple[Any, Any]],
     names: list[str],
-    sites: Sequence[StackSite],
+    stacks: Callable[[], Sequence[StackSite]],
     targets: Mapping[str, Any],
     sep: str,
     word: str,
@@ -344,6 +344,9 @@ def _wanted(
     it is reported missing under its stacked name.
     """
     hint = _HINT.format(word=word)
+    if all(n in targets for n in names):  # nothing to number: no need to look for stacks
+        return {}, names, hint
+    sites = stacks()
     if not sites:
         return {}, names, hint
     per_layer = {}
@@ -376,6 +379,10 @@ def _wanted(
     return per_layer, wanted, hint
 
 
+def _no_transforms(name: str) -> list[Callable[[Any], Any]]:
+    return []
+
+
 def _label(path: tuple[Any, ...], need: _Need, word: str) -> str:
     where = show(keystr(path))
     if need.sources == (need.name,):
@@ -391,7 +398,7 @@ def import_leaves(
     fn: str,
     t_flat: list[tuple[Any, Any]],
     names: list[str],
-    sites: Sequence[StackSite],
+    stacks: Callable[[], Sequence[StackSite]],
     sep: str,
     rules: Rules,
     strict: bool,
@@ -414,7 +421,7 @@ def import_leaves(
         raise ValueError(f"{fn}: on_mismatch must be 'error' or 'skip', not {on_mismatch!r}.")
     word = source.word
     targets = _renamed(fn, source.names, rules, word)
-    per_layer, wanted, name_hint = _wanted(fn, t_flat, names, sites, targets, sep, word)
+    per_layer, wanted, name_hint = _wanted(fn, t_flat, names, stacks, targets, sep, word)
     missing, unexpected = check_names(
         fn, label or word, word, what, wanted, targets, strict, hint or name_hint
     )
@@ -427,10 +434,11 @@ def import_leaves(
             pairs = list(zip(layer_names, layer_paths))
         else:
             layers, pairs = None, [(name, key_path)]
-        if any(n in lacking for n, _ in pairs):
+        if lacking and any(n in lacking for n, _ in pairs):
             kept[i] = "missing"
             continue
-        needs = [_Need(n, p, targets[n], rules.transforms_of(n)) for n, p in pairs]
+        transforms_of = rules.transforms_of if rules.transform else _no_transforms
+        needs = [_Need(n, p, targets[n], transforms_of(n)) for n, p in pairs]
         plans.append(_Plan(i, needs, layers))
     skipped: list[str] = []
     casts: dict[tuple[int, int], bool] = {}
@@ -442,13 +450,18 @@ def import_leaves(
             row = jax.ShapeDtypeStruct(tuple(leaf.shape[len(plan.layers.cuts) :]), leaf.dtype)
         try:
             for j, need in enumerate(plan.needs):
-                first, *rest = need.sources
-                if rest and not need.transforms:
+                if need.transforms:
+                    continue  # checked once made
+                if len(need.sources) != 1:
                     raise _gather_error(fn, need.name, need.sources, word)
-                if not need.transforms:
-                    got = source.offer(first)
+                got = source.offer(need.sources[0])
+                try:  # the label only when it is needed (keystr costs, per leaf)
+                    cast = check_leaf(fn, "", row, got, word, fix)
+                except (ValueError, TypeError):
                     where = _label(need.path, need, word)
-                    casts[plan.leaf, j] = check_leaf(fn, where, row, got, word, fix)
+                    cast = check_leaf(fn, where, row, got, word, fix)
+                if cast:
+                    casts[plan.leaf, j] = True
         except ValueError as e:
             if on_mismatch == "skip" and isinstance(e, MismatchError):
                 kept[plan.leaf] = e.reason
@@ -530,7 +543,8 @@ def _value_of(
     casts: Mapping[tuple[int, int], bool],
 ) -> Value:
     if plan.layers is None:
-        return _one(fn, plan.needs[0], leaf, source, fetched, uses, casts.get((plan.leaf, 0)))
+        cast = bool(casts) and (plan.leaf, 0) in casts
+        return _one(fn, plan.needs[0], leaf, source, fetched, uses, cast)
     row_leaf = jax.ShapeDtypeStruct(tuple(leaf.shape[len(plan.layers.cuts) :]), leaf.dtype)
     parts = []
     for j, need in enumerate(plan.needs):

@@ -216,7 +216,16 @@ def tree_from_dict(
     rules = compile_rules(fn, rename, transform)
     t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     names = flat_names(fn, "the template", t_flat, sep, _ONE_NAME)
-    sites = find_stacks(like, fn, skip_empty=True)
     source = DictSource(fn, flat)
-    leaves = import_leaves(fn, t_flat, names, sites, sep, rules, strict, on_mismatch, source)
+    leaves = import_leaves(
+        fn,
+        t_flat,
+        names,
+        lambda: find_stacks(like, fn, skip_empty=True),
+        sep,
+        rules,
+        strict,
+        on_mismatch,
+        source,
+    )
     return treedef.unflatten(leaves)
