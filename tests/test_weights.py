@@ -4,6 +4,7 @@ checks as tree_load, and a PyTorch-style GPT-2 state dict mapped onto a treeclas
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -434,6 +435,16 @@ def test_nested_stacks_number_both_axes() -> None:
     assert_same(ptc.tree_from_dict(flat, like=tree), tree)
     shuffled = dict(reversed(list(flat.items())))
     assert_same(ptc.tree_from_dict(shuffled, like=tree), tree)
+
+
+def test_nested_stacks_load_from_a_file_layer_by_layer(tmp_path: Path) -> None:
+    """tree_load reads each (outer, inner) layer straight into its place."""
+    inner = Inner(jnp.zeros((2, 4)), {"v": jnp.arange(2 * 3 * 5.0).reshape(2, 3, 5)})
+    tree = StackHolder(inner)  # type: ignore[arg-type]
+    path = str(tmp_path / "nested.safetensors")
+    ptc.tree_save(path, tree, unstack=True, rename={r"^blocks\.": "h."})
+    out = ptc.tree_load(path, like=jax.eval_shape(lambda: tree), rename={r"^h\.": "blocks."})
+    assert_same(out, tree)
 
 
 def test_transforms_and_renames_see_the_numbered_names() -> None:
