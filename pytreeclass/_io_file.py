@@ -230,8 +230,8 @@ def read_slots(
     parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
     checked = sum(spans[n].size for n in parts)
     dest = list(into) if into is not None else [None] * len(slots)
-    # Large reads run on two threads (positional reads release the GIL): filling fresh
-    # memory costs the kernel as much as the copy, and two cores share it.
+    # Large reads run on worker threads (positional reads release the GIL): filling
+    # fresh memory costs the kernel as much as the copy, and several cores share it.
     parallel = _PREADV and sum(s.nbytes for s in slots) >= _READ_THREAD
     threads = parallel or checked >= _CRC_THREAD
     fd = f.fileno()
@@ -242,7 +242,8 @@ def read_slots(
         return zlib.crc32(buf.data) if crc else None
 
     pending = []
-    with ThreadPoolExecutor(_CRC_WORKERS) if threads else _Inline() as pool:
+    workers = _READ_WORKERS if parallel else _CRC_WORKERS
+    with ThreadPoolExecutor(workers) if threads else _Inline() as pool:
         i = 0
         while i < len(order):
             first = slots[order[i]]
@@ -298,7 +299,8 @@ def _pread_exactly(fd: int, offset: int, buf: np.ndarray, path: str, label: str)
 
 
 _PREADV = hasattr(os, "preadv")
-_READ_THREAD = 64 << 20  # bytes to read from which two reading threads pay
+_READ_THREAD = 64 << 20  # bytes to read from which reading threads pay
+_READ_WORKERS = max(2, min(8, os.cpu_count() or 1))
 _CRC_THREAD = 64 << 20  # bytes to check from which worker threads pay
 _CRC_WORKERS = 2
 
