@@ -18,6 +18,7 @@ import numpy as np
 from jax.tree_util import DictKey
 
 from ._io_file import atomic_write, corrupt, gc_paused, read_slots
+from ._io_import import as_array, import_leaves
 from ._io_leaves import (
     Offered,
     decode,
@@ -29,7 +30,7 @@ from ._io_leaves import (
     show,
 )
 from ._io_npz import NpzIndex, write_npz
-from ._io_rules import RuleSpec, as_array, compile_rules, export_flat, import_leaves
+from ._io_rules import RuleSpec, compile_rules, export_flat
 from ._io_safetensors import SafetensorsIndex, write_safetensors
 from ._stack import find_stacks
 

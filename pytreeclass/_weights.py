@@ -22,8 +22,9 @@ from typing import Any, Literal, TypeVar
 
 import jax
 
+from ._io_import import DictSource, import_leaves
 from ._io_leaves import flat_names
-from ._io_rules import DictSource, RuleSpec, compile_rules, export_flat, import_leaves
+from ._io_rules import RuleSpec, compile_rules, export_flat
 from ._partition import tree_mask
 from ._stack import find_stacks
 

@@ -42,9 +42,10 @@ Changes from the plan in STYLE.md, and why:
   of treeclasses (leaves, key paths, bytes), and two peripherals share them (`_io` saves
   and loads files, `_weights` converts flat dicts with the same names and checks).
 * The rules between a tree's leaves and flat names (`_io_rules`: numbered layers of
-  stacked fields, rename and transform rules both ways, the import plan that both
-  `tree_from_dict` and `tree_load` run) sit at the end of L2: they need the stack sites
-  of `_stack`, and two peripherals share them, which may not import each other.
+  stacked fields, rename and transform rules both ways) and the import plan that both
+  `tree_from_dict` and `tree_load` run (`_io_import`) sit at the end of L2: they need
+  the stack sites of `_stack`, and two peripherals share them, which may not import
+  each other.
 * Within a layer, order matters only where one module builds on another (`_meta` reads
   `Field`, `_instance` uses `_meta`); the order below is that dependency order.
 
@@ -88,7 +89,16 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
     (
         "L2 selection",
-        ["_leaf_facts", "_stack", "_nodesel", "_filters", "_partition", "_labels", "_io_rules"],
+        [
+            "_leaf_facts",
+            "_stack",
+            "_nodesel",
+            "_filters",
+            "_partition",
+            "_labels",
+            "_io_rules",
+            "_io_import",
+        ],
     ),
     (
         "L3 editing",
