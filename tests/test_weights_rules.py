@@ -603,6 +603,12 @@ def test_a_filter_that_empties_a_stack_still_converts() -> None:
     net = _net()
     head_only = ptc.tree_filter(net, "head")
     assert ptc.tree_to_dict(head_only, unstack=True).keys() == {"head"}
+    # A name not found as it is makes tree_from_dict look for stacks: the empty one is
+    # no error, and the message is about the name.
+    with pytest.raises(
+        ValueError, match=r"\(1 missing from the dict\)\.\n  missing from the dict: head"
+    ):
+        ptc.tree_from_dict({}, like=head_only)
     got = ptc.tree_from_dict({"head": np.full(2, 3.0, np.float32)}, like=head_only)
     np.testing.assert_array_equal(got.head, [3.0, 3.0])
     assert got.blocks["w"] is None
