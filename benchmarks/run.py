@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: [bench_train.bench_train(settings)],
         lambda: [bench_scaling.bench_scaling(settings, leaves)],
         lambda: [bench_surgery.bench_surgery(settings, layers)],
-        lambda: [bench_io.bench_io(settings)],
+        lambda: [bench_io.bench_io(settings), bench_io.bench_hf_load(settings)],
         lambda: bench_stacks.bench_stacks(settings),
     ]
     for run in runs:

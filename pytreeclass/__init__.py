@@ -4,6 +4,7 @@ from ._capture import capture as capture
 from ._cast import tree_cast as tree_cast
 from ._equal import tree_equal as tree_equal
 from ._errors import FrozenInstanceError as FrozenInstanceError
+from ._errors import PartialLoadWarning as PartialLoadWarning
 from ._errors import TreeTooDeepError as TreeTooDeepError
 from ._field import Field as Field
 from ._field import field as field
@@ -93,6 +94,7 @@ __all__ = [
     "Optimizer",
     "OptState",
     "Parameter",
+    "PartialLoadWarning",
     "PathContains",
     "PathMatch",
     "Predicate",

@@ -15,6 +15,7 @@ import sys
 __all__ = [
     "TOO_DEEP",
     "FrozenInstanceError",
+    "PartialLoadWarning",
     "TreeTooDeepError",
     "reraise_if_too_deep",
     "too_deep_error",
@@ -38,6 +39,37 @@ class TreeTooDeepError(ValueError, RecursionError):
     fix the tree. It is a `ValueError` and a `RecursionError`, so code catching either
     still catches it.
     """
+
+
+class PartialLoadWarning(UserWarning):
+    """Warned by a partial load (`strict=False` or `on_mismatch="skip"` in `tree_load` and
+    `tree_from_dict`) that left something out, so nothing is dropped silently.
+
+    The message lists what happened (at most 10 names of each kind, and the counts);
+    the attributes say all of it to a program, as tuples of names in order (flat names
+    such as `head.weight`; key paths such as `.head.weight` for `.npz` files):
+
+    - `missing`: the template's names the source lacks (those leaves kept the
+      template's own values);
+    - `mismatched`: the template's names whose values had another shape or dtype (kept
+      the template's values too);
+    - `unused`: the source's names that filled no leaf.
+
+    Turn it into an error with `warnings.simplefilter("error", ptc.PartialLoadWarning)`,
+    or read it with `warnings.catch_warnings(record=True)`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        missing: tuple[str, ...] = (),
+        mismatched: tuple[str, ...] = (),
+        unused: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.mismatched = mismatched
+        self.unused = unused
 
 
 TOO_DEEP = (

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import DictKey
 
-from ._io_file import atomic_write, corrupt, gc_paused
+from ._io_file import atomic_write, corrupt, gc_paused, read_slots
+from ._io_import import as_array, import_leaves
 from ._io_leaves import (
     Offered,
     Value,
-    check_leaf,
-    check_names,
     decode,
+    dtype_facts,
     first_repeat,
     flat_name,
     flat_names,
@@ -33,9 +35,11 @@ from ._io_leaves import (
     show,
 )
 from ._io_npz import write_npz
+from ._io_rules import RuleSpec, compile_rules, export_flat
 from ._io_safetensors import META_KEY, write_safetensors
 from ._io_shards import Checkpoint, is_index_path, open_checkpoint, parse_size, write_sharded
 from ._io_structure import rebuild, record_structure
+from ._stack import find_stacks
 
 __all__ = ["tree_load", "tree_save"]
 
@@ -44,7 +48,16 @@ Format = Literal["npz", "safetensors"]
 _FORMATS = ("npz", "safetensors")
 _ONE_NAME = "a .safetensors file needs one name per leaf. Rename a dict key, or use .npz."
 _DEFAULT_METADATA = {"format": "pt"}  # what transformers' from_pretrained requires
-_HINT = "Load with a template of the saved model (same sizes and dtypes), or convert after loading."
+_FIX = (
+    "Load with a template of the saved model (same sizes and dtypes), map the names "
+    "with rename= or convert the values with transform={pattern: fn}, or pass "
+    'on_mismatch="skip" to keep the template\'s values where they differ.'
+)
+_NPZ_RULES = (
+    "{fn}: rename=, transform= and unstack= work on flat names, which .safetensors files "
+    "use; a .npz file keys its leaves by key path. Save and load a .safetensors path, or "
+    "load the .npz with a template of the saved tree and edit it after loading."
+)
 
 
 def _format(fn: str, path: str, format: Any) -> Format:
@@ -62,6 +75,9 @@ def tree_save(
     format: Literal["npz", "safetensors"] | None = None,
     metadata: dict[str, str] | None = None,
     max_shard_size: int | str | None = None,
+    rename: RuleSpec = None,
+    transform: RuleSpec = None,
+    unstack: bool = False,
 ) -> None:
     """Write the leaves of `tree` to the file `path`, atomically (no extension is added).
 
@@ -80,6 +96,12 @@ def tree_save(
     without a template. The file is written to a temporary file, fsynced and renamed
     over `path`: a crash mid-write leaves the old file.
 
+    For a `.safetensors` file, `rename`, `transform` and `unstack` are the export rules
+    of `ptc.tree_to_dict`, from the tree's flat names to the file's: write a Hugging
+    Face layout (numbered layers, fused tensors, a tied weight left out) straight from
+    the model. Such a file is in another layout than the tree's, so it records no
+    structure: load it back with a template and the import rules.
+
     Args:
         path: the file to write.
         tree: any pytree whose leaves are arrays or Python numbers.
@@ -92,6 +114,12 @@ def tree_save(
             `"500MB"`, decimal units; `"2GiB"` binary), `name-00001-of-0000N.safetensors`
             plus `name.safetensors.index.json` beside `path` (`name.safetensors` or the
             index path). A tensor larger than the limit gets a shard of its own.
+        rename: ordered `(pattern, replacement)` rules from the tree's flat names to the
+            file's (`.safetensors` only), as in `ptc.tree_to_dict`.
+        transform: ordered `(pattern, fn)` rules: `fn` makes the value written under
+            each new name the pattern matches.
+        unstack: one tensor per layer for the leaves of stacked fields
+            (`blocks.3.attn.w`).
 
     Raises:
         TypeError: a leaf is neither an array nor a Python number, is abstract (a
@@ -99,8 +127,9 @@ def tree_save(
             `metadata` is not a dict of str to str; `max_shard_size` is not an int or str.
         ValueError: two leaves have the same key path (or, for `.safetensors`, the
             same flat name), a leaf's flat name is `__metadata__`, `format` is not one
-            of the two, `metadata` or `max_shard_size` is given for `.npz`, or
-            `max_shard_size` is not a positive size.
+            of the two, `metadata` or `max_shard_size` is given for `.npz`,
+            `max_shard_size` is not a positive size, or export rules are given for a
+            `.npz` file.
         OverflowError: a Python int does not fit in 64 bits.
         OSError: the file cannot be written.
 
@@ -127,7 +156,15 @@ def tree_save(
                 "'5GB') to write shards, or save to a .safetensors path."
             )
         size = parse_size("tree_save", max_shard_size) if sharded else 0
+        rules = compile_rules("tree_save", rename, transform)
+        exported = bool(rules.rename or rules.transform or unstack)
         flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+        if fmt == "safetensors" and exported:
+            sites = find_stacks(tree, "tree_save", skip_empty=True) if unstack else ()
+            named = export_flat("tree_save", flat, sites, ".", unstack, rules)
+            flat = [((DictKey(n),), v) for n, v in named.items()]
+        elif exported:
+            raise ValueError(_NPZ_RULES.format(fn="tree_save"))
         if fmt == "safetensors":
             names = flat_names("tree_save", "the tree", flat, ".", _ONE_NAME)
             if "__metadata__" in names:
@@ -145,7 +182,7 @@ def tree_save(
                     "key so every leaf has its own path."
                 )
         leaves = host_leaves("tree_save", flat)
-        extra: dict[str, Any] = {"structure": record_structure(tree)}
+        extra: dict[str, Any] = {} if exported else {"structure": record_structure(tree)}
         if sharded:
             write_sharded(target, names, leaves, size, meta, extra)
             return
@@ -188,9 +225,19 @@ def _metadata(fmt: str, metadata: Any, max_shard_size: Any) -> dict[str, str]:
     return {**_DEFAULT_METADATA, **metadata}
 
 
+_Mismatch = Literal["error", "skip"]
+
+
 @overload
 def tree_load(
-    path: str | os.PathLike[str], *, like: T, format: Literal["npz", "safetensors"] | None = None
+    path: str | os.PathLike[str],
+    *,
+    like: T,
+    format: Literal["npz", "safetensors"] | None = None,
+    rename: RuleSpec = None,
+    transform: RuleSpec = None,
+    strict: bool = True,
+    on_mismatch: Literal["error", "skip"] = "error",
 ) -> T: ...
 @overload
 def tree_load(
@@ -199,20 +246,31 @@ def tree_load(
     like: None = None,
     format: Literal["npz", "safetensors"] | None = None,
 ) -> Any: ...
-def tree_load(path: str | os.PathLike[str], *, like: Any = None, format: Any = None) -> Any:
+def tree_load(
+    path: str | os.PathLike[str],
+    *,
+    like: Any = None,
+    format: Any = None,
+    rename: RuleSpec = None,
+    transform: RuleSpec = None,
+    strict: bool = True,
+    on_mismatch: Any = "error",
+) -> Any:
     """Read a file written by `tree_save` into the structure of the template `like`,
     or, without `like`, into the structure the file records.
 
     The format follows the suffix, as in `tree_save`; a Hugging Face shard index
     (`model.safetensors.index.json`) loads its shards. A `.safetensors` file written by
-    another tool loads too when its tensor names are the template's flat names
-    (`layers.0.w`); to rename, transpose or stack tensors first, read it with
-    `ptc.tree_read` and use `ptc.tree_from_dict`. Every key path (or name), shape and
-    dtype is checked against the template before any data is read. Nothing is ever
-    unpickled, and nothing is imported: without `like`, the classes the file names must
-    already be defined (import the module that defines the model first), static
-    functions, classes and enums must be found under their recorded names, and a field
-    recorded as needing a template is an error naming it.
+    another tool (a Hugging Face checkpoint) loads too: its tensor names go through the
+    import rules of `ptc.tree_from_dict` (`rename`, `transform`, numbered layers filling
+    a stacked field, `strict`, `on_mismatch`) on the way, and the data is still read
+    once, straight into the arrays returned (the layers of a stacked leaf into one
+    array). Every name, shape and dtype is checked against the template before any data
+    is read (values made by a transform once made). Nothing is ever unpickled, and
+    nothing is imported: without `like`, the classes the file names must already be
+    defined (import the module that defines the model first), static functions, classes
+    and enums must be found under their recorded names, and a field recorded as needing
+    a template is an error naming it.
 
     Args:
         path: a file written by `tree_save` (or a standard `.safetensors` file, or a
@@ -220,9 +278,19 @@ def tree_load(path: str | os.PathLike[str], *, like: Any = None, format: Any = N
         like: the template: a tree with the saved tree's structure whose leaves are
             arrays, `jax.ShapeDtypeStruct`s or Python numbers (their values are
             ignored), e.g. `jax.eval_shape(init, key)`. Without it (`None`), the
-            file's recorded structure is rebuilt: leaves come back as the kind they were saved as
-            (`jax.Array` on the default device, NumPy array or scalar, Python number).
+            file's recorded structure is rebuilt: leaves come back as the kind they
+            were saved as (`jax.Array` on the default device, NumPy array or scalar,
+            Python number).
         format: `"npz"` or `"safetensors"` to choose the format whatever the suffix.
+        rename: ordered `(pattern, replacement)` rules from the file's tensor names to
+            the template's flat names (`.safetensors` only), as in `ptc.tree_from_dict`.
+        transform: ordered `(pattern, fn)` rules: `fn(value)` replaces the value of
+            each (renamed) name the pattern matches.
+        strict: whether names either side lacks are an error. With `strict=False` the
+            names both have are loaded, the template's other leaves keep their values
+            and a `ptc.PartialLoadWarning` lists what was left out.
+        on_mismatch: `"error"`, or `"skip"` to keep the template's value where the
+            file's has another shape or dtype (a new head), reported the same way.
 
     Returns:
         A tree with `like`'s structure and the file's values. A `jax.Array` or
@@ -235,9 +303,12 @@ def tree_load(path: str | os.PathLike[str], *, like: Any = None, format: Any = N
         ValueError: a key path, shape or dtype differs from the template (the message
             names the first difference, or lists the missing and unexpected paths); the
             file is truncated, corrupt, of another format version, or a PyTorch pickle;
-            without `like`: the file records no structure, a class it names is not
-            defined or has changed fields, or a field needs a template.
-        TypeError: a template leaf is not an array, `ShapeDtypeStruct` or number.
+            a leaf left out by a partial load has no value of its own (an abstract
+            template leaf); rules are given for a `.npz` file; without `like`: the file
+            records no structure, a class it names is not defined or has changed
+            fields, or a field needs a template.
+        TypeError: a template leaf is not an array, `ShapeDtypeStruct` or number, a rule
+            is malformed, or import rules are given without `like`.
         FileNotFoundError: there is no file at `path`.
 
     Examples:
@@ -250,41 +321,116 @@ def tree_load(path: str | os.PathLike[str], *, like: Any = None, format: Any = N
         [Array([0., 1., 2.], dtype=float32)]
         >>> ptc.tree_load(path)
         [Array([0., 1., 2.], dtype=float32)]
+        >>> ptc.tree_load(path, like={"w": jnp.zeros(3)}, rename={r"^0$": "w"})
+        {'w': Array([0., 1., 2.], dtype=float32)}
     """
+    fn = "tree_load"
     with gc_paused():
         target = os.fspath(path)
         if is_index_path(target) and format is None:
             fmt = "sharded"
         else:
-            fmt = _format("tree_load", target, format)
+            fmt = _format(fn, target, format)
+        rules = compile_rules(fn, rename, transform)
         if like is None:
-            return _load_recorded(target, open_checkpoint("tree_load", target, fmt))
+            if rules.rename or rules.transform or not strict or on_mismatch != "error":
+                raise TypeError(
+                    f"{fn}: rename=, transform=, strict= and on_mismatch= map a file onto a "
+                    "template; pass like= (e.g. jax.eval_shape(init, key)) with them."
+                )
+            return _load_recorded(target, open_checkpoint(fn, target, fmt))
         t_flat, treedef = jax.tree_util.tree_flatten_with_path(like)
-        paths = [keystr(p) for p, _ in t_flat]
-        t_leaves = [leaf for _, leaf in t_flat]
         if fmt != "npz":
-            names = flat_names("tree_load", "the template", t_flat, ".", _ONE_NAME)
-            what = "names"
+            names = flat_names(fn, "the template", t_flat, ".", _ONE_NAME)
+            what, hint, fix = "names", None, _FIX
+        elif rules.rename or rules.transform:
+            raise ValueError(_NPZ_RULES.format(fn=fn))
         else:
-            names, what = paths, "key paths"
-        cp = open_checkpoint("tree_load", target, fmt)
-        check_names(
-            "tree_load",
-            f"{target!r}",
-            "the file",
-            what,
+            names, what = [keystr(p) for p, _ in t_flat], "key paths"
+            fix = (
+                "Load with a template of the saved model (same sizes and dtypes), or "
+                "convert after loading."
+            )
+            hint = (
+                "Was it saved from a different version of the model? Load it with a "
+                "template of that version, or pass strict=False to load the leaves both have."
+            )
+        cp = open_checkpoint(fn, target, fmt)
+        source = _CheckpointSource(cp)
+        stacks = (lambda: find_stacks(like, fn, skip_empty=True)) if fmt != "npz" else tuple
+        leaves = import_leaves(
+            fn,
+            t_flat,
             names,
-            cp.offered,
-            True,
-            "Was it saved from a different version of the model? Load it with a template "
-            "of that version, or select the common leaves.",
+            stacks,
+            ".",
+            rules,
+            strict,
+            on_mismatch,
+            source,
+            what,
+            f"{target!r}",
+            hint,
+            fix,
         )
-        offered = [cp.offered[n] for n in names]
-        casts = [
-            check_leaf("tree_load", p, leaf, got, "the file", _HINT)
-            for p, leaf, got in zip(paths, t_leaves, offered)
-        ]
-        return treedef.unflatten(_values(target, cp, paths, names, offered, t_leaves, casts))
+        return treedef.unflatten(leaves)
+
+
+class _CheckpointSource:
+    """A checkpoint's tensors (one file or shards) as a source for `import_leaves`,
+    read only when fetched, each straight into its destination where one is given."""
+
+    word = "the file"
+
+    def __init__(self, cp: Checkpoint) -> None:
+        self.cp = cp
+        self.names: list[str] = list(cp.offered)
+
+    def _index(self, name: str) -> tuple[str, Any]:
+        return self.cp.parts[self.cp.part_of[name]]
+
+    def offer(self, name: str) -> Offered:
+        return self.cp.offered[name]
+
+    def direct(self, name: str, dtype: np.dtype) -> bool:
+        index = self._index(name)[1]
+        slot, got = index.slots[name], self.cp.offered[name]
+        return (
+            slot.dtype == dtype
+            and not slot.fortran
+            and name not in self.cp.key_impl
+            and got.python is None
+            and got.shape == slot.shape
+            and got.dtype == dtype_facts(dtype).name
+        )
+
+    def fetch(
+        self, names: Sequence[str], into: Mapping[str, np.ndarray]
+    ) -> dict[str, tuple[Any, bool]]:
+        cp = self.cp
+        if cp.kind == "npz" and len(names) != len(self.names):
+            names = self.names  # a CRC covers a whole entry: read all of it to check it
+        by_part: dict[int, list[str]] = {}
+        for name in names:
+            by_part.setdefault(cp.part_of[name], []).append(name)
+        out = {}
+        for part, members in by_part.items():
+            file, index = cp.parts[part]
+            slots = [index.slots[n] for n in members]
+            with open(file, "rb") as f:
+                stored = read_slots(f, file, index.spans, slots, [into.get(n) for n in members])
+            for name, (arr, owned) in zip(members, stored):
+                if name not in into:
+                    try:
+                        arr = decode(arr, cp.offered[name], cp.key_impl.get(name))
+                    except (ValueError, TypeError) as e:
+                        why = f"the data for {show(name)} cannot be decoded ({e})"
+                        raise corrupt(file, why) from None
+                out[name] = (arr, owned)
+        return out
+
+    def value(self, name: str, data: Any) -> tuple[Any, Offered]:
+        return as_array("tree_load", f"{name!r} (the result of its transform)", data)
 
 
 def _values(

@@ -26,6 +26,7 @@ __all__ = [
     "CHUNK",
     "Slot",
     "Span",
+    "aligned_empty",
     "atomic_write",
     "check_tiling",
     "corrupt",
@@ -184,7 +185,8 @@ def check_tiling(path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> Non
             raise corrupt(path, f"{span.label} holds {span.size} bytes but its leaves need {end}")
 
 
-def _aligned_empty(nbytes: int) -> np.ndarray:
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """`nbytes` of new memory, aligned as XLA wants to alias host memory without a copy."""
     raw = np.empty(nbytes + _ALIGN, np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
     return raw[start : start + nbytes]
@@ -201,8 +203,17 @@ def _read_exactly(f: Any, offset: int, buf: np.ndarray, path: str, label: str) -
         got += n
 
 
-def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> list[Any]:
+def read_slots(
+    f: Any,
+    path: str,
+    spans: Sequence[Span],
+    slots: Sequence[Slot],
+    into: Sequence[np.ndarray | None] | None = None,
+) -> list[Any]:
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
+
+    `into[k]`, where given, is a C-contiguous array of slot k's dtype and shape to read
+    its bytes straight into (the row of a stacked array): it is then the slot's array.
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
     all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
@@ -218,29 +229,56 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     # Per checked span: (CRC, length) of each chunk in file order, or a pending future.
     parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
     checked = sum(spans[n].size for n in parts)
-    with ThreadPoolExecutor(_CRC_WORKERS) if checked >= _CRC_THREAD else _Inline() as pool:
+    dest = list(into) if into is not None else [None] * len(slots)
+    # Large reads run on worker threads (positional reads release the GIL): filling
+    # fresh memory costs the kernel as much as the copy, and several cores share it.
+    parallel = _PREADV and sum(s.nbytes for s in slots) >= _READ_THREAD
+    threads = parallel or checked >= _CRC_THREAD
+    fd = f.fileno()
+
+    def read(offset: int, buf: np.ndarray, label: str, crc: bool) -> int | None:
+        if parallel:
+            _pread_exactly(fd, offset, buf, path, label)
+        return zlib.crc32(buf.data) if crc else None
+
+    pending = []
+    workers = _READ_WORKERS if parallel else _CRC_WORKERS
+    with ThreadPoolExecutor(workers) if threads else _Inline() as pool:
         i = 0
         while i < len(order):
             first = slots[order[i]]
-            j, nbytes = i, 0
-            while j < len(order):
-                s = slots[order[j]]
-                if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
-                    break
-                nbytes += s.nbytes
-                j += 1
             span = spans[first.span]
-            buf = _aligned_empty(nbytes)
-            _read_exactly(f, span.start + first.offset, buf, path, span.label)
+            target = dest[order[i]]
+            if target is not None:
+                j, nbytes = i + 1, first.nbytes
+                buf = target.reshape(-1).view(np.uint8)
+                out[order[i]] = (target, True)
+            else:
+                j, nbytes = i, 0
+                while j < len(order):
+                    s = slots[order[j]]
+                    if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
+                        break
+                    if dest[order[j]] is not None or s.offset != first.offset + nbytes:
+                        break  # read in place, or not adjacent (a slot between is not read)
+                    nbytes += s.nbytes
+                    j += 1
+                buf = aligned_empty(nbytes)
+                owned = j - i == 1
+                for k in order[i:j]:
+                    s = slots[k]
+                    layout = "F" if s.fortran else "C"
+                    arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
+                    out[k] = (arr, owned)
+            if not parallel:
+                _read_exactly(f, span.start + first.offset, buf, path, span.label)
+            job = pool.submit(read, span.start + first.offset, buf, span.label, first.span in parts)
+            pending.append(job)
             if first.span in parts:
-                parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
-            owned = j - i == 1
-            for k in order[i:j]:
-                s = slots[k]
-                layout = "F" if s.fortran else "C"
-                arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
-                out[k] = (arr, owned)
+                parts[first.span].append((job, nbytes))
             i = j
+        for job in pending:
+            job.result()  # a short read is raised here
     for n, chunks in parts.items():
         crc = spans[n].crc[0]  # type: ignore[index]
         for chunk_crc, nbytes in chunks:
@@ -250,6 +288,19 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
     return out
 
 
+def _pread_exactly(fd: int, offset: int, buf: np.ndarray, path: str, label: str) -> None:
+    view = buf.data
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            raise corrupt(path, f"it ends inside {label}")
+        got += n
+
+
+_PREADV = hasattr(os, "preadv")
+_READ_THREAD = 64 << 20  # bytes to read from which reading threads pay
+_READ_WORKERS = max(2, min(8, os.cpu_count() or 1))
 _CRC_THREAD = 64 << 20  # bytes to check from which worker threads pay
 _CRC_WORKERS = 2
 

@@ -15,6 +15,7 @@ of each step, kept here:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ __all__ = [
     "VERSION",
     "NUMBERS",
     "HostLeaf",
+    "MismatchError",
+    "SHOWN",
     "Offered",
     "Value",
     "as_template_number",
@@ -47,6 +50,8 @@ __all__ = [
     "host_leaves",
     "itemsize_of",
     "keystr",
+    "list_names",
+    "offered_str",
     "place",
     "show",
 ]
@@ -315,18 +320,27 @@ def _number_kind(dtype: str) -> str | None:
     return None
 
 
-def check_leaf(fn: str, where: str, leaf: Any, got: Offered, source: str, hint: str) -> bool:
+def check_leaf(
+    fn: str,
+    where: str,
+    leaf: Any,
+    got: Offered,
+    source: str,
+    hint: str,
+    before: str | None = None,
+) -> bool:
     """Raise unless `got` can fill the template leaf `leaf` (at `where`) exactly.
 
     Arrays must agree in shape and dtype. A Python number and a 0-d array of the same kind
     (bool, int, float, complex) fill each other: `jax.eval_shape` and `jax.jit` turn
     Python numbers into 0-d arrays. Returns whether the value must be cast to the
-    template's dtype (a Python number filling a 0-d array).
+    template's dtype (a Python number filling a 0-d array). `before` describes what the
+    source held before a transform made `got` of it (messages give both).
     """
     if type(leaf) in NUMBERS:
         if got.shape != () or _number_kind(got.dtype) != type(leaf).__name__:
             wanted = f"a Python {type(leaf).__name__}"
-            raise _mismatch(fn, where, "type", source, got, wanted, hint)
+            raise _mismatch(fn, where, "type", source, got, wanted, hint, before)
         return False
     if not has_shape_dtype(leaf):
         raise TypeError(
@@ -336,25 +350,67 @@ def check_leaf(fn: str, where: str, leaf: Any, got: Offered, source: str, hint: 
     shape, dtype = tuple(leaf.shape), dtype_facts(leaf.dtype).name
     if got.python:
         if shape != ():
-            raise _mismatch(fn, where, "shape", source, got, describe(shape, dtype), hint)
+            raise _mismatch(fn, where, "shape", source, got, describe(shape, dtype), hint, before)
         if _number_kind(dtype) != got.python:
-            raise _mismatch(fn, where, "type", source, got, describe(shape, dtype), hint)
+            raise _mismatch(fn, where, "type", source, got, describe(shape, dtype), hint, before)
         return True
     if shape != got.shape:
-        raise _mismatch(fn, where, "shape", source, got, describe(shape, dtype), hint)
+        raise _mismatch(fn, where, "shape", source, got, describe(shape, dtype), hint, before)
     if dtype != got.dtype:
-        raise _mismatch(fn, where, "dtype", source, got, describe(shape, dtype), hint)
+        raise _mismatch(fn, where, "dtype", source, got, describe(shape, dtype), hint, before)
     return False
 
 
+def offered_str(got: Offered) -> str:
+    """`float32[3,4]`, or `a Python float`: what a source offers, for messages."""
+    return f"a Python {got.python}" if got.python else describe(got.shape, got.dtype)
+
+
+class MismatchError(ValueError):
+    """A shape, dtype or type mismatch; `reason` is the message without its context."""
+
+    reason: str = ""
+
+
 def _mismatch(
-    fn: str, where: str, what: str, source: str, got: Offered, wanted: str, hint: str
-) -> ValueError:
-    offered = f"a Python {got.python}" if got.python else describe(got.shape, got.dtype)
-    return ValueError(
+    fn: str,
+    where: str,
+    what: str,
+    source: str,
+    got: Offered,
+    wanted: str,
+    hint: str,
+    before: str | None,
+) -> MismatchError:
+    offered = offered_str(got)
+    if before is not None:
+        offered = f"{before}, which the transform made {offered}"
+    reason = f"{what} mismatch: {source} has {offered}, the template {wanted}"
+    e = MismatchError(
         f"{fn}: {what} mismatch at {show(where)}: {source} has {offered}, the template "
         f"{wanted}. {hint}"
     )
+    e.reason = reason
+    return e
+
+
+SHOWN = 10  # names listed in a name-mismatch message; the rest are counted
+
+
+def _closest(name: str, pool: Sequence[str]) -> str | None:
+    found = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def list_names(names: Sequence[str], pool: Sequence[str] = (), where: str = "") -> str:
+    """At most `SHOWN` names, each with its closest match in `pool` (when it has one),
+    and how many more there are."""
+    shown = []
+    for name in names[:SHOWN]:
+        near = _closest(name, pool) if pool else None
+        shown.append(show(name) + (f" (closest in {where}: {show(near)})" if near else ""))
+    more = len(names) - SHOWN
+    return ", ".join(shown) + (f", and {more} more" if more > 0 else "")
 
 
 def check_names(
@@ -366,23 +422,32 @@ def check_names(
     offered: Any,
     strict: bool,
     hint: str,
-) -> None:
-    """Raise listing the names the template wants that `offered` lacks (and, when
-    `strict`, the names `offered` has that the template does not)."""
+) -> tuple[list[str], list[str]]:
+    """The names the template wants that `offered` lacks, and those `offered` has that
+    the template does not. With `strict`, either is a `ValueError` giving the counts and
+    at most `SHOWN` names of each, each with its closest match on the other side."""
     missing = [n for n in wanted if n not in offered]
     unexpected: list[str] = []
-    if strict and (missing or len(offered) != len(wanted)):
+    if missing or len(offered) != len(wanted):
         known = set(wanted)
         unexpected = [n for n in offered if n not in known]
-    if not (missing or unexpected):
-        return
-    listed = []
+    if not (strict and (missing or unexpected)):
+        return missing, unexpected
+    counts, listed = [], []
     if missing:
-        listed.append(f"missing from {word}: " + ", ".join(map(show, missing)))
+        counts.append(f"{len(missing)} missing from {word}")
+        pool = unexpected or list(offered)
+        listed.append(f"missing from {word}: {list_names(missing, pool, word)}")
     if unexpected:
-        listed.append(f"in {word} but not the template: " + ", ".join(map(show, unexpected)))
+        counts.append(f"{len(unexpected)} in {word} but not the template")
+        pool = missing or list(wanted)
+        listed.append(
+            f"in {word} but not the template: {list_names(unexpected, pool, 'the template')}"
+        )
     raise ValueError(
-        f"{fn}: {source} does not match the template's {what} (" + "; ".join(listed) + f"). {hint}"
+        f"{fn}: {source} does not match the template's {what} ({', '.join(counts)}).\n  "
+        + "\n  ".join(listed)
+        + f"\n{hint}"
     )
 
 

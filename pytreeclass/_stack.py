@@ -294,12 +294,16 @@ def stack_fields(cls: type) -> dict[str, str]:
     return {f.name: f.stack for f in meta.fields if f.stack is not None}
 
 
-def find_stacks(tree: Any, where: str = "find_stacks") -> tuple[StackSite, ...]:
+def find_stacks(
+    tree: Any, where: str = "find_stacks", skip_empty: bool = False
+) -> tuple[StackSite, ...]:
     """Every field declared `field(stack=...)` in `tree`, outermost first.
 
     Stacks nested inside a stack are listed too; their `length` is their own (dimension
     1 of their leaves, after the outer stack's dimension 0, and so on). `where` names the
-    caller in the error raised for a stack whose leaves disagree on its length.
+    caller in the error raised for a stack whose leaves disagree on its length. With
+    `skip_empty`, a stack without leaves (emptied by `tree_filter`) is left out: it has
+    no leaves to number, so flat names need no layer count for it.
     """
     out: list[StackSite] = []
 
@@ -318,6 +322,8 @@ def find_stacks(tree: Any, where: str = "find_stacks") -> tuple[StackSite, ...]:
             f = meta.fields_by_name[name]
             sub = (*path, GetAttrKey(name))
             if f.stack is not None:
+                if skip_empty and not jax.tree_util.tree_leaves(d[name]):
+                    continue
                 n = stack_length(d[name], where, axis=depth, prefix=_keystr(sub))
                 out.append(StackSite(sub, f.stack, n))
                 visit(d[name], sub, depth + 1)

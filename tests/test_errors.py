@@ -378,11 +378,14 @@ def test_load_dtype_mismatch(saved):
 def test_load_other_model_version_lists_missing_and_unexpected_paths(saved):
     with pytest.raises(
         ValueError,
-        match=r"missing from the file: \.layers\[2\]\.w, \.layers\[2\]\.b\).*different version",
+        match=r"\(2 missing from the file\)\.\n  missing from the file: \.layers\[2\]\.w "
+        r"\(closest in the file: \.layers\[1\]\.w\), \.layers\[2\]\.b .*\n.*different version",
     ):
         ptc.tree_load(saved, like=make_mlp(3))
     with pytest.raises(
-        ValueError, match=r"in the file but not the template: \.layers\[1\]\.w, \.layers\[1\]\.b"
+        ValueError,
+        match=r"in the file but not the template: \.layers\[1\]\.w \(closest in the template: "
+        r"\.layers\[0\]\.w\), \.layers\[1\]\.b",
     ):
         ptc.tree_load(saved, like=make_mlp(1))
 
@@ -392,7 +395,8 @@ def test_load_other_model_version_lists_missing_and_unexpected_paths(saved):
         avg: jax.Array = field(kind=BatchStat, default=0.0)
 
     with pytest.raises(
-        ValueError, match=r"missing from the file: \.avg; in the file but not the template: \.mean"
+        ValueError,
+        match=r"missing from the file: \.avg\n  in the file but not the template: \.mean\n",
     ):
         ptc.tree_load(saved, like=Renamed(make_mlp().layers))
 

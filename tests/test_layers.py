@@ -49,6 +49,11 @@ Changes from the plan in STYLE.md, and why:
 * The recorded structure of a saved tree (`_io_structure`) sits at the end of L2, not
   with the other I/O in L0: it reads the class metadata (L1) to record and rebuild
   treeclass instances, and `_io` (L4) is its only user.
+* The rules between a tree's leaves and flat names (`_io_rules`: numbered layers of
+  stacked fields, rename and transform rules both ways) and the import plan that both
+  `tree_from_dict` and `tree_load` run (`_io_import`) sit at the end of L2: they need
+  the stack sites of `_stack`, and two peripherals share them, which may not import
+  each other.
 * Within a layer, order matters only where one module builds on another (`_meta` reads
   `Field`, `_instance` uses `_meta`); the order below is that dependency order.
 
@@ -95,7 +100,17 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("L1 class protocol", ["_kinds", "_field", "_meta", "_instance"]),
     (
         "L2 selection",
-        ["_leaf_facts", "_stack", "_filters", "_partition", "_cast", "_labels", "_io_structure"],
+        [
+            "_leaf_facts",
+            "_stack",
+            "_filters",
+            "_partition",
+            "_cast",
+            "_labels",
+            "_io_rules",
+            "_io_import",
+            "_io_structure",
+        ],
     ),
     (
         "L3 editing",

@@ -4,6 +4,7 @@ checks as tree_load, and a PyTorch-style GPT-2 state dict mapped onto a treeclas
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -133,11 +134,13 @@ def test_gpt2_mapping_errors_name_the_leaf_and_the_dict_name() -> None:
     with pytest.raises(ValueError) as info:
         ptc.tree_from_dict(sd, like=gpt_like(), rename=RENAME[1:], transform=TRANSPOSE)
     msg = str(info.value)
-    assert "in the dict but not the template: blocks.0.attn.bias, blocks.1.attn.bias" in msg
+    assert "(3 in the dict but not the template)" in msg
+    assert "in the dict but not the template: blocks.0.attn.bias (closest in" in msg
     assert "strict=False" in msg
-    model = ptc.tree_from_dict(
-        sd, like=gpt_like(), rename=RENAME[1:], transform=TRANSPOSE, strict=False
-    )
+    with pytest.warns(ptc.PartialLoadWarning, match="3 of the dict's names unused: h.0.attn.bias"):
+        model = ptc.tree_from_dict(
+            sd, like=gpt_like(), rename=RENAME[1:], transform=TRANSPOSE, strict=False
+        )
     np.testing.assert_array_equal(model.blocks[1].proj.b, sd["h.1.attn.c_proj.bias"])
 
 
@@ -268,12 +271,18 @@ def test_missing_and_unexpected_names_are_listed() -> None:
     like = {"a": jnp.zeros(1), "b": jnp.zeros(1)}
     with pytest.raises(
         ValueError,
-        match=r"tree_from_dict: the dict does not match the template's names \(missing from "
-        r"the dict: b; in the dict but not the template: c, d\)\. Map the dict's names",
+        match=r"tree_from_dict: the dict does not match the template's names \(1 missing from "
+        r"the dict, 2 in the dict but not the template\)\.\n  missing from the dict: b\n  "
+        r"in the dict but not the template: c, d\nMap the dict's names",
     ):
         ptc.tree_from_dict({"a": np.ones(1), "c": 1, "d": 2}, like=like)
-    with pytest.raises(ValueError, match=r"\(missing from the dict: b\)"):
-        ptc.tree_from_dict({"a": np.ones(1), "c": 1}, like=like, strict=False)
+    # Not strict: b keeps the template's value, c is unused, and both are reported.
+    with pytest.warns(ptc.PartialLoadWarning, match=r"1 missing from the dict: b\n") as rec:
+        out = ptc.tree_from_dict({"a": np.ones(1, np.float32), "c": 1}, like=like, strict=False)
+    assert out["b"] is like["b"] and (out["a"] == 1).all()
+    w = rec[0].message
+    assert isinstance(w, ptc.PartialLoadWarning)
+    assert (w.missing, w.mismatched, w.unused) == (("b",), (), ("c",))
 
 
 def test_dtype_and_type_mismatches() -> None:
@@ -428,6 +437,16 @@ def test_nested_stacks_number_both_axes() -> None:
     assert_same(ptc.tree_from_dict(shuffled, like=tree), tree)
 
 
+def test_nested_stacks_load_from_a_file_layer_by_layer(tmp_path: Path) -> None:
+    """tree_load reads each (outer, inner) layer straight into its place."""
+    inner = Inner(jnp.zeros((2, 4)), {"v": jnp.arange(2 * 3 * 5.0).reshape(2, 3, 5)})
+    tree = StackHolder(inner)  # type: ignore[arg-type]
+    path = str(tmp_path / "nested.safetensors")
+    ptc.tree_save(path, tree, unstack=True, rename={r"^blocks\.": "h."})
+    out = ptc.tree_load(path, like=jax.eval_shape(lambda: tree), rename={r"^h\.": "blocks."})
+    assert_same(out, tree)
+
+
 def test_transforms_and_renames_see_the_numbered_names() -> None:
     like = StackHolder(ptc.tree_stack([{"w": jnp.zeros(2)}] * 3))
     src = {f"h.{i}.w": np.full(2, float(i), np.float32) for i in range(3)}
@@ -461,14 +480,14 @@ def test_stacked_field_errors_name_the_layer() -> None:
     ):
         load(sd)  # forgot the transpose
     partial = {k: v for k, v in sd.items() if k != "h.2.attn.c_attn.weight"}
-    with pytest.raises(ValueError, match=r"\(missing from the dict: blocks\.2\.qkv\.w\)") as info:
+    with pytest.raises(ValueError, match=r"missing from the dict: blocks\.2\.qkv\.w ") as info:
         load(partial, transform=TRANSPOSE)
     assert "from its stacked name ('wte'" not in str(info.value)
     assert "read from its stacked name ('blocks.ln1.weight') or from one name per layer " in str(
         info.value
     )
     none = {k: v for k, v in sd.items() if ".attn.c_attn.weight" not in k}
-    with pytest.raises(ValueError, match=r"\(missing from the dict: blocks\.qkv\.w\)"):
+    with pytest.raises(ValueError, match=r"missing from the dict: blocks\.qkv\.w "):
         load(none, transform=TRANSPOSE)
 
 
@@ -477,10 +496,13 @@ def test_both_spellings_at_once_are_unexpected_unless_not_strict() -> None:
     both = {"blocks.w": np.ones((2, 2), np.float32)}
     both |= {f"blocks.{i}.w": np.zeros(2, np.float32) for i in range(2)}
     with pytest.raises(
-        ValueError, match=r"in the dict but not the template: blocks\.0\.w, blocks\.1\.w\)"
+        ValueError,
+        match=r"in the dict but not the template: blocks\.0\.w \(closest in the template: "
+        r"blocks\.w\), blocks\.1\.w ",
     ):
         ptc.tree_from_dict(both, like=like)
-    out = ptc.tree_from_dict(both, like=like, strict=False)  # the stacked name wins
+    with pytest.warns(ptc.PartialLoadWarning, match=r"2 of the dict's names unused"):
+        out = ptc.tree_from_dict(both, like=like, strict=False)  # the stacked name wins
     np.testing.assert_array_equal(out.blocks["w"], np.ones((2, 2)))
 
 
