@@ -2,12 +2,23 @@
 
 from ._capture import capture as capture
 from ._cast import tree_cast as tree_cast
+from ._class._field import Field as Field
+from ._class._field import field as field
+from ._class._kinds import BatchStat as BatchStat
+from ._class._kinds import Cache as Cache
+from ._class._kinds import Kind as Kind
+from ._class._kinds import OptState as OptState
+from ._class._kinds import Parameter as Parameter
+from ._class._kinds import Rng as Rng
+from ._class._kinds import State as State
+from ._class._meta import fields as fields
+from ._class._meta import is_treeclass as is_treeclass
+from ._class._treeclass import TreeClass as TreeClass
+from ._class._treeclass import treeclass as treeclass
 from ._equal import tree_equal as tree_equal
 from ._errors import FrozenInstanceError as FrozenInstanceError
 from ._errors import PartialLoadWarning as PartialLoadWarning
 from ._errors import TreeTooDeepError as TreeTooDeepError
-from ._field import Field as Field
-from ._field import field as field
 from ._filters import All as All
 from ._filters import Any as Any
 from ._filters import Filter as Filter
@@ -17,25 +28,18 @@ from ._filters import OfType as OfType
 from ._filters import PathContains as PathContains
 from ._filters import PathMatch as PathMatch
 from ._filters import Predicate as Predicate
-from ._io import tree_load as tree_load
-from ._io import tree_save as tree_save
-from ._io_read import TensorInfo as TensorInfo
-from ._io_read import TreeInfo as TreeInfo
-from ._io_read import tree_info as tree_info
-from ._io_read import tree_read as tree_read
-from ._kinds import BatchStat as BatchStat
-from ._kinds import Cache as Cache
-from ._kinds import Kind as Kind
-from ._kinds import OptState as OptState
-from ._kinds import Parameter as Parameter
-from ._kinds import Rng as Rng
-from ._kinds import State as State
+from ._io._io import tree_load as tree_load
+from ._io._io import tree_save as tree_save
+from ._io._io_read import TensorInfo as TensorInfo
+from ._io._io_read import TreeInfo as TreeInfo
+from ._io._io_read import tree_info as tree_info
+from ._io._io_read import tree_read as tree_read
+from ._io._weights import tree_from_dict as tree_from_dict
+from ._io._weights import tree_to_dict as tree_to_dict
 from ._labels import tree_labels as tree_labels
 from ._leaf_facts import tree_kinds as tree_kinds
-from ._lens import Lens as Lens
-from ._lens import at as at
-from ._meta import fields as fields
-from ._meta import is_treeclass as is_treeclass
+from ._lens._lens import Lens as Lens
+from ._lens._lens import at as at
 from ._optim import Optimizer as Optimizer
 from ._partition import tree_filter as tree_filter
 from ._partition import tree_mask as tree_mask
@@ -50,11 +54,7 @@ from ._stack import tree_unstack as tree_unstack
 from ._summary import tree_aliases as tree_aliases
 from ._summary import tree_diagram as tree_diagram
 from ._summary import tree_summary as tree_summary
-from ._treeclass import TreeClass as TreeClass
-from ._treeclass import treeclass as treeclass
 from ._value_and_tree import value_and_tree as value_and_tree
-from ._weights import tree_from_dict as tree_from_dict
-from ._weights import tree_to_dict as tree_to_dict
 
 
 def _version() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey, SequenceKey
 
-from ._lens import at
+from ._lens._lens import at
 from ._record import record, recording
 from ._stack import find_stacks
 from ._tree_util import leaf_repr, one_level

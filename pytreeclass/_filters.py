@@ -22,10 +22,10 @@ import numpy as np
 from jax.core import Tracer
 
 from ._cache import BoundedCache, TypeTable
-from ._io_leaves import flat_name
-from ._kinds import Kind
+from ._class._kinds import Kind
+from ._class._meta import meta_of
+from ._io._io_leaves import flat_name
 from ._leaf_facts import Leaves
-from ._meta import meta_of
 from ._tree_util import first_difference, key_name
 
 __all__ = [
@@ -114,7 +114,7 @@ def always_node(t: type) -> bool:
     """
     if t is type(None) or meta_of(t) is not None:
         return True
-    if t.__module__ == "pytreeclass._treeclass" and t.__name__ == "TreeClass":
+    if t.__module__ == "pytreeclass._class._treeclass" and t.__name__ == "TreeClass":
         return True
     eqx = sys.modules.get("equinox")
     module = getattr(eqx, "Module", None)

@@ -8,11 +8,11 @@ from typing import Any, TypeVar
 import jax
 
 from ._cache import BoundedCache, type_tag
+from ._class._kinds import Kind
+from ._class._meta import is_treeclass
 from ._errors import reraise_if_too_deep
 from ._filters import as_filter, select_leaves
-from ._kinds import Kind
 from ._leaf_facts import constant_tree, leaf_kinds
-from ._meta import is_treeclass
 
 T = TypeVar("T")
 __all__ = ["tree_labels"]

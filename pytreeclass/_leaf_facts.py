@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 import jax
 
 from ._cache import BoundedCache
+from ._class._instance import frozen_setattr
+from ._class._kinds import Kind, foreign_kind
+from ._class._meta import FLAT, is_treeclass, meta_of
 from ._errors import reraise_if_too_deep
-from ._instance import frozen_setattr
-from ._kinds import Kind, foreign_kind
-from ._meta import FLAT, is_treeclass, meta_of
 
 T = TypeVar("T")
 __all__ = [

@@ -28,7 +28,8 @@ import numpy as np
 from jax.tree_util import GetAttrKey, SequenceKey
 
 from ._cache import TypeTable
-from ._lens_steps import (
+from ._class._meta import drop_derived, meta_of, with_field
+from ._lens._lens_steps import (
     DATACLASS,
     DATACLASS_FIELDS,
     DICT,
@@ -43,7 +44,6 @@ from ._lens_steps import (
     nnx_static,
     node_code,
 )
-from ._meta import drop_derived, meta_of, with_field
 from ._stack import scatter, scatter_rows, shared_leaf, stack_length, take
 from ._tree_util import one_level
 

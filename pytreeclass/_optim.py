@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 from typing_extensions import Self
 
-from ._field import field
-from ._kinds import OptState
-from ._meta import with_field
+from ._class._field import field
+from ._class._kinds import OptState
+from ._class._meta import with_field
+from ._class._treeclass import treeclass
 from ._tree_util import has_shape_dtype, leaf_repr
-from ._treeclass import treeclass
 
 if TYPE_CHECKING:
     import optax

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import jax
 
 from ._cache import BoundedCache
+from ._class._meta import is_treeclass
 from ._errors import reraise_if_too_deep
 from ._filters import combined, is_cacheable, select_leaves
 from ._leaf_facts import constant_tree
-from ._meta import is_treeclass
 from ._tree_util import StructureMismatch, merge_nodes
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 from jax.tree_util import GetAttrKey
 
-from ._meta import is_treeclass, meta_of
+from ._class._meta import is_treeclass, meta_of
 from ._stack import TIMES, stack_size
 from ._tree_util import elide, has_shape_dtype, key_name, leaf_repr, one_level
 

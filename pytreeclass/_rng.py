@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._kinds import Rng
+from ._class._kinds import Rng
 from ._leaf_facts import Leaves
 from ._tree_util import leaf_repr
 

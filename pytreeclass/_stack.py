@@ -23,7 +23,7 @@ import numpy as np
 from jax.core import Tracer
 from jax.tree_util import GetAttrKey
 
-from ._meta import meta_of
+from ._class._meta import meta_of
 from ._record import is_recording, record, recording
 from ._tree_util import first_difference, leaf_repr
 

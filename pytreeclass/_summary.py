@@ -11,9 +11,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ._class._meta import meta_of
 from ._errors import reraise_if_too_deep
 from ._leaf_facts import Leaves, leaf_axes, leaf_kinds
-from ._meta import meta_of
 from ._stack import TIMES, find_stacks, stack_size
 from ._tree_util import Elided, has_shape_dtype, key_label, leaf_repr, one_level
 

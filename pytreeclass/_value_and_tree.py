@@ -19,9 +19,10 @@ import functools
 from collections.abc import Callable
 from typing import Any, Concatenate, TypeVar
 
+from ._class._instance import EDIT, MUTABLE
+from ._class._meta import FLAT, check_static, drop_derived, meta_of
 from ._errors import too_deep_error
-from ._instance import EDIT, MUTABLE
-from ._lens_steps import (
+from ._lens._lens_steps import (
     CODES,
     DICT,
     LEAF,
@@ -32,7 +33,6 @@ from ._lens_steps import (
     TUPLE,
     node_code,
 )
-from ._meta import FLAT, check_static, drop_derived, meta_of
 from ._tree_util import one_level
 
 __all__ = ["value_and_tree"]

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import pytreeclass as ptc
-from pytreeclass import _io_file, _io_npz
+from pytreeclass._io import _io_file, _io_npz
 
 
 def _stalling_write_joined(out: object, arrays: list) -> None:

@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pytreeclass as ptc
-from pytreeclass import BatchStat, Parameter, _io_file, _io_npz, field, treeclass
+from pytreeclass import BatchStat, Parameter, field, treeclass
+from pytreeclass._io import _io_file, _io_npz
 
 from .models import Linear
 
@@ -401,7 +402,7 @@ def test_flipped_data_byte_is_caught_by_the_checksum(
     saved: Path, threaded: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Large files check the CRC on a second thread; small ones inline. Both must catch it.
-    import pytreeclass._io_file as io_file
+    import pytreeclass._io._io_file as io_file
 
     monkeypatch.setattr(io_file, "CHUNK", 16 if threaded else io_file.CHUNK)
     monkeypatch.setattr(io_file, "_CRC_THREAD", 0 if threaded else io_file._CRC_THREAD)
@@ -859,7 +860,7 @@ def test_crc32_combine_is_the_crc_of_the_concatenation(a: bytes, b: bytes, prefi
     # The chunks of a large file are checked on worker threads and their CRCs combined.
     import zlib
 
-    from pytreeclass._io_file import crc32_combine
+    from pytreeclass._io._io_file import crc32_combine
 
     start = zlib.crc32(prefix)
     assert crc32_combine(zlib.crc32(a, start), zlib.crc32(b), len(b)) == zlib.crc32(a + b, start)

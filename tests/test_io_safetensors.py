@@ -233,7 +233,7 @@ _CODE_VALUES = {
 
 
 def _code_arrays() -> dict[str, np.ndarray]:
-    from pytreeclass._io_safetensors import _DTYPES
+    from pytreeclass._io._io_safetensors import _DTYPES
 
     assert set(_DTYPES) == set(_CODE_VALUES)  # a new code gets values here
     return {code: np.array(_CODE_VALUES[code], dtype=dt) for code, dt in _DTYPES.items()}

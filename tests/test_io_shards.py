@@ -19,8 +19,8 @@ import safetensors
 import safetensors.numpy as safetensors_numpy
 
 import pytreeclass as ptc
-from pytreeclass import _io_shards
-from pytreeclass._io_shards import parse_size
+from pytreeclass._io import _io_shards
+from pytreeclass._io._io_shards import parse_size
 
 from .models import MLP, Linear, make_mlp
 

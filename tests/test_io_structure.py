@@ -21,7 +21,7 @@ import safetensors.numpy as safetensors_numpy
 from hypothesis import HealthCheck, given, settings
 
 import pytreeclass as ptc
-from pytreeclass._io_structure import LeafSlot, rebuild, record_structure
+from pytreeclass._io._io_structure import LeafSlot, rebuild, record_structure
 
 from .models import MLP, make_mlp
 from .strategies import trees
@@ -414,7 +414,7 @@ class _Frozen:
 
 
 def _encode(v: Any) -> Any:
-    from pytreeclass._io_structure import encode_value
+    from pytreeclass._io._io_structure import encode_value
 
     return encode_value(v)
 

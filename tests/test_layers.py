@@ -74,9 +74,9 @@ import jax.numpy as jnp
 import pytest
 
 import pytreeclass as ptc
-from pytreeclass import _meta
-from pytreeclass._lens_steps import PathStep
-from pytreeclass._lens_walk import put
+from pytreeclass._class import _meta
+from pytreeclass._lens._lens_steps import PathStep
+from pytreeclass._lens._lens_walk import put
 
 PACKAGE = Path(ptc.__file__).resolve().parent
 
@@ -141,12 +141,13 @@ LAYER_NAME = {m: name for name, mods in LAYERS for m in mods}
 META_OWNERS = {"_meta", "_instance", "_treeclass"}
 
 
+# Modules by file name, wherever they sit: the folders `_class/`, `_lens/` and `_io/`
+# group them for readers (each has a README); the layers are what the imports obey.
+PATHS = {p.stem: p for p in sorted(PACKAGE.rglob("*.py")) if p.stem != "__init__"}
+
+
 def _modules() -> dict[str, ast.Module]:
-    return {
-        p.stem: ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
-        for p in sorted(PACKAGE.glob("*.py"))
-        if p.stem != "__init__"
-    }
+    return {m: ast.parse(p.read_text(encoding="utf-8"), filename=str(p)) for m, p in PATHS.items()}
 
 
 MODULES = _modules()
@@ -157,20 +158,22 @@ def _imports(tree: ast.Module) -> list[tuple[str, list[str], int]]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module is None:  # from . import _x
+            if node.level and node.module is None:  # from . import _x
                 out.extend((a.name, [], node.lineno) for a in node.names)
-            elif node.level == 1:  # from ._x import y
-                out.append((node.module, [a.name for a in node.names], node.lineno))
-            elif node.module == "pytreeclass":
+            elif node.level:  # from ._x import y, from .._lens._x import y
+                out.append((node.module.split(".")[-1], [a.name for a in node.names], node.lineno))
+            elif node.module == "pytreeclass" or (
+                node.module in {f"pytreeclass.{g}" for g in ("_class", "_lens", "_io")}
+            ):
                 out.extend((a.name, [], node.lineno) for a in node.names if a.name[0] == "_")
             elif node.module and node.module.startswith("pytreeclass."):
-                out.append((node.module.split(".")[1], [a.name for a in node.names], node.lineno))
+                out.append((node.module.split(".")[-1], [a.name for a in node.names], node.lineno))
             else:
                 assert node.level == 0, f"line {node.lineno}: relative import beyond the package"
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("pytreeclass."):
-                    out.append((a.name.split(".")[1], [], node.lineno))
+                    out.append((a.name.split(".")[-1], [], node.lineno))
     return out
 
 
@@ -286,7 +289,7 @@ def test_all_lists_only_what_the_module_defines(module: str) -> None:
 def test_class_metadata_is_read_through_meta_of(module: str) -> None:
     if module in META_OWNERS:
         return
-    text = (PACKAGE / f"{module}.py").read_text(encoding="utf-8")
+    text = PATHS[module].read_text(encoding="utf-8")
     code = "\n".join(line.split("#")[0] for line in text.splitlines())
     assert "__ptc_meta__" not in code, (
         f"{module}.py reads __ptc_meta__; use _meta.meta_of(cls) / _meta.is_treeclass"
@@ -297,7 +300,7 @@ def test_one_level_flatten_has_one_implementation() -> None:
     for module in MODULES:
         if module == "_tree_util":
             continue
-        text = (PACKAGE / f"{module}.py").read_text(encoding="utf-8")
+        text = PATHS[module].read_text(encoding="utf-8")
         # the idiom: flatten with `is_leaf=lambda x: x is not node` (children are leaves)
         assert re.search(r"lambda (\w+): \1 is not \w+\)", text) is None, (
             f"{module}.py flattens a node one level itself; use _tree_util.one_level"

@@ -328,7 +328,8 @@ def _module_tables() -> list[tuple[str, Any]]:
 
 
 def test_100k_structures_keep_memory_bounded():
-    from pytreeclass import _filters, _leaf_facts, _partition, _select
+    from pytreeclass import _filters, _leaf_facts, _partition
+    from pytreeclass._lens import _select
 
     for i in range(80_000):  # fill every cache past its bound first (untraced: faster)
         _touch(i)

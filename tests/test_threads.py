@@ -51,7 +51,8 @@ def _same(a: Any, b: Any) -> bool:
 @contextmanager
 def tiny_caches() -> Iterator[None]:
     """Shrink every cache so that threads constantly evict each other's entries."""
-    from pytreeclass import _filters, _labels, _leaf_facts, _partition, _select
+    from pytreeclass import _filters, _labels, _leaf_facts, _partition
+    from pytreeclass._lens import _select
 
     caches = [
         _leaf_facts._KINDS_CACHE,
@@ -131,7 +132,7 @@ def test_threads_agree_with_a_single_thread():
     assert not errors, errors[:3]
     assert not mismatches, sorted(set(mismatches))[:10]
     # nothing was left mutable, and the shared trees are untouched
-    from pytreeclass._instance import MUTABLE
+    from pytreeclass._class._instance import MUTABLE
 
     assert not MUTABLE
     for net in NETS:

@@ -133,7 +133,7 @@ def test_jit_grad_vmap_scan_leak_no_tracers():
         jax.lax.scan(step, net, jnp.ones((3, 4, 3)))
     leaked = [obj for obj in _all_cached_objects() if _contains_tracer(obj)]
     assert not leaked, leaked[:3]
-    from pytreeclass._instance import MUTABLE
+    from pytreeclass._class._instance import MUTABLE
 
     assert not MUTABLE
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import pytreeclass as ptc
 from pytreeclass import BatchStat, Parameter, field, treeclass
-from pytreeclass._instance import MUTABLE
+from pytreeclass._class._instance import MUTABLE
 
 from .strategies import Node, Pair, Stats, snapshot, trees
 

@@ -658,7 +658,7 @@ def test_stacked_load_under_jit_matches_the_eager_one(hf_file: str) -> None:
 def test_threaded_reads_give_the_same_values_and_catch_damage(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
-    from pytreeclass import _io_file
+    from pytreeclass._io import _io_file
 
     monkeypatch.setattr(_io_file, "_READ_THREAD", 0)  # every read on the threads
     monkeypatch.setattr(_io_file, "CHUNK", 256)  # and many of them
@@ -684,7 +684,7 @@ def test_threaded_reads_give_the_same_values_and_catch_damage(
 
 
 def test_a_short_positional_read_is_a_corrupt_file(tmp_path: Any) -> None:
-    from pytreeclass import _io_file
+    from pytreeclass._io import _io_file
 
     path = str(tmp_path / "short.bin")
     (tmp_path / "short.bin").write_bytes(b"12345678")

@@ -32,11 +32,14 @@ import jax
 from jax.core import Tracer
 from jax.tree_util import DictKey, SequenceKey
 
-from ._cache import BoundedCache, strict_treedef
-from ._errors import reraise_if_too_deep
-from ._filters import Filter, Position
-from ._kinds import foreign_kind
-from ._leaf_facts import Leaves
+from .._cache import BoundedCache, strict_treedef
+from .._class._kinds import foreign_kind
+from .._class._meta import is_treeclass, meta_of
+from .._errors import reraise_if_too_deep
+from .._filters import Filter, Position
+from .._leaf_facts import Leaves
+from .._nodes import KINDS, NodeKind, StackKind
+from .._tree_util import ARRAY_TYPES, first_difference, leaf_repr
 from ._lens_steps import (
     ALL,
     LEAF,
@@ -51,9 +54,6 @@ from ._lens_steps import (
     node_code,
 )
 from ._lens_walk import listing, path_text
-from ._meta import is_treeclass, meta_of
-from ._nodes import KINDS, NodeKind, StackKind
-from ._tree_util import ARRAY_TYPES, first_difference, leaf_repr
 
 __all__ = [
     "NthStep",
@@ -242,7 +242,7 @@ def _layer(p: Pos, index: Any) -> Pos:
     """Layer `index` (a tracer) of the stacked field at `p`."""
     kind = p.stack
     assert kind is not None
-    from ._stack import take
+    from .._stack import take
 
     value = take(p.value, (index,))
     keys = (*p.keys, SequenceKey(index) if type(index) is int else TracedKey(index))
@@ -800,7 +800,7 @@ def _inserter(kind: NodeKind, at: dict[Any, Any], state: Any) -> Callable[[Any],
     if isinstance(kind, StackKind):
 
         def run_stack(node: Any) -> Any:
-            from ._stack import tree_stack
+            from .._stack import tree_stack
 
             layers = [c for _, c, _ in kind.children(node)]
             out = []
@@ -917,7 +917,7 @@ def planned_update(
     """`apply(fn)` on a selection, through a cached plan when the steps depend on the
     structure alone and pass no stacked field (whose lengths the treedef does not hold).
 
-    `memo` is the lens path's own `[cacheable, treedef, plan]`: a path used on trees of
+    `memo` is the lens path's own `[cacheable, (treedef, plan)]`: a path used on trees of
     one structure (the common case) finds its plan without the shared cache."""
     try:
         if memo[0] is None:
@@ -927,8 +927,9 @@ def planned_update(
             return _edit(root, [(p, fn) for p in sel.positions])
         flat = _flatten(root)
         leaves, treedef = flat
-        if memo[1] is not None and memo[1] == treedef and memo[2].fits(leaves):
-            return memo[2].update(root, fn, flat)
+        last = memo[1]  # one read: another thread may replace it meanwhile
+        if last is not None and last[0] == treedef and last[1].fits(leaves):
+            return last[1].update(root, fn, flat)
         key = (treedef, steps)
         plan = _PLANS.get(key)
         if plan is None or not plan.fits(leaves):
@@ -937,7 +938,7 @@ def planned_update(
         # The path's own memo takes only treedefs without dict keys or foreign aux data
         # (a model's): an `==`-equal treedef then has none either, so nothing `==` ignores.
         if is_plain(treedef):
-            memo[1:] = treedef, plan
+            memo[1] = (treedef, plan)
         return plan.update(root, fn, flat)
     except (RecursionError, SystemError) as e:
         reraise_if_too_deep("lens", e)

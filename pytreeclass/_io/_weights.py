@@ -22,11 +22,11 @@ from typing import Any, Literal, TypeVar
 
 import jax
 
+from .._partition import tree_mask
+from .._stack import find_stacks
 from ._io_import import DictSource, import_leaves
 from ._io_leaves import flat_names
 from ._io_rules import RuleSpec, compile_rules, export_flat
-from ._partition import tree_mask
-from ._stack import find_stacks
 
 __all__ = ["tree_from_dict", "tree_to_dict"]
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey
 
+from .._stack import find_stacks
 from ._io_file import atomic_write, corrupt, gc_paused, read_slots
 from ._io_import import as_array, import_leaves
 from ._io_leaves import (
@@ -39,7 +40,6 @@ from ._io_rules import RuleSpec, compile_rules, export_flat
 from ._io_safetensors import META_KEY, write_safetensors
 from ._io_shards import Checkpoint, is_index_path, open_checkpoint, parse_size, write_sharded
 from ._io_structure import rebuild, record_structure
-from ._stack import find_stacks
 
 __all__ = ["tree_load", "tree_save"]
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import jax
 from typing_extensions import dataclass_transform
 
-from ._cache import type_tag
-from ._codegen import compile_function, flatten_sources, unflatten_source
+from .._cache import type_tag
+from .._codegen import compile_function, flatten_sources, unflatten_source
 from ._field import Field, field
 from ._instance import (
     FlatFallback,
@@ -34,7 +34,7 @@ from ._methods import install_methods
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from ._lens import Lens  # annotations only: no import-order constraint at run time
+    from .._lens._lens import Lens  # annotations only: no import-order constraint at run time
 
 __all__ = ["RESERVED_NAME", "TREECLASS_OPTIONS_CONFLICT", "TreeClass", "treeclass"]
 

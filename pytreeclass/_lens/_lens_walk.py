@@ -18,7 +18,10 @@ from typing import Any
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-from ._cache import TypeTable
+from .._cache import TypeTable
+from .._class._meta import drop_derived, meta_of, with_field
+from .._stack import scatter, stack_length, take
+from .._tree_util import first_difference, has_shape_dtype, leaf_repr, one_level
 from ._lens_steps import (
     CODES,
     DATACLASS,
@@ -40,9 +43,6 @@ from ._lens_steps import (
     nnx_static,
     node_code,
 )
-from ._meta import drop_derived, meta_of, with_field
-from ._stack import scatter, stack_length, take
-from ._tree_util import first_difference, has_shape_dtype, leaf_repr, one_level
 
 __all__ = [
     "Mapped",

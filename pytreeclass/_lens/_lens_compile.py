@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._codegen import compile_function
+from .._class._meta import FLAT, check_static, drop_derived, meta_of
+from .._codegen import compile_function
 from ._lens_steps import (
     DATACLASS,
     DATACLASS_FIELDS,
@@ -19,7 +20,6 @@ from ._lens_steps import (
     TREECLASS,
     TUPLE,
 )
-from ._meta import FLAT, check_static, drop_derived, meta_of
 
 __all__ = ["MISS", "compile_put"]
 

@@ -27,7 +27,7 @@ import numpy as np
 from jax.core import Tracer
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-from ._tree_util import has_shape_dtype
+from .._tree_util import has_shape_dtype
 
 __all__ = [
     "FORMAT",

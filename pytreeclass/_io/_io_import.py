@@ -18,7 +18,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
-from ._errors import PartialLoadWarning
+from .._errors import PartialLoadWarning
+from .._stack import StackSite
 from ._io_file import aligned_empty
 from ._io_leaves import (
     NUMBERS,
@@ -48,7 +49,6 @@ from ._io_rules import (
     renamed,
     stacked,
 )
-from ._stack import StackSite
 
 __all__ = ["DictSource", "Source", "as_array", "import_leaves"]
 

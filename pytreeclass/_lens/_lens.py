@@ -28,8 +28,8 @@ import jax
 import numpy as np
 from jax.core import Tracer
 
-from ._filters import All, Not, OfKind, OfType, PathContains, as_filter
-from ._filters import Any as Any_
+from .._filters import All, Not, OfKind, OfType, PathContains, as_filter
+from .._filters import Any as Any_
 from ._lens_compile import MISS, compile_put
 from ._lens_steps import (
     ALL,
@@ -76,7 +76,7 @@ class _Path:
     def __init__(self, steps: tuple[Any, ...], split: int) -> None:
         # split: index of the first multi step (`[...]`, a filter, `.nth`), or -1
         self.steps, self.split = steps, split
-        self.memo: list[Any] = [None, None, None]  # a selection's plan (`planned_update`)
+        self.memo: list[Any] = [None, None]  # a selection's plan (`planned_update`)
         self.attrs: dict[str, _Path] = {}  # `.name` -> child path
         self.items: dict[Any, _Path] = {}  # `[str]`, `[int]`, `[...]` -> child path
         self.plans: dict[type, Any] = {}  # type of root -> compiled update (`compile_put`)

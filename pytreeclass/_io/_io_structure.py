@@ -55,9 +55,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import reraise_if_too_deep
+from .._class._meta import FLAT, meta_of, own_meta
+from .._errors import reraise_if_too_deep
 from ._io_leaves import NUMBERS, show
-from ._meta import FLAT, meta_of, own_meta
 
 __all__ = ["STRUCTURE_VERSION", "LeafSlot", "encode_value", "rebuild", "record_structure"]
 

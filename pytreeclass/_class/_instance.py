@@ -19,8 +19,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._cache import type_tag
-from ._errors import FrozenInstanceError
+from .._cache import type_tag
+from .._errors import FrozenInstanceError
 from ._meta import FLAT, PLAIN_STATIC, check_static, drop_derived
 
 if TYPE_CHECKING:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._equal import tree_equal
-from ._errors import reraise_if_too_deep
-from ._lens import lens_on
+from .._equal import tree_equal
+from .._errors import reraise_if_too_deep
+from .._lens._lens import lens_on
+from .._repr import html_repr, treeclass_repr
+from .._tree_util import leaf_repr
 from ._meta import ClassMeta, meta_of
-from ._repr import html_repr, treeclass_repr
-from ._tree_util import leaf_repr
 
 __all__ = ["install_methods"]
 

@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import SequenceKey
 
+from .._stack import StackSite
 from ._io_leaves import (
     flat_names,
 )
-from ._stack import StackSite
 
 __all__ = [
     "ONE_NAME",

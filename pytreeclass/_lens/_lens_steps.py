@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from jax.tree_util import GetAttrKey
 
-from ._cache import TypeTable
-from ._meta import meta_of
-from ._tree_util import one_level
+from .._cache import TypeTable
+from .._class._meta import meta_of
+from .._tree_util import one_level
 
 if TYPE_CHECKING:
-    from ._filters import Filter
+    from .._filters import Filter
 
 __all__ = [
     "ALL",

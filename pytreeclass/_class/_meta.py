@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.tree_util import GetAttrKey
 
-from ._tree_util import leaf_repr
+from .._tree_util import leaf_repr
 
 if TYPE_CHECKING:
     from ._field import Field

@@ -1,0 +1,1 @@
+"""The class machinery: kinds, fields, class metadata, instances, `@treeclass` (see README.md)."""

@@ -1,0 +1,1 @@
+"""Lenses: the single-path walk, the selection engine and compiled updates (see README.md)."""
