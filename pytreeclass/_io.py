@@ -62,6 +62,8 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
     partitioned trees save and load as they are. Static fields are not saved: the
     template passed to `tree_load` supplies them. The file is written to a temporary
     file, fsynced and renamed over `path`: a crash mid-write leaves the old file.
+    In a multi-process run a leaf spanning several processes' devices is saved when
+    this process holds a copy of all of it (replicated), and refused otherwise.
 
     Args:
         path: the file to write.
@@ -72,7 +74,10 @@ def tree_save(path: str | os.PathLike[str], tree: Any, *, format: Format | None 
         TypeError: a leaf is neither an array nor a Python number, is abstract (a
             tracer or `jax.ShapeDtypeStruct`), or is not numeric (e.g. an object array).
         ValueError: two leaves have the same key path (or, for `.safetensors`, the
-            same flat name), or `format` is not one of the two.
+            same flat name), `format` is not one of the two, or (in a multi-process
+            run) a leaf is sharded over other processes' devices and this process
+            does not hold all of it: checkpoint such trees with Orbax. Nothing is
+            written then, and an existing file at `path` is left as it was.
         OverflowError: a Python int does not fit in 64 bits.
         OSError: the file cannot be written.
 
@@ -176,13 +181,20 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
                 check_leaf("tree_load", p, leaf, got, "the file", _HINT)
                 for p, leaf, got in zip(paths, t_leaves, offered)
             ]
-            stored = read_slots(f, target, index.spans, [index.slots[n] for n in names])
-        values = []
-        keys = index.key_impl
-        for p, name, got, (arr, owned), cast in zip(paths, names, offered, stored, casts):
-            try:
-                value = decode(arr, got, keys.get(name) if keys else None)
-            except (ValueError, TypeError) as e:
-                raise corrupt(target, f"the data for {show(p)} cannot be decoded ({e})") from None
-            values.append(Value(value, owned, cast))
-        return treedef.unflatten(place("tree_load", paths, t_leaves, values))
+            keys = index.key_impl
+
+            def finish(ks: list[int], chunk: list[tuple[Any, bool]]) -> list[Any]:
+                # Each chunk is placed as soon as it is read, so a leaf that device_put
+                # copies (e.g. sharded along a later axis) frees its host memory at once.
+                values = []
+                for k, (arr, owned) in zip(ks, chunk):
+                    try:
+                        value = decode(arr, offered[k], keys.get(names[k]) if keys else None)
+                    except (ValueError, TypeError) as e:
+                        why = f"the data for {show(paths[k])} cannot be decoded ({e})"
+                        raise corrupt(target, why) from None
+                    values.append(Value(value, owned, casts[k]))
+                return place("tree_load", [paths[k] for k in ks], [t_leaves[k] for k in ks], values)
+
+            leaves = read_slots(f, target, index.spans, [index.slots[n] for n in names], finish)
+        return treedef.unflatten(leaves)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import mmap
 import os
 import secrets
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, NamedTuple
 
@@ -39,6 +40,9 @@ __all__ = [
 CHUNK = 8 << 20  # bytes per read of small leaves
 _JOIN = 1 << 20  # small leaves are written in joined pieces of about this size
 _ALIGN = 64  # what XLA wants to alias host memory without a copy
+_OWN_MAPPING = 1 << 20  # bytes from which a read buffer is a mapping of its own
+# (private anonymous memory, as malloc's; POSIX only: elsewhere malloc's as below)
+_PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0) or None
 
 
 @contextlib.contextmanager
@@ -185,6 +189,11 @@ def check_tiling(path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> Non
 
 
 def _aligned_empty(nbytes: int) -> np.ndarray:
+    if nbytes >= _OWN_MAPPING and _PRIVATE is not None:
+        # Memory of its own, given back to the system as soon as the last array that
+        # views it is gone. From malloc, a large buffer freed after device_put copied
+        # it may stay in the process's heap: loading 1 GiB into shards kept ~10% more.
+        return np.frombuffer(mmap.mmap(-1, nbytes, flags=_PRIVATE), np.uint8)
     raw = np.empty(nbytes + _ALIGN, np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
     return raw[start : start + nbytes]
@@ -201,8 +210,20 @@ def _read_exactly(f: Any, offset: int, buf: np.ndarray, path: str, label: str) -
         got += n
 
 
-def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> list[Any]:
+def read_slots(
+    f: Any,
+    path: str,
+    spans: Sequence[Span],
+    slots: Sequence[Slot],
+    each: Callable[[list[int], list[tuple[np.ndarray, bool]]], Sequence[Any]] | None = None,
+) -> list[Any]:
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
+
+    With `each`, every chunk is handed over as soon as it is read, as `each(slot
+    indices, [(stored array, owns its memory), ...])`, and what that returns (one value
+    per slot) is kept instead: the chunk's memory is freed before the next chunk is
+    read, unless `each` keeps it (so loading a leaf that `jax.device_put` copies, such
+    as one sharded along a later axis, needs host memory for one leaf, not the file).
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
     all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
@@ -235,11 +256,17 @@ def read_slots(f: Any, path: str, spans: Sequence[Span], slots: Sequence[Slot]) 
             if first.span in parts:
                 parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
             owned = j - i == 1
-            for k in order[i:j]:
+            ks = order[i:j]
+            chunk = []
+            for k in ks:
                 s = slots[k]
                 layout = "F" if s.fortran else "C"
                 arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
-                out[k] = (arr, owned)
+                chunk.append((arr, owned))
+            del buf, arr  # only the chunk holds the memory now
+            for k, value in zip(ks, chunk if each is None else each(ks, chunk)):
+                out[k] = value
+            del chunk
             i = j
     for n, chunks in parts.items():
         crc = spans[n].crc[0]  # type: ignore[index]

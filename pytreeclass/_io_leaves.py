@@ -244,6 +244,42 @@ def _unsavable(fn: str, key_path: tuple[Any, ...], leaf: Any) -> TypeError:
     )
 
 
+_SPANS_PROCESSES = (
+    "{fn}: the leaf at {where} ({shape}) is sharded over the devices of several processes, "
+    "and this process ({process}) does not hold all of it, so no one process can write it "
+    "to a file. Checkpoint sharded trees with Orbax, from every process at once (see "
+    "'Orbax: save, restore, reshard' in docs/scaling.md), or gather the tree onto each "
+    "process first (jax.experimental.multihost_utils.process_allgather)."
+)
+
+
+def _index_key(index: tuple[slice, ...]) -> tuple[tuple[Any, Any, Any], ...]:
+    # slices are unhashable before Python 3.12
+    return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _process_copy(fn: str, key_path: tuple[Any, ...], leaf: jax.Array) -> np.ndarray:
+    """A host copy of an array that spans other processes' devices, from this process's
+    shards; a `ValueError` unless they hold all of it (replicated over the processes)."""
+    shape = tuple(leaf.shape)
+    wanted = {_index_key(i) for i in leaf.sharding.devices_indices_map(shape).values()}
+    shards = {_index_key(s.index): s for s in leaf.addressable_shards}
+    if not wanted <= shards.keys():
+        raise ValueError(
+            _SPANS_PROCESSES.format(
+                fn=fn,
+                where=show(keystr(key_path)),
+                shape=describe(shape, dtype_facts(leaf.dtype).name),
+                process=jax.process_index(),
+            )
+        )
+    out = np.empty(shape, leaf.dtype)
+    for key in wanted:
+        shard = shards[key]
+        out[shard.index] = np.asarray(shard.data)
+    return out
+
+
 def host_leaves(fn: str, flat: Sequence[tuple[Any, Any]]) -> list[HostLeaf]:
     """Every leaf of a flattened tree as a `HostLeaf` (device arrays copied to the host)."""
     arrays: list[Any] = []  # per leaf: the array to fetch or convert
@@ -257,7 +293,10 @@ def host_leaves(fn: str, flat: Sequence[tuple[Any, Any]]) -> list[HostLeaf]:
                 leaf = jax.random.key_data(leaf)
             else:
                 extra.append((None, None))
-            on_device.append(leaf)
+            if leaf.is_fully_addressable:
+                on_device.append(leaf)
+            else:
+                leaf = _process_copy(fn, key_path, leaf)
         elif kind == _HOST:
             extra.append((None, None))
             leaf = np.asarray(leaf)
