@@ -472,6 +472,22 @@ def as_template_number(fn: str, where: str, value: Any, dtype: np.dtype, source:
     return cast
 
 
+def _global_array(data: Any, sharding: Any) -> jax.Array:
+    """An array on devices of several processes from data this process holds whole.
+
+    Each process puts only its own shards there, with no collective: jax.device_put
+    refuses device arrays for such shardings, and older jax (0.4) checks that host
+    data is equal in every process by sending it all to every process.
+    """
+    if isinstance(data, jax.Array) and dtype_facts(data.dtype).is_key:
+        raw = np.asarray(jax.random.key_data(data))
+        wrap = functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(data))
+        spread = jax.make_array_from_callback(raw.shape, sharding, lambda i: raw[i])
+        return jax.jit(wrap, out_shardings=sharding)(spread)
+    host = np.asarray(data)
+    return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+
 def place(
     fn: str,
     paths: Sequence[str],
@@ -508,7 +524,9 @@ def place(
         else:
             out[i] = data
     for (sharding, alias), (idx, arrs) in batches.items():
-        if alias and _MAY_ALIAS:
+        if sharding is not None and not sharding.is_fully_addressable:
+            placed = [_global_array(x, sharding) for x in arrs]
+        elif alias and _MAY_ALIAS:
             placed = jax.device_put(arrs, sharding, may_alias=True)
         else:
             placed = jax.device_put(arrs, sharding)

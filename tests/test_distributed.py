@@ -1,0 +1,160 @@
+"""Beyond one process: JAX's multi-controller runtime on this machine's CPUs.
+
+Each test starts real processes on localhost (4 simulated CPU devices each, CPU
+collectives over gloo, `jax.distributed.initialize`), always stopped at the end:
+
+* `tests/distributed_script.py` loads files into sharded templates (in one process with
+  8 devices, and in each of 2 processes) and checks `tree_save`'s refusal;
+* `examples/train_distributed.py` trains over 2 processes and over 1, with the same
+  losses, and its Orbax checkpoint restores onto another mesh and trains on.
+
+They are skipped only where the installed jax cannot run CPU collectives across
+processes (probed once, by a 2-process `psum`), with the probe's error as the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "distributed_script.py"
+EXAMPLE = ROOT / "examples" / "train_distributed.py"
+TIMEOUT = 300  # seconds per run: generous, for a shared 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(args: list[str], n: int, timeout: float = TIMEOUT) -> list[str]:
+    """Run `python args... ID N PORT` as n processes; their stdouts (all must succeed).
+
+    Every process is killed if one fails or the time runs out, so none outlives the test.
+    """
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // n}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args[:1], str(i), str(n), port, *args[1:]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    deadline = time.monotonic() + timeout
+    outs: list[tuple[str, str]] = [("", "")] * n
+    try:
+        for i, p in enumerate(procs):
+            outs[i] = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * n, "\n".join(
+        f"-- process {i} (exit {c}):\n{o[-2000:]}\n{e[-4000:]}"
+        for i, (c, (o, e)) in enumerate(zip(codes, outs))
+    )
+    return [o for o, _ in outs]
+
+
+_PSUM = textwrap.dedent(
+    """
+    import sys, jax
+    i, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=n, process_id=i)
+    import jax.numpy as jnp
+    from jax.experimental import multihost_utils
+    total = multihost_utils.process_allgather(jnp.asarray([i + 1.0]))
+    assert total.sum() == 3.0, total
+    print("ok")
+    """
+)
+
+
+@functools.cache
+def collectives_problem() -> str | None:
+    """None if 2 processes of the installed jax can run a collective on CPU, else why not."""
+    try:
+        run_processes(["-c", _PSUM], 2, timeout=120)
+    except AssertionError as e:
+        last = [line for line in str(e).splitlines() if line.strip()][-1:]
+        return f"this jax cannot run CPU collectives across 2 processes: {' '.join(last)}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def collectives() -> None:
+    problem = collectives_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+def _result(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, out[-3000:]
+    return json.loads(lines[0][len("RESULT ") :])
+
+
+# -- loading into shards and saving from several processes --------------------------------
+
+
+def _check_loads(report: dict, processes: int) -> None:
+    for fmt in ("model.npz", "model.safetensors"):
+        leaves = report["load"][fmt]
+        assert set(leaves) == {".emb", ".blocks.w", ".blocks.b", ".half", ".scale"}
+        # the stacked axis is prepended (layers -> None), the others follow the rules
+        assert leaves[".blocks.w"]["spec"] == [None, "data", "model"]
+        assert leaves[".emb"]["spec"] == ["model", "data"]
+        assert leaves[".half"]["spec"] == [None, "model"]
+        assert leaves[".scale"]["spec"] == []
+        for leaf in leaves.values():
+            assert leaf["fully_addressable"] == (processes == 1)
+            assert leaf["local_shards"] == 8 // processes
+
+
+def test_tree_load_into_shards_in_one_process(tmp_path) -> None:
+    [out] = run_processes([str(SCRIPT), str(tmp_path)], 1)
+    _check_loads(_result(out), 1)
+
+
+def test_tree_load_into_shards_and_tree_save_in_each_of_two_processes(
+    tmp_path, collectives
+) -> None:
+    outs = run_processes([str(SCRIPT), str(tmp_path)], 2)
+    for out in outs:
+        report = _result(out)
+        _check_loads(report, 2)
+        assert report["saved_whole"] is True
+        for message in report["refused"].values():
+            assert re.search(
+                r"tree_save: the leaf at \.emb \(float32\[16,6\]\) is sharded over the "
+                r"devices of several processes.*Checkpoint sharded trees with Orbax.*"
+                r"docs/scaling\.md",
+                message,
+            ), message
