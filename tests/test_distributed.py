@@ -158,3 +158,59 @@ def test_tree_load_into_shards_and_tree_save_in_each_of_two_processes(
                 r"docs/scaling\.md",
                 message,
             ), message
+
+
+# -- examples/train_distributed.py: 2 processes, 1 process, restored onto another mesh ----
+
+
+def run_example(*args: str) -> list[float]:
+    """Run the example (it starts its own processes); the loss it prints at each step."""
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLE), *args, "--timeout", str(TIMEOUT - 30)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so a timeout can stop its processes too
+    )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
+    steps = re.findall(r"^step (\d+) loss (\S+)$", out, flags=re.M)
+    assert [int(s) for s, _ in steps] == list(range(int(steps[0][0]), int(steps[-1][0]) + 1))
+    return [float(loss) for _, loss in steps]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, collectives) -> tuple[list[float], Path]:
+    checkpoint = tmp_path_factory.mktemp("train") / "checkpoint"
+    losses = run_example("--processes", "2", "--steps", "3", "--checkpoint", str(checkpoint))
+    return losses, checkpoint
+
+
+@pytest.fixture(scope="module")
+def one_process_run() -> list[float]:
+    return run_example("--processes", "1", "--steps", "5")
+
+
+def test_two_processes_train_to_the_losses_of_one(two_process_run, one_process_run) -> None:
+    two, checkpoint = two_process_run
+    assert len(two) == 3 and len(one_process_run) == 5
+    np.testing.assert_allclose(two, one_process_run[:3], rtol=0, atol=1e-5)
+    assert one_process_run[-1] < one_process_run[0]  # it trains
+    assert checkpoint.is_dir()
+
+
+def test_checkpoint_of_two_processes_restores_onto_another_mesh(
+    two_process_run, one_process_run
+) -> None:
+    _, checkpoint = two_process_run
+    # one process, 8 devices as a 4 x 2 mesh (the model axis halved): model and Adam
+    # state come back resharded, and the loss curve goes on as if never interrupted
+    more = run_example(
+        "--processes", "1", "--mesh", "4x2", "--restore", str(checkpoint),
+        "--start", "3", "--steps", "2",
+    )  # fmt: skip
+    np.testing.assert_allclose(more, one_process_run[3:], rtol=0, atol=1e-5)
