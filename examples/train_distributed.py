@@ -34,14 +34,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 import pytreeclass as ptc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from transformer_scan import (  # noqa: E402
+from transformer_scan import (
     RULES,
     Batches,
     Transformer,
@@ -54,7 +53,7 @@ SIZES = {"layers": 2, "embed": 32, "heads": 4, "context": 16}
 BATCH = 8  # global batch, split over the "data" axis
 
 
-# -- the launcher: one child process per JAX process ----------------------------
+# -- the launcher: one child process per JAX process --------------------------
 
 
 def free_port() -> int:
@@ -105,12 +104,14 @@ def launch(args: argparse.Namespace, extra: list[str]) -> int:
     if any(codes):
         for i, p in enumerate(procs[1:], 1):
             out, err = p.communicate()
-            print(f"-- process {i} (exit {codes[i]}):", out, err, file=sys.stderr)
+            print(
+                f"-- process {i} (exit {codes[i]}):", out, err, file=sys.stderr
+            )
         return next(c for c in codes if c) or 1
     return 0
 
 
-# -- one process ------------------------------------------------------------------
+# -- one process --------------------------------------------------------------
 
 
 def make_mesh(shape: tuple[int, int]) -> jax.sharding.Mesh:
@@ -134,6 +135,14 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
     )
 
 
+def own_rows(batch: np.ndarray, sharding: Any) -> jax.Array:
+    """A global array from the batch every process holds: each process puts
+    only the rows of its own devices there."""
+    return jax.make_array_from_callback(
+        batch.shape, sharding, lambda idx: batch[idx]
+    )
+
+
 def train(args: argparse.Namespace) -> None:
     if args.processes > 1:
         # CPU devices of different processes talk over gloo (TCP)
@@ -145,7 +154,8 @@ def train(args: argparse.Namespace) -> None:
         )
     # the same random numbers however the arrays are sharded (default: jax 0.5+)
     jax.config.update("jax_threefry_partitionable", True)
-    mesh = make_mesh(tuple(int(n) for n in args.mesh.split("x")))
+    rows, cols = (int(n) for n in args.mesh.split("x"))
+    mesh = make_mesh((rows, cols))
     batches = Batches(corpus(), SIZES["context"], BATCH, seed=0)
     vocab = len(batches.chars)
 
@@ -191,8 +201,7 @@ def train(args: argparse.Namespace) -> None:
     for i in range(args.start, args.start + args.steps):
         x, y = next(batches)  # every process draws the same global batch ...
         # ... and puts only its own rows on its own devices
-        xs = jax.make_array_from_callback(x.shape, data, lambda idx: x[idx])
-        ys = jax.make_array_from_callback(y.shape, data, lambda idx: y[idx])
+        xs, ys = own_rows(x, data), own_rows(y, data)
         model, opt, loss = train_step(model, opt, xs, ys, np.int32(i))
         print(f"step {i + 1} loss {float(loss):.7f}", flush=True)
 
@@ -208,11 +217,12 @@ def train(args: argparse.Namespace) -> None:
     # every process must leave together: the others may still need this one
     if args.processes > 1:
         jax.distributed.shutdown()
-    assert isinstance(model.tok, jax.Array) and jnp.isfinite(loss)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Train the scanned transformer over several processes."
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--mesh", default="2x4", help="data x model, e.g. 4x2")

@@ -199,6 +199,11 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start : start + nbytes]
 
 
+def _view(buf: np.ndarray, slot: Slot, start: int) -> np.ndarray:
+    layout = "F" if slot.fortran else "C"
+    return np.ndarray(slot.shape, slot.dtype, buf, slot.offset - start, order=layout)
+
+
 def _read_exactly(f: Any, offset: int, buf: np.ndarray, path: str, label: str) -> None:
     f.seek(offset)
     view = buf.data
@@ -257,13 +262,8 @@ def read_slots(
                 parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
             owned = j - i == 1
             ks = order[i:j]
-            chunk = []
-            for k in ks:
-                s = slots[k]
-                layout = "F" if s.fortran else "C"
-                arr = np.ndarray(s.shape, s.dtype, buf, s.offset - first.offset, order=layout)
-                chunk.append((arr, owned))
-            del buf, arr  # only the chunk holds the memory now
+            chunk = [(_view(buf, slots[k], first.offset), owned) for k in ks]
+            del buf  # only the chunk holds the memory now
             for k, value in zip(ks, chunk if each is None else each(ks, chunk)):
                 out[k] = value
             del chunk

@@ -19,15 +19,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import jax
 
 PROCESS, PROCESSES, PORT, FOLDER = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 if PROCESSES > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        f"localhost:{PORT}", num_processes=PROCESSES, process_id=PROCESS
-    )
+    jax.distributed.initialize(f"localhost:{PORT}", num_processes=PROCESSES, process_id=PROCESS)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -87,9 +86,7 @@ def check_load(path: str, like: Model, expected: Model) -> dict:
     assert loaded.steps == expected.steps
     leaves = jax.tree_util.tree_flatten_with_path(loaded)[0]
     report = {}
-    for (key, got), want, template in zip(
-        leaves, jax.tree.leaves(expected), jax.tree.leaves(like)
-    ):
+    for (key, got), want, template in zip(leaves, jax.tree.leaves(expected), jax.tree.leaves(like)):
         if not isinstance(got, jax.Array):
             continue
         assert got.sharding == template.sharding, (key, got.sharding, template.sharding)
@@ -135,10 +132,10 @@ def main() -> None:
             mine = os.path.join(FOLDER, f"own{PROCESS}.{suffix}")
             old = {"emb": np.full(3, PROCESS, np.float32)}
             ptc.tree_save(mine, old)
-            before = open(mine, "rb").read()
+            before = Path(mine).read_bytes()
             with pytest.raises(ValueError, match=r"tree_save: the leaf at \.emb ") as info:
                 ptc.tree_save(mine, loaded)
-            assert open(mine, "rb").read() == before
+            assert Path(mine).read_bytes() == before
             stray = [n for n in os.listdir(FOLDER) if n.startswith(f".own{PROCESS}.")]
             assert not stray, stray
             refused[suffix] = str(info.value)

@@ -29,6 +29,7 @@ SECTIONS = [
     "== 5. scaling",
     "== 6. model surgery",
     "== 7. saving and loading",
+    "== 7b. loading",
     "== 8a. layer stacks: compile time",
     "== 8b. layer stacks: one compiled training step",
     "== 8c. layer stacks: write one layer",

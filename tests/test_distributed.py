@@ -6,7 +6,9 @@ collectives over gloo, `jax.distributed.initialize`), always stopped at the end:
 * `tests/distributed_script.py` loads files into sharded templates (in one process with
   8 devices, and in each of 2 processes) and checks `tree_save`'s refusal;
 * `examples/train_distributed.py` trains over 2 processes and over 1, with the same
-  losses, and its Orbax checkpoint restores onto another mesh and trains on.
+  losses, and its Orbax checkpoint restores onto another mesh and trains on. (With
+  jaxlib 0.4.36 Orbax cannot save from several processes, see `tests/versions.py`:
+  there the checkpoint restored comes from one process with the same 2 x 4 mesh.)
 
 They are skipped only where the installed jax cannot run CPU collectives across
 processes (probed once, by a 2-process `psum`), with the probe's error as the reason.
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .versions import ORBAX_SAVES_ACROSS_PROCESSES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "distributed_script.py"
@@ -185,8 +189,15 @@ def run_example(*args: str) -> list[float]:
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, collectives) -> tuple[list[float], Path]:
+    """3 steps over 2 processes, checkpointed where Orbax can save across processes
+    (else by a 1-process run of the same 3 steps: see `ORBAX_SAVES_ACROSS_PROCESSES`)."""
     checkpoint = tmp_path_factory.mktemp("train") / "checkpoint"
-    losses = run_example("--processes", "2", "--steps", "3", "--checkpoint", str(checkpoint))
+    if ORBAX_SAVES_ACROSS_PROCESSES:
+        saving = ["--checkpoint", str(checkpoint)]
+        losses = run_example("--processes", "2", "--steps", "3", *saving)
+    else:
+        losses = run_example("--processes", "2", "--steps", "3")
+        run_example("--processes", "1", "--steps", "3", "--checkpoint", str(checkpoint))
     return losses, checkpoint
 
 

@@ -67,3 +67,21 @@ JAX_HAS_AXIS_TYPES = hasattr(jax.sharding, "AxisType")  # jax >= 0.5.3
 # without it, the caches keyed by a strict treedef (masks, partitions, merge plans) do not
 # cache trees that hold a dict or foreign aux data; they are built anew on every call.
 JAX_BUILDS_TREEDEFS = hasattr(jax.tree_util.PyTreeDef, "from_node_data_and_children")
+
+
+def _jax_client_has_try_get() -> bool:
+    """True if jaxlib's distributed-runtime client has `key_value_try_get`.
+
+    orbax-checkpoint (0.11.5 in the oldest environment, and later) calls it when several
+    processes save one checkpoint; jaxlib 0.4.36's client lacks it, so there a
+    multi-process Orbax save fails with an AttributeError (single-process saves work).
+    """
+    try:
+        from jax._src.lib import _jax as lib  # type: ignore[attr-defined]
+    except ImportError:
+        from jax._src.lib import xla_extension as lib  # type: ignore[attr-defined]
+    client = getattr(lib, "DistributedRuntimeClient", None)
+    return client is not None and hasattr(client, "key_value_try_get")
+
+
+ORBAX_SAVES_ACROSS_PROCESSES = _jax_client_has_try_get()
