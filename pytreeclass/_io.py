@@ -26,6 +26,7 @@ from ._io_leaves import (
     keystr,
     place,
     show,
+    spread,
 )
 from ._io_npz import NpzIndex, write_npz
 from ._io_safetensors import SafetensorsIndex, write_safetensors
@@ -196,5 +197,7 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
                     values.append(Value(value, owned, casts[k]))
                 return place("tree_load", [paths[k] for k in ks], [t_leaves[k] for k in ks], values)
 
-            leaves = read_slots(f, target, index.spans, [index.slots[n] for n in names], finish)
+            slots = [index.slots[n] for n in names]
+            mapped = [spread(leaf) for leaf in t_leaves]
+            leaves = read_slots(f, target, index.spans, slots, finish, mapped)
         return treedef.unflatten(leaves)

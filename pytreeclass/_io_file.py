@@ -43,6 +43,9 @@ _ALIGN = 64  # what XLA wants to alias host memory without a copy
 _OWN_MAPPING = 1 << 20  # bytes from which a read buffer is a mapping of its own
 # (private anonymous memory, as malloc's; POSIX only: elsewhere malloc's as below)
 _PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0) or None
+# Where a file may be mapped while it is read: not on Windows, where a file that is
+# mapped cannot be replaced (and jax may hold the last array it was given for a while).
+_MAP_FILES = os.name == "posix"
 
 
 @contextlib.contextmanager
@@ -221,6 +224,7 @@ def read_slots(
     spans: Sequence[Span],
     slots: Sequence[Slot],
     each: Callable[[list[int], list[tuple[np.ndarray, bool]]], Sequence[Any]] | None = None,
+    mapped: Sequence[bool] | None = None,
 ) -> list[Any]:
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
 
@@ -229,6 +233,9 @@ def read_slots(
     per slot) is kept instead: the chunk's memory is freed before the next chunk is
     read, unless `each` keeps it (so loading a leaf that `jax.device_put` copies, such
     as one sharded along a later axis, needs host memory for one leaf, not the file).
+    A slot flagged in `mapped` is not read but viewed in a read-only mapping of the
+    file (not owned), for an `each` that copies it anyway (onto several devices):
+    one copy from the page cache, and no memory of its own.
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
     all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
@@ -244,23 +251,38 @@ def read_slots(
     # Per checked span: (CRC, length) of each chunk in file order, or a pending future.
     parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
     checked = sum(spans[n].size for n in parts)
+    file_map: mmap.mmap | None = None
+    if not _MAP_FILES:
+        mapped = None
     with ThreadPoolExecutor(_CRC_WORKERS) if checked >= _CRC_THREAD else _Inline() as pool:
         i = 0
         while i < len(order):
             first = slots[order[i]]
+            on_map = mapped is not None and mapped[order[i]]
             j, nbytes = i, 0
             while j < len(order):
                 s = slots[order[j]]
-                if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
-                    break
+                if j > i and (
+                    on_map
+                    or s.span != first.span
+                    or nbytes + s.nbytes > CHUNK
+                    or (mapped is not None and mapped[order[j]])
+                ):
+                    break  # (a mapped slot is a chunk of its own)
                 nbytes += s.nbytes
                 j += 1
             span = spans[first.span]
-            buf = _aligned_empty(nbytes)
-            _read_exactly(f, span.start + first.offset, buf, path, span.label)
+            start = span.start + first.offset
+            if on_map:  # a view of the file's pages, which `each` copies where it goes
+                if file_map is None:
+                    file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                buf = np.frombuffer(file_map, np.uint8, nbytes, start)
+            else:
+                buf = _aligned_empty(nbytes)
+                _read_exactly(f, start, buf, path, span.label)
             if first.span in parts:
                 parts[first.span].append((pool.submit(zlib.crc32, buf.data), nbytes))
-            owned = j - i == 1
+            owned = j - i == 1 and not on_map
             ks = order[i:j]
             chunk = [(_view(buf, slots[k], first.offset), owned) for k in ks]
             del buf  # only the chunk holds the memory now

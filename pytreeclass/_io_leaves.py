@@ -49,6 +49,7 @@ __all__ = [
     "keystr",
     "place",
     "show",
+    "spread",
 ]
 
 # Both file formats carry a manifest saying it is ours, and which version of the layout.
@@ -488,6 +489,16 @@ def _global_array(data: Any, sharding: Any) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
 
 
+def spread(leaf: Any) -> bool:
+    """Whether a template leaf is placed on several devices (so `jax.device_put` copies
+    the data it is given, from wherever it lies)."""
+    sharding = getattr(leaf, "sharding", None) if isinstance(leaf, _PLACED) else None
+    return sharding is not None and len(sharding.device_set) > 1
+
+
+_PLACED = (jax.Array, jax.ShapeDtypeStruct)
+
+
 def place(
     fn: str,
     paths: Sequence[str],
@@ -528,6 +539,8 @@ def place(
             placed = [_global_array(x, sharding) for x in arrs]
         elif alias and _MAY_ALIAS:
             placed = jax.device_put(arrs, sharding, may_alias=True)
+        elif _MAY_ALIAS:  # data we do not own (a user's array, a file's pages): copied
+            placed = jax.device_put(arrs, sharding, may_alias=False)
         else:
             placed = jax.device_put(arrs, sharding)
         for i, x in zip(idx, placed):

@@ -101,6 +101,33 @@ def check_load(path: str, like: Model, expected: Model) -> dict:
     return report
 
 
+def check_damaged(files: list[str], like: Model, expected: Model) -> list[str]:
+    """Sharded leaves are copied from the file's pages: a damaged file is still an error,
+    and changing the file afterwards does not change what was loaded."""
+    messages = []
+    for path in files:
+        mine = Path(FOLDER) / f"p{PROCESS}-{os.path.basename(path)}"
+        raw = Path(path).read_bytes()
+        at = raw.index(np.asarray(expected.emb).tobytes()[:64])  # inside a sharded leaf
+        mine.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :])
+        if path.endswith(".npz"):
+            with pytest.raises(ValueError, match=r"damaged \(bad CRC-32\)"):
+                ptc.tree_load(mine, like=like)
+        mine.write_bytes(raw[: at + 10])
+        with pytest.raises(ValueError, match=r"truncated, corrupt") as info:
+            ptc.tree_load(mine, like=like)
+        messages.append(str(info.value))
+        mine.write_bytes(raw)
+        loaded = ptc.tree_load(mine, like=like)
+        with open(mine, "r+b") as f:  # the same file, overwritten in place
+            f.write(bytes(len(raw)))
+        np.testing.assert_array_equal(
+            np.asarray(loaded.emb.addressable_shards[0].data),
+            np.asarray(expected.emb)[loaded.emb.addressable_shards[0].index],
+        )
+    return messages
+
+
 def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
@@ -123,6 +150,7 @@ def main() -> None:
     if PROCESSES > 1:
         multihost_utils.sync_global_devices("saved")
     result: dict = {"load": {os.path.basename(p): check_load(p, like, expected) for p in files}}
+    result["damaged"] = check_damaged(files, like, expected)
 
     if PROCESSES > 1:
         loaded = ptc.tree_load(files[0], like=like)
