@@ -134,9 +134,9 @@ def tree_load(path: str | os.PathLike[str], *, like: T, format: Format | None = 
         A tree with `like`'s structure and the file's values. A `jax.Array` or
         `ShapeDtypeStruct` template leaf gives a `jax.Array` (on its `sharding`, when
         it has one: each device gets its shard, copied from the file's pages, and in
-        a multi-process run each process places only its own devices' shards), a NumPy one a NumPy array, a Python number a Python number (the
-        file's value must then be a 0-d array of the same kind: bool, int, float,
-        complex).
+        a multi-process run each process places only its own devices' shards), a
+        NumPy one a NumPy array, a Python number a Python number (the file's value
+        must then be a 0-d array of the same kind: bool, int, float, complex).
 
     Raises:
         ValueError: a key path, shape or dtype differs from the template (the message

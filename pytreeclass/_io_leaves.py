@@ -483,8 +483,8 @@ def _global_array(data: Any, sharding: Any) -> jax.Array:
     if isinstance(data, jax.Array) and dtype_facts(data.dtype).is_key:
         raw = np.asarray(jax.random.key_data(data))
         wrap = functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(data))
-        spread = jax.make_array_from_callback(raw.shape, sharding, lambda i: raw[i])
-        return jax.jit(wrap, out_shardings=sharding)(spread)
+        shards = jax.make_array_from_callback(raw.shape, sharding, lambda i: raw[i])
+        return jax.jit(wrap, out_shardings=sharding)(shards)
     host = np.asarray(data)
     return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
 
