@@ -25,11 +25,13 @@ mesh (`--mesh 4x2`) and continues training from step N.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -77,37 +79,45 @@ def launch(args: argparse.Namespace, extra: list[str]) -> int:
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // n}",
         "JAX_PLATFORMS": "cpu",
     }
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, os.path.abspath(__file__), *extra]
-        cmd += ["--process-id", str(i), "--port", str(port)]
-        quiet = subprocess.PIPE if i else None
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, stdout=quiet, stderr=quiet, text=True
+    with contextlib.ExitStack() as stack:
+        # the others write to files (a pipe nobody reads could fill up and block)
+        logs = [
+            stack.enter_context(tempfile.TemporaryFile("w+"))
+            for _ in range(n - 1)
+        ]
+        procs = []
+        for i in range(n):
+            cmd = [sys.executable, os.path.abspath(__file__), *extra]
+            cmd += ["--process-id", str(i), "--port", str(port)]
+            log = logs[i - 1] if i else None
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=log, text=True
+                )
             )
-        )
-    deadline = time.monotonic() + args.timeout
-    try:
-        while any(p.poll() is None for p in procs):
-            failed = [p for p in procs if p.returncode not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for p in procs:
-            p.wait()
-    codes = [p.returncode for p in procs]
-    if any(codes):
-        for i, p in enumerate(procs[1:], 1):
-            out, err = p.communicate()
-            print(
-                f"-- process {i} (exit {codes[i]}):", out, err, file=sys.stderr
-            )
-        return next(c for c in codes if c) or 1
+        deadline = time.monotonic() + args.timeout
+        try:
+            while time.monotonic() < deadline:
+                codes = [p.poll() for p in procs]  # poll every one of them
+                if None not in codes or any(c not in (None, 0) for c in codes):
+                    break  # all done, or one failed
+                time.sleep(0.1)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            for p in procs:
+                p.wait()
+        codes = [p.returncode for p in procs]
+        if any(codes):
+            for i, log in enumerate(logs, 1):
+                log.seek(0)
+                text = log.read()[-4000:]
+                print(
+                    f"-- process {i} (exit {codes[i]}):\n{text}",
+                    file=sys.stderr,
+                )
+            return next(c for c in codes if c) or 1
     return 0
 
 

@@ -16,6 +16,7 @@ processes (probed once, by a 2-process `psum`), with the probe's error as the re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -44,8 +46,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(args: list[str], n: int, timeout: float = TIMEOUT) -> list[str]:
-    """Run `python args... ID N PORT` as n processes; their stdouts (all must succeed).
+def run_processes(
+    cmd: list[str], n: int, extra: tuple[str, ...] = (), timeout: float = TIMEOUT
+) -> list[str]:
+    """Run `python CMD... ID N PORT EXTRA...` as n processes; their stdouts (all must
+    succeed).
 
     Every process is killed if one fails or the time runs out, so none outlives the test.
     """
@@ -56,34 +61,54 @@ def run_processes(args: list[str], n: int, timeout: float = TIMEOUT) -> list[str
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *args[:1], str(i), str(n), port, *args[1:]],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    ]
-    deadline = time.monotonic() + timeout
-    outs: list[tuple[str, str]] = [("", "")] * n
-    try:
-        for i, p in enumerate(procs):
-            outs[i] = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    with contextlib.ExitStack() as stack:
+        # output to files: a pipe that is read only at the end could fill up and block
+        logs = [
+            (
+                stack.enter_context(tempfile.TemporaryFile("w+")),
+                stack.enter_context(tempfile.TemporaryFile("w+")),
+            )
+            for _ in range(n)
+        ]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, *cmd, str(i), str(n), port, *extra],
+                env=env,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+            for i, (out, err) in enumerate(logs)
+        ]
+        deadline = time.monotonic() + timeout
+        try:  # until all are done, one has failed, or the time is up
+            while time.monotonic() < deadline:
+                codes = [p.poll() for p in procs]  # (every one polled: no short cut)
+                if None not in codes or any(c not in (None, 0) for c in codes):
+                    break
+                time.sleep(0.1)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        outs = []
+        for out, err in logs:
+            out.seek(0)
+            err.seek(0)
+            outs.append((out.read(), err.read()))
     codes = [p.returncode for p in procs]
     assert codes == [0] * n, "\n".join(
         f"-- process {i} (exit {c}):\n{o[-2000:]}\n{e[-4000:]}"
         for i, (c, (o, e)) in enumerate(zip(codes, outs))
     )
     return [o for o, _ in outs]
+
+
+def test_a_failing_process_stops_the_others() -> None:
+    script = "import sys, time; sys.exit(3) if sys.argv[1] == '1' else time.sleep(300)"
+    with pytest.raises(AssertionError, match=r"(?s)process 0 \(exit -9\).*process 1 \(exit 3\)"):
+        run_processes(["-c", script], 2)
 
 
 _PSUM = textwrap.dedent(
@@ -143,14 +168,14 @@ def _check_loads(report: dict, processes: int) -> None:
 
 
 def test_tree_load_into_shards_in_one_process(tmp_path) -> None:
-    [out] = run_processes([str(SCRIPT), str(tmp_path)], 1)
+    [out] = run_processes([str(SCRIPT)], 1, (str(tmp_path),))
     _check_loads(_result(out), 1)
 
 
 def test_tree_load_into_shards_and_tree_save_in_each_of_two_processes(
     tmp_path, collectives
 ) -> None:
-    outs = run_processes([str(SCRIPT), str(tmp_path)], 2)
+    outs = run_processes([str(SCRIPT)], 2, (str(tmp_path),))
     for out in outs:
         report = _result(out)
         _check_loads(report, 2)
