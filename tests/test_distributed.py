@@ -209,6 +209,13 @@ def run_example(*args: str) -> list[float]:
     assert proc.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
     steps = re.findall(r"^step (\d+) loss (\S+)$", out, flags=re.M)
     assert [int(s) for s, _ in steps] == list(range(int(steps[0][0]), int(steps[-1][0]) + 1))
+    header = re.search(r"^process 0 of (\d+): mesh (.*)$", out, flags=re.M)
+    assert header, out[-2000:]
+    processes = int(header[1])
+    # initialised sharded: each device holds its slice of the stacked MLP weights
+    shards = "(2, 32, 32)" if "'model': 4" in header[2] else "(2, 32, 64)"
+    assert header[2].endswith(f"blocks.mlp.up (2, 32, 128) in shards of {shards} on 8 devices")
+    assert f"--processes {processes}" in " ".join(args)  # every one of them took part
     return [float(loss) for _, loss in steps]
 
 
