@@ -219,41 +219,29 @@ def run_example(*args: str) -> list[float]:
     return [float(loss) for _, loss in steps]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, collectives) -> tuple[list[float], Path]:
-    """3 steps over 2 processes, checkpointed where Orbax can save across processes
-    (else by a 1-process run of the same 3 steps: see `ORBAX_SAVES_ACROSS_PROCESSES`)."""
-    checkpoint = tmp_path_factory.mktemp("train") / "checkpoint"
-    if ORBAX_SAVES_ACROSS_PROCESSES:
-        saving = ["--checkpoint", str(checkpoint)]
-        losses = run_example("--processes", "2", "--steps", "3", *saving)
-    else:
-        losses = run_example("--processes", "2", "--steps", "3")
-        run_example("--processes", "1", "--steps", "3", "--checkpoint", str(checkpoint))
-    return losses, checkpoint
-
-
-@pytest.fixture(scope="module")
-def one_process_run() -> list[float]:
-    return run_example("--processes", "1", "--steps", "5")
-
-
-def test_two_processes_train_to_the_losses_of_one(two_process_run, one_process_run) -> None:
-    two, checkpoint = two_process_run
-    assert len(two) == 3 and len(one_process_run) == 5
-    np.testing.assert_allclose(two, one_process_run[:3], rtol=0, atol=1e-5)
-    assert one_process_run[-1] < one_process_run[0]  # it trains
-    assert checkpoint.is_dir()
-
-
-def test_checkpoint_of_two_processes_restores_onto_another_mesh(
-    two_process_run, one_process_run
+def test_train_over_two_processes_equals_one_and_restores_onto_another_mesh(
+    tmp_path, collectives
 ) -> None:
-    _, checkpoint = two_process_run
+    """One test, not three sharing fixtures: under pytest-xdist each worker would run
+    the module fixtures again (the runs are the slow part)."""
+    checkpoint = tmp_path / "checkpoint"
+    saving = ["--checkpoint", str(checkpoint)]
+    # 3 steps over 2 processes, checkpointed where Orbax can save across processes
+    # (else by a 1-process run of the same 3 steps: see ORBAX_SAVES_ACROSS_PROCESSES)
+    if ORBAX_SAVES_ACROSS_PROCESSES:
+        two = run_example("--processes", "2", "--steps", "3", *saving)
+    else:
+        two = run_example("--processes", "2", "--steps", "3")
+        run_example("--processes", "1", "--steps", "3", *saving)
+    one = run_example("--processes", "1", "--steps", "5")
+    assert len(two) == 3 and len(one) == 5
+    np.testing.assert_allclose(two, one[:3], rtol=0, atol=1e-5)
+    assert one[-1] < one[0]  # it trains
+    assert checkpoint.is_dir()
     # one process, 8 devices as a 4 x 2 mesh (the model axis halved): model and Adam
     # state come back resharded, and the loss curve goes on as if never interrupted
     more = run_example(
         "--processes", "1", "--mesh", "4x2", "--restore", str(checkpoint),
         "--start", "3", "--steps", "2",
     )  # fmt: skip
-    np.testing.assert_allclose(more, one_process_run[3:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(more, one[3:], rtol=0, atol=1e-5)
