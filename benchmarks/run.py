@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 import bench_io  # noqa: E402
 import bench_scaling  # noqa: E402
+import bench_shards  # noqa: E402
 import bench_stacks  # noqa: E402
 import bench_surgery  # noqa: E402
 import bench_train  # noqa: E402
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: [bench_scaling.bench_scaling(settings, leaves)],
         lambda: [bench_surgery.bench_surgery(settings, layers)],
         lambda: [bench_io.bench_io(settings), bench_io.bench_hf_load(settings)],
+        lambda: [bench_shards.bench_shards(settings)],
         lambda: bench_stacks.bench_stacks(settings),
     ]
     for run in runs:

@@ -30,6 +30,7 @@ SECTIONS = [
     "== 6. model surgery",
     "== 7. saving and loading",
     "== 7b. a Hugging Face GPT-2 file",
+    "== 7c. loading",
     "== 8a. layer stacks: compile time",
     "== 8b. layer stacks: one compiled training step",
     "== 8c. layer stacks: write one layer",

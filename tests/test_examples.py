@@ -48,6 +48,7 @@ def test_every_example_is_tested() -> None:
         "with_equinox",
         "with_flax",
         "transformer_scan",
+        "train_distributed",  # in tests/test_distributed.py
     }
     assert scripts == tested
 

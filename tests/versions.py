@@ -73,3 +73,21 @@ JAX_BUILDS_TREEDEFS = hasattr(jax.tree_util.PyTreeDef, "from_node_data_and_child
 # it on; where it is off, numbers drawn from random weights differ, so tests/test_docs.py
 # compares those outputs with their numbers masked.
 JAX_THREEFRY_PARTITIONABLE = bool(jax.config.jax_threefry_partitionable)
+
+
+def _jax_client_has_try_get() -> bool:
+    """True if jaxlib's distributed-runtime client has `key_value_try_get`.
+
+    orbax-checkpoint (0.11.5 in the oldest environment, and later) calls it when several
+    processes save one checkpoint; jaxlib 0.4.36's client lacks it, so there a
+    multi-process Orbax save fails with an AttributeError (single-process saves work).
+    """
+    try:
+        from jax._src.lib import _jax as lib  # type: ignore[attr-defined]
+    except ImportError:
+        from jax._src.lib import xla_extension as lib  # type: ignore[attr-defined]
+    client = getattr(lib, "DistributedRuntimeClient", None)
+    return client is not None and hasattr(client, "key_value_try_get")
+
+
+ORBAX_SAVES_ACROSS_PROCESSES = _jax_client_has_try_get()

@@ -34,6 +34,7 @@ from ._io_leaves import (
     keystr,
     place,
     show,
+    spread,
 )
 from ._io_npz import write_npz
 from ._io_rules import RuleSpec, compile_rules, export_flat
@@ -95,6 +96,8 @@ def tree_save(
     functions, classes and enums, containers), so `ptc.tree_load(path)` can rebuild it
     without a template. The file is written to a temporary file, fsynced and renamed
     over `path`: a crash mid-write leaves the old file.
+    In a multi-process run a leaf spanning several processes' devices is saved when
+    this process holds a copy of all of it (replicated), and refused otherwise.
 
     For a `.safetensors` file, `rename`, `transform` and `unstack` are the export rules
     of `ptc.tree_to_dict`, from the tree's flat names to the file's: write a Hugging
@@ -128,8 +131,11 @@ def tree_save(
         ValueError: two leaves have the same key path (or, for `.safetensors`, the
             same flat name), a leaf's flat name is `__metadata__`, `format` is not one
             of the two, `metadata` or `max_shard_size` is given for `.npz`,
-            `max_shard_size` is not a positive size, or export rules are given for a
-            `.npz` file.
+            `max_shard_size` is not a positive size, export rules are given for a
+            `.npz` file, or (in a multi-process run) a leaf is sharded over other
+            processes' devices and this process does not hold all of it: checkpoint
+            such trees with Orbax. Nothing is written then, and an existing file at
+            `path` is left as it was.
         OverflowError: a Python int does not fit in 64 bits.
         OSError: the file cannot be written.
 
@@ -295,9 +301,10 @@ def tree_load(
     Returns:
         A tree with `like`'s structure and the file's values. A `jax.Array` or
         `ShapeDtypeStruct` template leaf gives a `jax.Array` (on its `sharding`, when
-        it has one), a NumPy one a NumPy array, a Python number a Python number (the
-        file's value must then be a 0-d array of the same kind: bool, int, float,
-        complex).
+        it has one: each device gets its shard, copied from the file's pages, and in
+        a multi-process run each process places only its own devices' shards), a
+        NumPy one a NumPy array, a Python number a Python number (the file's value
+        must then be a 0-d array of the same kind: bool, int, float, complex).
 
     Raises:
         ValueError: a key path, shape or dtype differs from the template (the message
@@ -357,6 +364,10 @@ def tree_load(
             )
         cp = open_checkpoint(fn, target, fmt)
         source = _CheckpointSource(cp)
+        if not (rules.rename or rules.transform):  # file names are the template's
+            # A leaf placed on several devices is copied there by jax.device_put anyway:
+            # view the file's pages instead of reading into memory of its own.
+            source.mapped = {n for n, (_, leaf) in zip(names, t_flat) if spread(leaf)}
         stacks = (lambda: find_stacks(like, fn, skip_empty=True)) if fmt != "npz" else tuple
         leaves = import_leaves(
             fn,
@@ -385,6 +396,7 @@ class _CheckpointSource:
     def __init__(self, cp: Checkpoint) -> None:
         self.cp = cp
         self.names: list[str] = list(cp.offered)
+        self.mapped: set[str] = set()  # names to view in a mapping of the file, not read
 
     def _index(self, name: str) -> tuple[str, Any]:
         return self.cp.parts[self.cp.part_of[name]]
@@ -417,8 +429,10 @@ class _CheckpointSource:
         for part, members in by_part.items():
             file, index = cp.parts[part]
             slots = [index.slots[n] for n in members]
+            dest = [into.get(n) for n in members]
+            mapped = [n in self.mapped and n not in into for n in members]
             with open(file, "rb") as f:
-                stored = read_slots(f, file, index.spans, slots, [into.get(n) for n in members])
+                stored = read_slots(f, file, index.spans, slots, dest, mapped)
             for name, (arr, owned) in zip(members, stored):
                 if name not in into:
                     try:

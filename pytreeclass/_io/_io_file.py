@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import mmap
 import os
 import secrets
 import zlib
@@ -40,6 +41,12 @@ __all__ = [
 CHUNK = 8 << 20  # bytes per read of small leaves
 _JOIN = 1 << 20  # small leaves are written in joined pieces of about this size
 _ALIGN = 64  # what XLA wants to alias host memory without a copy
+_OWN_MAPPING = 1 << 20  # bytes from which a read buffer is a mapping of its own
+# (private anonymous memory, as malloc's; POSIX only: elsewhere malloc's as below)
+_PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0) or None
+# Where a file may be mapped while it is read: not on Windows, where a file that is
+# mapped cannot be replaced (and jax may hold the last array it was given for a while).
+_MAP_FILES = os.name == "posix"
 
 
 @contextlib.contextmanager
@@ -187,6 +194,11 @@ def check_tiling(path: str, spans: Sequence[Span], slots: Sequence[Slot]) -> Non
 
 def aligned_empty(nbytes: int) -> np.ndarray:
     """`nbytes` of new memory, aligned as XLA wants to alias host memory without a copy."""
+    if nbytes >= _OWN_MAPPING and _PRIVATE is not None:
+        # Memory of its own, given back to the system as soon as the last array that
+        # views it is gone. From malloc, a large buffer freed after jax.device_put
+        # copied it may stay in the process's heap (seen: ~10% of a 1 GiB load).
+        return np.frombuffer(mmap.mmap(-1, nbytes, flags=_PRIVATE), np.uint8)
     raw = np.empty(nbytes + _ALIGN, np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
     return raw[start : start + nbytes]
@@ -209,11 +221,15 @@ def read_slots(
     spans: Sequence[Span],
     slots: Sequence[Slot],
     into: Sequence[np.ndarray | None] | None = None,
+    mapped: Sequence[bool] | None = None,
 ) -> list[Any]:
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
 
     `into[k]`, where given, is a C-contiguous array of slot k's dtype and shape to read
     its bytes straight into (the row of a stacked array): it is then the slot's array.
+    A slot flagged in `mapped` is not read but viewed in a read-only mapping of the
+    file (not owned), for a caller that copies it anyway (onto several devices): one
+    copy from the page cache, and no memory of its own (its CRC is still checked).
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
     all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
@@ -230,6 +246,8 @@ def read_slots(
     parts: dict[int, list[Any]] = {n: [] for n, s in enumerate(spans) if s.crc is not None}
     checked = sum(spans[n].size for n in parts)
     dest = list(into) if into is not None else [None] * len(slots)
+    on_map = list(mapped) if mapped is not None and _MAP_FILES else [False] * len(slots)
+    file_map: mmap.mmap | None = None
     # Large reads run on worker threads (positional reads release the GIL): filling
     # fresh memory costs the kernel as much as the copy, and several cores share it.
     parallel = _PREADV and sum(s.nbytes for s in slots) >= _READ_THREAD
@@ -249,6 +267,19 @@ def read_slots(
             first = slots[order[i]]
             span = spans[first.span]
             target = dest[order[i]]
+            if on_map[order[i]]:  # a view of the file's pages, copied where it goes
+                if file_map is None:
+                    file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                s = first
+                view = np.frombuffer(file_map, np.uint8, s.nbytes, span.start + s.offset)
+                layout = "F" if s.fortran else "C"
+                out[order[i]] = (np.ndarray(s.shape, s.dtype, view, 0, order=layout), False)
+                if first.span in parts:
+                    job = pool.submit(zlib.crc32, view.data)
+                    pending.append(job)
+                    parts[first.span].append((job, s.nbytes))
+                i += 1
+                continue
             if target is not None:
                 j, nbytes = i + 1, first.nbytes
                 buf = target.reshape(-1).view(np.uint8)
@@ -259,7 +290,11 @@ def read_slots(
                     s = slots[order[j]]
                     if s.span != first.span or (j > i and nbytes + s.nbytes > CHUNK):
                         break
-                    if dest[order[j]] is not None or s.offset != first.offset + nbytes:
+                    if (
+                        dest[order[j]] is not None
+                        or on_map[order[j]]
+                        or s.offset != first.offset + nbytes
+                    ):
                         break  # read in place, or not adjacent (a slot between is not read)
                     nbytes += s.nbytes
                     j += 1

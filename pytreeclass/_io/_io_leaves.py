@@ -54,6 +54,7 @@ __all__ = [
     "offered_str",
     "place",
     "show",
+    "spread",
 ]
 
 # Both file formats carry a manifest saying it is ours, and which version of the layout.
@@ -249,6 +250,42 @@ def _unsavable(fn: str, key_path: tuple[Any, ...], leaf: Any) -> TypeError:
     )
 
 
+_SPANS_PROCESSES = (
+    "{fn}: the leaf at {where} ({shape}) is sharded over the devices of several processes, "
+    "and this process ({process}) does not hold all of it, so no one process can write it "
+    "to a file. Checkpoint sharded trees with Orbax, from every process at once (see "
+    "'Orbax: save, restore, reshard' in docs/scaling.md), or gather the tree onto each "
+    "process first (jax.experimental.multihost_utils.process_allgather)."
+)
+
+
+def _index_key(index: tuple[slice, ...]) -> tuple[tuple[Any, Any, Any], ...]:
+    # slices are unhashable before Python 3.12
+    return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _process_copy(fn: str, key_path: tuple[Any, ...], leaf: jax.Array) -> np.ndarray:
+    """A host copy of an array that spans other processes' devices, from this process's
+    shards; a `ValueError` unless they hold all of it (replicated over the processes)."""
+    shape = tuple(leaf.shape)
+    wanted = {_index_key(i) for i in leaf.sharding.devices_indices_map(shape).values()}
+    shards = {_index_key(s.index): s for s in leaf.addressable_shards}
+    if not wanted <= shards.keys():
+        raise ValueError(
+            _SPANS_PROCESSES.format(
+                fn=fn,
+                where=show(keystr(key_path)),
+                shape=describe(shape, dtype_facts(leaf.dtype).name),
+                process=jax.process_index(),
+            )
+        )
+    out = np.empty(shape, leaf.dtype)
+    for key in wanted:
+        shard = shards[key]
+        out[shard.index] = np.asarray(shard.data)
+    return out
+
+
 def host_leaves(fn: str, flat: Sequence[tuple[Any, Any]]) -> list[HostLeaf]:
     """Every leaf of a flattened tree as a `HostLeaf` (device arrays copied to the host)."""
     arrays: list[Any] = []  # per leaf: the array to fetch or convert
@@ -262,7 +299,10 @@ def host_leaves(fn: str, flat: Sequence[tuple[Any, Any]]) -> list[HostLeaf]:
                 leaf = jax.random.key_data(leaf)
             else:
                 extra.append((None, None))
-            on_device.append(leaf)
+            if leaf.is_fully_addressable:
+                on_device.append(leaf)
+            else:
+                leaf = _process_copy(fn, key_path, leaf)
         elif kind == _HOST:
             extra.append((None, None))
             leaf = np.asarray(leaf)
@@ -498,6 +538,32 @@ def as_template_number(fn: str, where: str, value: Any, dtype: np.dtype, source:
     return cast
 
 
+def _global_array(data: Any, sharding: Any) -> jax.Array:
+    """An array on devices of several processes from data this process holds whole.
+
+    Each process puts only its own shards there, with no collective: jax.device_put
+    refuses device arrays for such shardings, and older jax (0.4) checks that host
+    data is equal in every process by sending it all to every process.
+    """
+    if isinstance(data, jax.Array) and dtype_facts(data.dtype).is_key:
+        raw = np.asarray(jax.random.key_data(data))
+        wrap = functools.partial(jax.random.wrap_key_data, impl=jax.random.key_impl(data))
+        shards = jax.make_array_from_callback(raw.shape, sharding, lambda i: raw[i])
+        return jax.jit(wrap, out_shardings=sharding)(shards)
+    host = np.asarray(data)
+    return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+
+def spread(leaf: Any) -> bool:
+    """Whether a template leaf is placed on several devices (so `jax.device_put` copies
+    the data it is given, from wherever it lies)."""
+    sharding = getattr(leaf, "sharding", None) if isinstance(leaf, _PLACED) else None
+    return sharding is not None and len(sharding.device_set) > 1
+
+
+_PLACED = (jax.Array, jax.ShapeDtypeStruct)
+
+
 def place(
     fn: str,
     paths: Sequence[str],
@@ -534,8 +600,12 @@ def place(
         else:
             out[i] = data
     for (sharding, alias), (idx, arrs) in batches.items():
-        if alias and _MAY_ALIAS:
+        if sharding is not None and not sharding.is_fully_addressable:
+            placed = [_global_array(x, sharding) for x in arrs]
+        elif alias and _MAY_ALIAS:
             placed = jax.device_put(arrs, sharding, may_alias=True)
+        elif _MAY_ALIAS:  # data we do not own (a user's array, a file's pages): copied
+            placed = jax.device_put(arrs, sharding, may_alias=False)
         else:
             placed = jax.device_put(arrs, sharding)
         for i, x in zip(idx, placed):
