@@ -46,6 +46,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env() -> dict[str, str]:
+    """This environment, importing this checkout's pytreeclass first (a script's own
+    folder, not the current one, starts its sys.path)."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_processes(
     cmd: list[str], n: int, extra: tuple[str, ...] = (), timeout: float = TIMEOUT
 ) -> list[str]:
@@ -55,10 +62,9 @@ def run_processes(
     Every process is killed if one fails or the time runs out, so none outlives the test.
     """
     env = {
-        **os.environ,
+        **_env(),
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // n}",
         "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     port = str(_free_port())
     with contextlib.ExitStack() as stack:
@@ -200,6 +206,7 @@ def run_example(*args: str) -> list[float]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # so a timeout can stop its processes too
+        env=_env(),  # (its processes inherit it)
     )
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
