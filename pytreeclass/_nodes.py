@@ -56,7 +56,15 @@ class NodeKind:
     """How one kind of node is read and rebuilt (the defaults: a leaf, no children)."""
 
     code: int = LEAF
-    sequence = False  # remove / insert work on its children
+    leaf = False  # no children at all (a leaf, None)
+    positional = False  # `[i]` counts children from 0 (and from the end, negative)
+    sliceable = False  # `[a:b]` takes a view of its items; insert works on them
+    sequence = False  # remove works on its children
+    list_like = False  # rebuilt as a list: a plan may run every item in one pass
+
+    def fields(self, node: Any) -> dict[str, Any] | None:
+        """A treeclass's fields by name (their kinds and stack axes), else None."""
+        return None
 
     def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
         return []
@@ -79,15 +87,19 @@ class NodeKind:
 
 
 class _Leaf(NodeKind):
-    pass
+    leaf = True
 
 
 class _NoneKind(NodeKind):
     code = NONE
+    leaf = True
 
 
 class _Treeclass(NodeKind):
     code = TREECLASS
+
+    def fields(self, node: Any) -> dict[str, Any] | None:
+        return meta_of(type(node)).fields_by_name  # type: ignore[union-attr]
 
     def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
         d = node.__dict__
@@ -160,7 +172,7 @@ def _child_names(node: Any) -> tuple[str, ...]:
 
 
 class _Sequence(NodeKind):
-    sequence = True
+    sequence = positional = sliceable = True
 
     def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
         return [(SequenceKey(i), x, i) for i, x in enumerate(node)]
@@ -195,6 +207,7 @@ class _Sequence(NodeKind):
 
 class _List(_Sequence):
     code = LIST
+    list_like = True
 
 
 class _Tuple(_Sequence):
@@ -203,6 +216,7 @@ class _Tuple(_Sequence):
 
 class _NamedTuple(NodeKind):
     code = NAMEDTUPLE
+    positional = True
 
     def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
         return [(GetAttrKey(n), x, i) for i, (n, x) in enumerate(zip(type(node)._fields, node))]
@@ -277,7 +291,7 @@ class StackKind(NodeKind):
     by every layer."""
 
     code = STACK
-    sequence = True
+    sequence = positional = sliceable = True
 
     def __init__(self, where: str = "the stack") -> None:
         self.where = where

@@ -524,3 +524,46 @@ def test_a_stack_plan_is_not_reused_for_a_stack_of_another_length() -> None:
     assert len(calls) == N + 3 and out.blocks.lin.w.shape == (3, 2)
     four.at[OfType(Block)].apply(count)  # back to four: right again
     assert len(calls) == 2 * N + 3
+
+
+# -- issue #22, the lens items ---------------------------------------------------------------
+
+
+def test_a_zero_slice_step_names_the_path() -> None:
+    listed, stacked = twins()
+    with pytest.raises(ValueError, match=r"model\.blocks\[::0\]: slice step cannot be zero.*stack"):
+        stacked.at.blocks[::0].get()
+    with pytest.raises(ValueError, match=r"model\.blocks\[::0\]: slice step cannot be zero"):
+        listed.at.blocks[::0].get()
+    with pytest.raises(ValueError, match=r"model\.blocks\[::0\]\.lin: slice step cannot"):
+        listed.at.blocks[::0].lin.get()  # the selection engine's spelling of the same
+    with pytest.raises(ValueError, match=r"slice step cannot be zero"):
+        listed.at[...][::0].get()
+
+
+def test_setting_a_layer_of_a_numpy_stack_never_writes_into_the_original() -> None:
+    layers = [Block(Lin(np.full(2, float(i)), np.zeros(2)), [], np.zeros(2)) for i in range(3)]
+
+    @treeclass
+    class NpNet:
+        blocks: Block = field(stack="layers")
+
+    net = NpNet(ptc.tree_stack(layers))
+    assert isinstance(net.blocks.lin.w, np.ndarray)
+    before = net.blocks.lin.w.copy()
+    one = net.at.blocks[1].lin.w.set(np.full(2, 9.0))  # the walk's scatter
+    many = net.at[OfType(Block)].lin.w.apply(lambda w: w * 0 + 7)  # the engine's rows
+    some = net.at.blocks[::2].set(ptc.tree_stack([layers[0], layers[0]]))
+    assert np.array_equal(net.blocks.lin.w, before)  # the original is untouched
+    assert one.blocks.lin.w[1].tolist() == [9.0, 9.0] and one.blocks.lin.w is not before
+    assert many.blocks.lin.w.tolist() == [[7.0, 7.0]] * 3
+    assert some.blocks.lin.w[:, 0].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_a_negative_index_after_every_child() -> None:
+    tree = {"a": [1, 2, 3], "b": (4, 5), "c": [6]}
+    assert ptc.at(tree)[...][-1].paths() == ["['a'][2]", "['b'][1]", "['c'][0]"]
+    assert ptc.at(tree)[...][-2].set(0) == {"a": [1, 0, 3], "b": (0, 5), "c": [6]}
+    _, stacked = twins()
+    last = stacked.at[...][-1].paths()  # the leaves of the stack's last layer
+    assert last and all(p.startswith(".blocks[3].") for p in last)

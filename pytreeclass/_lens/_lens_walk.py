@@ -137,6 +137,11 @@ def slice_child(
     node: Any, code: int, s: slice, state: tuple[Any, Any, int], i: int
 ) -> tuple[Any, int, Any]:
     """`[a:b]` on a list or tuple: the sub-sequence, and the indices it came from."""
+    if s.step == 0:
+        raise ValueError(
+            f"{path_text(state, i + 1)}: slice step cannot be zero; write a step such as "
+            "1, 2 or -1."
+        )
     if code not in (LIST, TUPLE):
         fix = (
             "To change array elements use .apply(lambda a: a.at[1:3].set(v))."
@@ -325,6 +330,11 @@ def _stack_hop(
         row = key.value  # not known here: jnp indexing clamps it into range, as x[i] does
     else:
         row = key.slice
+        if row.step == 0:
+            raise ValueError(
+                f"{path_text(state, i + 1)}: slice step cannot be zero; a slice of the stack "
+                f"{field} needs a step such as 1, 2 or -1."
+            )
     trail.append((node, STACK, row))
     return (row,) if idx is None else (*idx, row)
 

@@ -43,10 +43,6 @@ from .._tree_util import ARRAY_TYPES, first_difference, leaf_repr
 from ._lens_steps import (
     ALL,
     LEAF,
-    LIST,
-    NONE,
-    TREECLASS,
-    TUPLE,
     FilterStep,
     PathStep,
     SliceKey,
@@ -139,7 +135,7 @@ def _num_leaves(x: Any) -> int:
 def children(p: Pos) -> list[Pos]:
     """The child positions of `p` (a stacked field's are its layers)."""
     kind = p.node_kind()
-    if kind.code in (LEAF, NONE) or p.static:
+    if kind.leaf or p.static:
         return []
     outer = (*p.outer, type(p.value))
     if p.stack is not None:  # layers: each has the stack's leaves, as rows
@@ -147,9 +143,7 @@ def children(p: Pos) -> list[Pos]:
             Pos(v, (*p.hops, (kind, t)), (*p.keys, k), p.kind, p.outer, p.lo, p.n, False, td=p.td)
             for k, v, t in kind.children(p.value)
         ]
-    fields = None
-    if kind.code == TREECLASS:
-        fields = meta_of(type(p.value)).fields_by_name  # type: ignore[union-attr]
+    fields = kind.fields(p.value)
     marker = None if p.kind is not None or fields is not None else foreign_kind(p.value)
     out, lo = [], p.lo
     subdefs = p.td.children()
@@ -205,8 +199,7 @@ _NO = object()
 def _is_seq(p: Pos) -> bool:
     """Are `p`'s children positional (a list, a tuple, a stack's layers, a generic node
     keyed by position)?"""
-    code = p.node_kind().code
-    if p.stack is not None or isinstance(p.value, tuple) or code == LIST:
+    if p.node_kind().positional:
         return True
     kids = children(p)
     return bool(kids) and type(kids[0].keys[-1]) is SequenceKey
@@ -357,12 +350,12 @@ def _select(root: Any, steps: tuple[Any, ...], state: Any, split: int) -> Select
         if type(key) is SliceKey:
             out = []
             for p in cur:
-                if p.view is not None or p.stack is not None or p.node_kind().code in (LIST, TUPLE):
-                    if p.stack is not None and key.slice.step == 0:
-                        raise ValueError(
-                            f"{path_text(state, j + 1)}: slice step cannot be zero; a slice of "
-                            f"the stack {path_text(state, j)} needs a step such as 1, 2 or -1."
-                        )
+                if key.slice.step == 0:
+                    raise ValueError(
+                        f"{path_text(state, j + 1)}: slice step cannot be zero; write a step "
+                        "such as 1, 2 or -1."
+                    )
+                if p.view is not None or p.node_kind().sliceable:
                     out.append(_view(p, key.slice))
                 elif single:
                     from ._lens_walk import slice_child
@@ -539,7 +532,7 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
 
     tokens = [t for t, _, _ in subs]
     ends = [sub[0][2] for sub in groups.values() if len(sub) == 1 and not sub[0][0]]
-    if kind0.code == LIST and tokens == list(range(len(tokens))) and len(ends) == len(tokens):
+    if kind0.list_like and tokens == list(range(len(tokens))) and len(ends) == len(tokens):
         width = len(tokens)
 
         def each(node: Any, fns: list[Any]) -> Any:  # every item of a list: one pass
@@ -742,11 +735,7 @@ def _parent_groups(sel: Selection, verb: str) -> dict[tuple[Any, ...], list[Pos]
                     f"{verb}() works on items of lists, tuples, dicts and stacked fields; "
                     "to replace a field use .set(v) or .apply(fn)."
                 )
-            if (
-                verb != "remove"
-                and kind.code not in (LIST, TUPLE)
-                and not isinstance(kind, StackKind)
-            ):
+            if verb != "remove" and not kind.sliceable:
                 raise TypeError(
                     f"{path_text(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
                     "of a dict, which has no order to insert into; build the dict with "
