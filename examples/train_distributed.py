@@ -80,7 +80,7 @@ def launch(args: argparse.Namespace, extra: list[str]) -> int:
         "JAX_PLATFORMS": "cpu",
     }
     with contextlib.ExitStack() as stack:
-        # the others write to files (a pipe nobody reads could fill up and block)
+        # the others write to files (an unread pipe could fill up and block)
         logs = [
             stack.enter_context(tempfile.TemporaryFile("w+"))
             for _ in range(n - 1)
