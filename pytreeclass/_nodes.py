@@ -28,7 +28,7 @@ import numpy as np
 from jax.tree_util import GetAttrKey, SequenceKey
 
 from ._cache import TypeTable
-from ._class._meta import drop_derived, meta_of, with_field
+from ._class._meta import FLAT, drop_derived, meta_of, with_field
 from ._lens._lens_steps import (
     DATACLASS,
     DATACLASS_FIELDS,
@@ -65,6 +65,22 @@ class NodeKind:
     def fields(self, node: Any) -> dict[str, Any] | None:
         """A treeclass's fields by name (their kinds and stack axes), else None."""
         return None
+
+    # `value_and_tree`'s copy: the children alone (no keys: the hot path), and a copy
+    # of the node around new children that `fn` may then change in place.
+
+    def values(self, node: Any) -> tuple[Any, Any]:
+        """`(children, aux)`: the children in order, and what `thawed` needs back."""
+        _, children, treedef = one_level(node, keyed=False)  # type: ignore[misc]
+        return children, treedef
+
+    def thawed(self, node: Any, aux: Any, old: Any, new: list[Any]) -> Any:
+        """A copy of `node` with children `new` that in-place code may change: lists,
+        dicts and treeclass instances are always fresh; an immutable node whose children
+        are all unchanged is shared."""
+        if all(a is b for a, b in zip(new, old)):
+            return node
+        return aux.unflatten(new)
 
     def children(self, node: Any) -> list[tuple[Any, Any, Any]]:
         return []
@@ -108,6 +124,23 @@ class _Treeclass(NodeKind):
 
     def child(self, node: Any, token: Any) -> Any:
         return node.__dict__[token]
+
+    def values(self, node: Any) -> tuple[Any, Any]:
+        names = meta_of(type(node)).child_names  # type: ignore[union-attr]
+        d = node.__dict__
+        return [d[n] for n in names], names
+
+    def thawed(self, node: Any, aux: Any, old: Any, new: list[Any]) -> Any:
+        copy = _new(type(node))
+        d = copy.__dict__
+        d.update(node.__dict__)
+        d.pop(FLAT, None)  # stale once fn assigns a field; frozen again afterwards
+        for name, value in zip(aux, new):
+            d[name] = value
+        meta = meta_of(type(node))
+        if len(d) >= meta.size:  # type: ignore[union-attr]  # derived values stay behind
+            drop_derived(d, meta.fields_by_name)  # type: ignore[union-attr]
+        return copy
 
     def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
         for name, value in new:  # few fields: one copy each
@@ -180,6 +213,14 @@ class _Sequence(NodeKind):
     def _make(self, node: Any, items: list[Any]) -> Any:
         return items if type(node) is list else tuple(items)
 
+    def values(self, node: Any) -> tuple[Any, Any]:
+        return node, None
+
+    def thawed(self, node: Any, aux: Any, old: Any, new: list[Any]) -> Any:
+        if type(node) is list:
+            return new  # always a fresh list
+        return node if all(a is b for a, b in zip(new, old)) else tuple(new)
+
     def rebuild(self, node: Any, new: list[tuple[Any, Any]]) -> Any:
         if type(node) is list:
             out = node.copy()
@@ -227,6 +268,14 @@ class _NamedTuple(NodeKind):
             items[i] = v
         return tuple.__new__(type(node), items)
 
+    def values(self, node: Any) -> tuple[Any, Any]:
+        return node, None
+
+    def thawed(self, node: Any, aux: Any, old: Any, new: list[Any]) -> Any:
+        if all(a is b for a, b in zip(new, old)):
+            return node
+        return tuple.__new__(type(node), new)
+
 
 class _Dict(NodeKind):
     code = DICT
@@ -247,6 +296,15 @@ class _Dict(NodeKind):
         for k in tokens:
             del out[k]
         return out
+
+    def values(self, node: Any) -> tuple[Any, Any]:
+        return list(node.values()), list(node)
+
+    def thawed(self, node: Any, aux: Any, old: Any, new: list[Any]) -> Any:
+        copy = node.copy()  # same dict type (OrderedDict, defaultdict and its factory)
+        for key, value in zip(aux, new):
+            copy[key] = value
+        return copy
 
 
 class _Generic(NodeKind):

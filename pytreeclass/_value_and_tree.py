@@ -22,18 +22,8 @@ from typing import Any, Concatenate, TypeVar
 from ._class._instance import EDIT, MUTABLE
 from ._class._meta import FLAT, check_static, drop_derived, meta_of
 from ._errors import too_deep_error
-from ._lens._lens_steps import (
-    CODES,
-    DICT,
-    LEAF,
-    LIST,
-    NAMEDTUPLE,
-    NONE,
-    TREECLASS,
-    TUPLE,
-    node_code,
-)
-from ._tree_util import one_level
+from ._lens._lens_steps import CODES, TREECLASS, node_code
+from ._nodes import KINDS
 
 __all__ = ["value_and_tree"]
 
@@ -46,61 +36,30 @@ _MAX_DEPTH = 100_000
 
 
 class _Frame:
-    """One node being copied: its children, the copies made so far, how to rebuild it."""
+    """One node being copied: its kind, its children, the copies made so far."""
 
-    __slots__ = ("aux", "children", "code", "i", "node", "out")
+    __slots__ = ("aux", "children", "i", "kind", "node", "out")
 
     def __init__(self, node: Any, code: int) -> None:
-        self.node, self.code, self.i, self.out = node, code, 0, []
-        self.aux: Any = None
-        if code == TREECLASS:
-            self.aux = names = meta_of(type(node)).child_names  # type: ignore[union-attr]
-            d = node.__dict__
-            self.children = [d[n] for n in names]
-        elif code == DICT:
-            self.aux = list(node)
-            self.children = list(node.values())
-        elif code in (LIST, TUPLE, NAMEDTUPLE):
-            self.children = node
-        else:  # DATACLASS (Equinox, flax.struct) or GENERIC: one level, unflattened afterwards
-            _, self.children, self.aux = one_level(node, keyed=False)  # type: ignore[misc]
+        self.node, self.i, self.out = node, 0, []
+        self.kind = kind = KINDS[code]
+        self.children, self.aux = kind.values(node)
 
 
 def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
-    node, code, out = fr.node, fr.code, fr.out
-    if code == TREECLASS:
-        new = _new(type(node))
-        d = new.__dict__
-        d.update(node.__dict__)
-        d.pop(FLAT, None)  # stale once fn assigns a field; `_freeze` stores it again
-        for name, value in zip(fr.aux, out):
-            d[name] = value
-        meta = meta_of(type(node))
-        assert meta is not None  # a TREECLASS node
-        if len(d) >= meta.size:  # more than the fields: derived values stay behind
-            drop_derived(d, meta.fields_by_name)
-        made.append((node, new))
-        return new
-    if code == LIST:
-        return out
-    if code == DICT:
-        new = node.copy()  # same dict type (OrderedDict, defaultdict and its factory)
-        for key, value in zip(fr.aux, out):
-            new[key] = value
-        return new
-    if all(a is b for a, b in zip(out, fr.children)):
-        return node  # immutable and nothing mutable inside: share it
-    if code == TUPLE:
-        return tuple(out)
-    if code == NAMEDTUPLE:
-        return tuple.__new__(type(node), out)
-    return fr.aux.unflatten(out)
+    new = fr.kind.thawed(fr.node, fr.aux, fr.children, fr.out)
+    if fr.kind.code == TREECLASS:
+        made.append((fr.node, new))
+    return new
+
+
+_LEAFLIKE = {code: kind.leaf for code, kind in KINDS.items()}
 
 
 def _thaw(tree: Any, made: list[tuple[Any, Any]]) -> Any:
     """The mutable copy of `tree` described in the module docs (iterative, post-order)."""
     code = node_code(tree)
-    if code in (LEAF, NONE):
+    if KINDS[code].leaf:
         return tree
     memo: dict[int, Any] = {}  # id(original node) -> its copy; originals stay alive in `tree`
     stack = [_Frame(tree, code)]
@@ -114,7 +73,7 @@ def _thaw(tree: Any, made: list[tuple[Any, Any]]) -> Any:
             c = codes.get(type(child))
             if c is None:
                 c = node_code(child)
-            if c in (LEAF, NONE):
+            if _LEAFLIKE[c]:
                 fr.out.append(child)
                 continue
             copy = memo.get(id(child))

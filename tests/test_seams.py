@@ -25,6 +25,8 @@ from flax import nnx
 import pytreeclass as ptc
 from pytreeclass import OfType, Parameter, field, treeclass
 
+from .versions import needs_nnx_nodes
+
 # -- twin models: a list of blocks, and the same blocks stacked ------------------------------
 
 
@@ -418,6 +420,7 @@ def test_11_equinox_filter_vmap_stacks_keep_shared_leaves() -> None:
     assert restacked.activation is stack.activation
 
 
+@needs_nnx_nodes
 def test_12_a_lens_reaches_static_attributes_of_nnx_modules() -> None:
     class Net(nnx.Module):
         def __init__(self, rngs: nnx.Rngs) -> None:

@@ -887,7 +887,10 @@ def _shapes(leaves: list[Any]) -> tuple[Any, ...]:
 def is_plain(treedef: Any) -> bool:
     """Does `treedef` hold no dict keys or foreign aux data whose types `==` ignores
     (`1` vs `True`)? Treeclass statics compare by type already: a model's qualifies."""
-    return strict_treedef(treedef, is_treeclass) is treedef
+    try:
+        return strict_treedef(treedef, is_treeclass) is treedef
+    except Exception:  # a structure it cannot rebuild (older jax): not plain, not memoised
+        return False
 
 
 def _cacheable(steps: tuple[Any, ...]) -> bool:
