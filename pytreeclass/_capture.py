@@ -229,11 +229,14 @@ def capture(
         ...         return x
         >>> net = Net([Scale(jnp.float32(2)), Scale(jnp.float32(3))])
         >>> y, acts = ptc.capture(net, ptc.OfType(Scale))(jnp.float32(1))
-        >>> y, acts
-        (Array(6., dtype=float32), {'.layers[0]': Array(2., dtype=float32), \
-'.layers[1]': Array(6., dtype=float32)})
-        >>> zero_first = lambda path, out: out * 0 if path == ".layers[0]" else out
-        >>> ptc.capture(net, ptc.OfType(Scale), edit=zero_first)(jnp.float32(1))[0]
+        >>> y
+        Array(6., dtype=float32)
+        >>> {path: float(out) for path, out in acts.items()}
+        {'.layers[0]': 2.0, '.layers[1]': 6.0}
+        >>> def zero_first(path, out):
+        ...     return out * 0 if path == ".layers[0]" else out
+        >>> scales = ptc.OfType(Scale)
+        >>> ptc.capture(net, scales, edit=zero_first)(jnp.float32(1))[0]
         Array(0., dtype=float32)
     """
     if edit is not None and not callable(edit):
