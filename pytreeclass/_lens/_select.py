@@ -458,17 +458,17 @@ def _search(p: Pos, f: Filter, mask: tuple[bool, ...], out: list[Pos]) -> bool:
 def _leaves(p: Pos, mask: tuple[bool, ...], out: list[Pos]) -> None:
     """Add to `out` the leaves under `p` that `mask` selects (a stack's: per layer, as
     its list twin's)."""
-    if p.static:  # a static attribute is an element of its own (it has no leaves)
-        out.append(p)
-        return
-    if p.stack is not None and not any(mask[p.lo : p.lo + p.n]):
-        return  # nothing selected in the stack: its layers need not be taken apart
-    if _is_leaf(p):
-        if p.n and mask[p.lo]:
+    todo = [p]  # iterative, in tree order: deep trees cost no recursion of ours
+    while todo:
+        p = todo.pop()
+        if p.static:  # a static attribute is an element of its own (it has no leaves)
             out.append(p)
-        return
-    for c in children(p):
-        _leaves(c, mask, out)
+        elif not any(mask[p.lo : p.lo + p.n]):
+            continue  # nothing selected below: no need to take it apart
+        elif _is_leaf(p):
+            out.append(p)
+        else:
+            todo.extend(reversed(children(p)))
 
 
 # -- rebuilding along hops ---------------------------------------------------------------------
@@ -914,9 +914,9 @@ def planned_update(
     try:
         if memo[0] is None:
             memo[0] = _cacheable(steps)
-        if not memo[0]:
-            sel = select(root, steps, state, split)
-            return _edit(root, [(p, fn) for p in sel.positions])
+        if not memo[0]:  # depends on values: a plan for this call only
+            flat = _flatten(root)
+            return Plan(select(root, steps, state, split), flat[0]).update(root, fn, flat)
         flat = _flatten(root)
         leaves, treedef = flat
         last = memo[1]  # one read: another thread may replace it meanwhile
