@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 import jax
@@ -384,6 +384,8 @@ def tree_load(
             hint,
             fix,
         )
+        for check in source.checks:  # the file's checksums, which ran while placing
+            check()
         return treedef.unflatten(leaves)
 
 
@@ -397,6 +399,7 @@ class _CheckpointSource:
         self.cp = cp
         self.names: list[str] = list(cp.offered)
         self.mapped: set[str] = set()  # names to view in a mapping of the file, not read
+        self.checks: list[Callable[[], None]] = []  # their CRC checks, run after placing
 
     def _index(self, name: str) -> tuple[str, Any]:
         return self.cp.parts[self.cp.part_of[name]]
@@ -432,7 +435,7 @@ class _CheckpointSource:
             dest = [into.get(n) for n in members]
             mapped = [n in self.mapped and n not in into for n in members]
             with open(file, "rb") as f:
-                stored = read_slots(f, file, index.spans, slots, dest, mapped)
+                stored = read_slots(f, file, index.spans, slots, dest, mapped, self.checks)
             for name, (arr, owned) in zip(members, stored):
                 if name not in into:
                     try:

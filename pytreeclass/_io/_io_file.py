@@ -17,7 +17,7 @@ import mmap
 import os
 import secrets
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, NamedTuple
 
@@ -222,6 +222,7 @@ def read_slots(
     slots: Sequence[Slot],
     into: Sequence[np.ndarray | None] | None = None,
     mapped: Sequence[bool] | None = None,
+    defer: list[Callable[[], None]] | None = None,
 ) -> list[Any]:
     """Read every slot; returns per slot (its stored array, whether it owns its memory).
 
@@ -230,6 +231,9 @@ def read_slots(
     A slot flagged in `mapped` is not read but viewed in a read-only mapping of the
     file (not owned), for a caller that copies it anyway (onto several devices): one
     copy from the page cache, and no memory of its own (its CRC is still checked).
+    With `defer` (a list), the CRC check of the spans such slots lie in is not waited
+    for: a function that waits and raises on a mismatch is appended to `defer`, for the
+    caller to run once it has copied the data (so the check overlaps the copies).
 
     The slots must tile their spans (`check_tiling`). A span with a CRC is checked once
     all of it has been read; a mismatch is a `ValueError`. For large files each chunk's
@@ -248,6 +252,8 @@ def read_slots(
     dest = list(into) if into is not None else [None] * len(slots)
     on_map = list(mapped) if mapped is not None and _MAP_FILES else [False] * len(slots)
     file_map: mmap.mmap | None = None
+    background: ThreadPoolExecutor | None = None  # CRCs of mapped slots, checked later
+    late: set[int] = set()  # spans whose check is deferred
     # Large reads run on worker threads (positional reads release the GIL): filling
     # fresh memory costs the kernel as much as the copy, and several cores share it.
     parallel = _PREADV and sum(s.nbytes for s in slots) >= _READ_THREAD
@@ -275,8 +281,14 @@ def read_slots(
                 layout = "F" if s.fortran else "C"
                 out[order[i]] = (np.ndarray(s.shape, s.dtype, view, 0, order=layout), False)
                 if first.span in parts:
-                    job = pool.submit(zlib.crc32, view.data)
-                    pending.append(job)
+                    if defer is not None:
+                        if background is None:
+                            background = ThreadPoolExecutor(_CRC_WORKERS)
+                        job = background.submit(zlib.crc32, view.data)
+                        late.add(first.span)
+                    else:
+                        job = pool.submit(zlib.crc32, view.data)
+                        pending.append(job)
                     parts[first.span].append((job, s.nbytes))
                 i += 1
                 continue
@@ -314,12 +326,20 @@ def read_slots(
             i = j
         for job in pending:
             job.result()  # a short read is raised here
-    for n, chunks in parts.items():
-        crc = spans[n].crc[0]  # type: ignore[index]
-        for chunk_crc, nbytes in chunks:
-            crc = crc32_combine(crc, chunk_crc.result(), nbytes)
-        if crc != spans[n].crc[1]:  # type: ignore[index]
-            raise corrupt(path, f"the data in {spans[n].label} is damaged (bad CRC-32)")
+
+    def check(which: Sequence[int]) -> None:
+        for n in which:
+            crc = spans[n].crc[0]  # type: ignore[index]
+            for chunk_crc, nbytes in parts[n]:
+                crc = crc32_combine(crc, chunk_crc.result(), nbytes)
+            if crc != spans[n].crc[1]:  # type: ignore[index]
+                raise corrupt(path, f"the data in {spans[n].label} is damaged (bad CRC-32)")
+
+    check([n for n in parts if n not in late])
+    if late and defer is not None:
+        assert background is not None
+        background.shutdown(wait=False)  # its jobs run on; `check` waits for them
+        defer.append(lambda: check(sorted(late)))
     return out
 
 
