@@ -42,12 +42,11 @@ from ._lens._lens_steps import (
     TREECLASS,
     TUPLE,
     nnx_static,
-    node_code,
 )
 from ._stack import scatter, scatter_rows, shared_leaf, stack_length, take
 from ._tree_util import one_level
 
-__all__ = ["KINDS", "NodeKind", "StackKind", "kind_of"]
+__all__ = ["KINDS", "NodeKind", "StackKind"]
 
 _new = object.__new__
 
@@ -399,8 +398,3 @@ KINDS: dict[int, NodeKind] = {
     DICT: _Dict(),
     GENERIC: _Generic(),
 }
-
-
-def kind_of(node: Any) -> NodeKind:
-    """The table entry for `node` (decided once per type; see `_lens_steps.node_code`)."""
-    return KINDS[node_code(node)]

@@ -443,7 +443,13 @@ def test_the_same_node_selection_on_every_kind_of_container() -> None:
         x: Lin
         y: Lin
 
-    containers = [[a, b], (a, b), {"x": a, "y": b}, Pair(a, b), EqxPair(a, b)]
+    @dataclasses.dataclass
+    class DataPair:
+        x: Lin
+        y: Lin
+
+    jax.tree_util.register_dataclass(DataPair, data_fields=["x", "y"], meta_fields=[])
+    containers = [[a, b], (a, b), {"x": a, "y": b}, Pair(a, b), EqxPair(a, b), DataPair(a, b)]
     for tree in containers:
         out = ptc.at(tree)[OfType(Lin)].w.apply(lambda w: w * 10)
         assert type(out) is type(tree)
@@ -454,6 +460,18 @@ def test_the_same_node_selection_on_every_kind_of_container() -> None:
         assert ws == [10.0, 20.0]
         assert len(ptc.at(tree)[...].paths()) == 4  # leaves of both children
         assert len(ptc.at(tree)[OfType(Lin)].paths()) == 2
+        # every step form after the node type, and the terminals, agree with by hand
+        with pytest.raises(IndexError, match=r"no child \[-1\] under any selected node"):
+            ptc.at(tree)[OfType(Lin)][-1].paths()  # a Lin has fields, not indices
+        assert ptc.tree_equal(ptc.at(tree)[OfType(Lin)].b.set(1.0), ptc.at(tree)[...].b.set(1.0))
+        got = dict(ptc.at(tree)[OfType(Lin)].w.items())
+        assert [float(v[0]) for v in got.values()] == [1.0, 2.0]
+        assert ptc.tree_equal(
+            ptc.at(tree)[OfType(Lin)].set_items(dict(ptc.at(tree)[OfType(Lin)].items())), tree
+        )
+    assert ptc.at((1, 2))[0].insert_after(9) == (1, 9, 2)
+    ((_, w),) = ptc.at(Pair(a, b))[OfType(Lin)].nth(1).w.items()
+    assert w is b.w
 
 
 # -- the selection verbs ---------------------------------------------------------------------

@@ -54,7 +54,6 @@ __all__ = [
     "slice_child",
     "step_into",
     "walk",
-    "walk_focus",
     "path_text",
 ]
 
@@ -411,18 +410,6 @@ class Mapped(Exception):
     """Raised by `walk` for a path the selection engine answers instead: one that
     continues inside each item of a list's slice (`model.at.layers[::2].w`), or that
     reaches a Flax NNX module's attribute."""
-
-
-def walk_focus(
-    root: Any, steps: tuple[Any, ...], state: tuple[Any, Any, int], trail: list[Any]
-) -> Any:
-    """`walk`, for a focus that later steps select in: a stack index ends in the picked
-    layers themselves, with a SCATTER hop in `trail` that writes them back."""
-    node = walk(root, steps, state, trail)
-    if type(node) is StackView:
-        trail.append((node, SCATTER, None))
-        node = node.value()
-    return node
 
 
 def put(

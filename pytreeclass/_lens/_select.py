@@ -232,7 +232,7 @@ def _view(p: Pos, s: slice) -> Pos:
 
 
 def _layer(p: Pos, index: Any) -> Pos:
-    """Layer `index` (a tracer) of the stacked field at `p`."""
+    """Layer `index` (an int or a tracer) of the stacked field at `p`."""
     kind = p.stack
     assert kind is not None
     from .._stack import take
@@ -474,10 +474,6 @@ def _leaves(p: Pos, mask: tuple[bool, ...], out: list[Pos]) -> None:
 # -- rebuilding along hops ---------------------------------------------------------------------
 
 
-def _child_value(node: Any, kind: NodeKind, token: Any) -> Any:
-    return kind.child(node, token)
-
-
 _END = object()
 
 
@@ -569,11 +565,6 @@ def _token_key(token: Any) -> Any:
     return (type(token), token)
 
 
-def _update(sel: Selection, fns: list[tuple[Pos, Callable[[Any], Any]]]) -> Any:
-    """The root with `fn` applied at each position."""
-    return _edit(sel.root, fns)  # type: ignore[arg-type]
-
-
 # -- terminals ---------------------------------------------------------------------------------
 
 
@@ -617,7 +608,7 @@ def sel_set(sel: Selection, value: Any) -> Any:
     when every position is a node, that node for every position."""
     state = sel.state
     if value is None or is_single_leaf(value):
-        return _update(sel, [(p, _constant(value)) for p in sel.positions])
+        return _edit(sel.root, [(p, _constant(value)) for p in sel.positions])
     focus, leaves, treedef, _ = _focus_leaves(sel)
     vals = _aligned(value, focus.value, treedef, leaves, state)
     if type(vals) is list:
@@ -635,10 +626,10 @@ def sel_set(sel: Selection, value: Any) -> Any:
                 part = getattr(part, token) if last_static else kind.child(part, token)
             if part is not None:
                 fns.append((p, _keep_holes(part)))
-        return _update(sel, fns)
+        return _edit(sel.root, fns)
     nodes = sel.positions
     if nodes and all(q.static or not _is_leaf(q) for q in nodes):  # nodes or statics
-        return _update(sel, [(p, _constant(value)) for p in nodes])  # a node for each
+        return _edit(sel.root, [(p, _constant(value)) for p in nodes])  # a node for each
     raise ValueError(
         f"{path_text(state, len(state[1]))}.set(): {vals}. Pass a single leaf (given to every "
         "selected leaf) or a tree shaped like .get(), where None keeps the leaf or subtree "
@@ -699,7 +690,7 @@ def _constant(value: Any) -> Callable[[Any], Any]:
 
 def sel_apply(sel: Selection, fn: Callable[..., Any], with_path: bool) -> Any:
     if not with_path:
-        return _update(sel, [(p, fn) for p in sel.positions])
+        return _edit(sel.root, [(p, fn) for p in sel.positions])
     pairs = []
     for p in sel.positions:
         if p.view is not None:
@@ -707,7 +698,7 @@ def sel_apply(sel: Selection, fn: Callable[..., Any], with_path: bool) -> Any:
                 pairs.append((q, _with_path(fn, q.keys)))
         else:
             pairs.append((p, _with_path(fn, p.keys)))
-    return _update(sel, pairs)
+    return _edit(sel.root, pairs)
 
 
 def _with_path(fn: Callable[..., Any], keys: tuple[Any, ...]) -> Callable[[Any], Any]:
@@ -748,7 +739,7 @@ def _parent_groups(sel: Selection, verb: str) -> dict[tuple[Any, ...], list[Pos]
 def _parent_value(root: Any, hops: tuple[Any, ...]) -> Any:
     node = root
     for kind, token in hops[:-1]:
-        node = _child_value(node, kind, token)
+        node = kind.child(node, token)
     return node
 
 
