@@ -319,10 +319,15 @@ def read_slots(
                     out[k] = (arr, owned)
             if not parallel:
                 _read_exactly(f, span.start + first.offset, buf, path, span.label)
-            job = pool.submit(read, span.start + first.offset, buf, span.label, first.span in parts)
-            pending.append(job)
-            if first.span in parts:
-                parts[first.span].append((job, nbytes))
+            # In pieces, so that one large leaf keeps every worker busy to the end.
+            step = CHUNK if parallel else max(nbytes, 1)
+            for at in range(0, max(nbytes, 1), step):
+                piece = buf[at : at + step]
+                offset = span.start + first.offset + at
+                job = pool.submit(read, offset, piece, span.label, first.span in parts)
+                pending.append(job)
+                if first.span in parts:
+                    parts[first.span].append((job, len(piece)))
             i = j
         for job in pending:
             job.result()  # a short read is raised here
