@@ -18,11 +18,12 @@ misses (see `BoundedCache`); each has a test that warms it with such a tree firs
 | `_partition._MASKS` (strict) | treedef, filters | mask trees |
 | `_partition._PLANS` (strict) | treedefs | merge plans |
 | `_labels._LABELS` (strict) | treedef, mapping | a maker of the labels tree |
-| `_lens_steps.CODES` | type | how a node of that type is taken apart (its kind) |
-| `_lens_steps.DATACLASS_FIELDS` | type | a dataclass-like node's field names |
-| `_lens_walk._TC` | type | a treeclass's fields by name (the walk's fast path) |
-| `_nodes._CHILDREN` | type | a dataclass-like node's child fields |
-| `_select._PLANS` (strict) | treedef, lens steps | a selection's update: leaf indices or a runner |
+| `_node_codes.CODES` | type | how a node of that type is taken apart (its node code) |
+| `_node_codes.DATACLASS_FIELDS` | type | a dataclass-like node's field names |
+| `_node_table.KIND_OF` | type | its node kind (the class that reads and rebuilds it) |
+| `_node_modules._FIELDS` | type | a treeclass's fields by name (a walk's hop) |
+| `_node_modules._CHILDREN` | type | a dataclass-like node's child fields |
+| `_select_plans._PLANS` (strict) | treedef, lens steps | a selection's update: leaf indices or a runner |
 | `_io_leaves._FACTS` | dtype | how a dtype is written and read |
 | `_io_leaves.itemsize_of` (lru) | dtype name | its item size |
 | `_io._key_dtype` (lru) | key implementation | the dtype of its keys |

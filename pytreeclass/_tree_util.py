@@ -33,6 +33,7 @@ __all__ = [
     "key_label",
     "key_name",
     "leaf_repr",
+    "listing",
     "merge_nodes",
     "one_level",
 ]
@@ -153,6 +154,13 @@ def elide(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         return items
     head = MAX_ITEMS - 2
     return [*items[:head], ("", Elided(len(items) - head - 1)), items[-1]]
+
+
+def listing(items: Any, limit: int = 20) -> str:
+    """Names for a message: at most `limit`, then how many more (`(none)` for none)."""
+    items = list(items)
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more if items else "(none)"
 
 
 # -- merging structures -------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from typing import Any, Concatenate, TypeVar
 from ._class._instance import EDIT, MUTABLE
 from ._class._meta import FLAT, check_static, drop_derived, meta_of
 from ._errors import too_deep_error
-from ._lens._lens_steps import CODES, TREECLASS, node_code
-from ._nodes import KINDS
+from ._nodes._node_codes import CODES, node_code
+from ._nodes._node_table import KINDS
 
 __all__ = ["value_and_tree"]
 
@@ -48,7 +48,7 @@ class _Frame:
 
 def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
     new = fr.kind.thawed(fr.node, fr.aux, fr.children, fr.out)
-    if fr.kind.code == TREECLASS:
+    if fr.kind.frozen:
         made.append((fr.node, new))
     return new
 

@@ -21,13 +21,14 @@ L0  generic, no treeclass knowledge: the error types and the one depth guard (`_
 L1  the class protocol: kinds (`_kinds`), `Field` (`_field`), the class metadata every
     other module reads through `meta_of`, with the static check and the one copy helper
     `with_field` (`_meta`), and what runs per instance (`_instance`).
-L2  selection: per-leaf facts cached per treedef (kinds, axes, key paths: `_leaf_facts`),
+L2  selection: what kind of node a value is (`_node_codes`, read by the I/O structure
+    record too), per-leaf facts cached per treedef (kinds, axes, key paths: `_leaf_facts`),
     filters (`_filters`), partition/merge (`_partition`), dtype casts of selected
     leaves (`_cast`), labels (`_labels`).
-L3  editing: node codes and path steps (`_lens_steps`), the lens walk over nodes
-    (`_lens_walk`), multi-leaf selections
-    (one selection engine over the node-kind table: `_nodes`, `_select`), compiled updates (`_lens_compile`), `Lens`/`at` (`_lens`), and
-    `value_and_tree`.
+L3  editing: the node-kind table (`_nodes/`: one class per kind of node, reading, keying
+    and rebuilding it, and the table from types to kinds), path steps (`_lens_steps`),
+    the single-path walk (`_lens_walk`), the selection engine (`_select`), compiled
+    updates (`_lens_compile`), `Lens`/`at` (`_lens`), and `value_and_tree`.
 L4  peripherals that use the layers below and nothing beside them: `tree_equal`
     (`_equal`), the treeclass `repr` and notebook HTML (`_repr`), summaries and diagrams
     (`_summary`), sharding (`_shard`), saving and loading (`_io`), flat weight dicts
@@ -101,6 +102,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "L2 selection",
         [
+            "_node_codes",
             "_leaf_facts",
             "_stack",
             "_filters",
@@ -115,10 +117,16 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "L3 editing",
         [
+            "_node_kind",
+            "_node_containers",
+            "_node_modules",
+            "_node_stack",
+            "_node_table",
             "_lens_steps",
             "_lens_walk",
-            "_nodes",
             "_select",
+            "_select_edit",
+            "_select_plans",
             "_lens_compile",
             "_lens",
             "_value_and_tree",

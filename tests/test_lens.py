@@ -355,7 +355,7 @@ def test_empty_selection_is_a_no_op(mlp: MLP) -> None:
 
 
 def test_selection_is_cached_per_treedef():
-    from pytreeclass._lens._select import _PLANS
+    from pytreeclass._lens._select_plans import _PLANS
 
     m = make_mlp()
     before = len(_PLANS)

@@ -329,7 +329,7 @@ def _module_tables() -> list[tuple[str, Any]]:
 
 def test_100k_structures_keep_memory_bounded():
     from pytreeclass import _filters, _leaf_facts, _partition
-    from pytreeclass._lens import _select
+    from pytreeclass._lens import _select_plans
 
     for i in range(80_000):  # fill every cache past its bound first (untraced: faster)
         _touch(i)
@@ -350,7 +350,7 @@ def test_100k_structures_keep_memory_bounded():
         _leaf_facts._KINDS_CACHE,
         _leaf_facts._PATHS_CACHE,
         _partition._PLANS,
-        _select._PLANS,
+        _select_plans._PLANS,
     ):
         assert len(cache) <= cache.maxsize
     assert len(_filters._MASK_CACHE) <= _filters._MASK_CACHE.maxsize

@@ -474,6 +474,83 @@ def test_the_same_node_selection_on_every_kind_of_container() -> None:
     assert w is b.w
 
 
+@needs_nnx_nodes
+def test_an_nnx_module_agrees_between_the_walk_the_engine_and_jax() -> None:
+    # A registered node of the generic kind (flattened one level): the single-path walk
+    # (lookup / put through the node table) and the selection engine (children /
+    # rebuild) give the same trees, and the paths JAX's own flatten gives.
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.a = nnx.Linear(2, 2, rngs=rngs)
+            self.b = nnx.Linear(2, 2, rngs=rngs)
+
+    net = Net(nnx.Rngs(0))
+    v = jnp.full((2, 2), 7.0)
+    walked = ptc.at(ptc.at(net).a.kernel.set(v)).b.kernel.set(v)
+    selected = ptc.at(net)[nnx.Linear].kernel.set(v)
+    assert ptc.tree_equal(walked, selected)
+    assert ptc.at(walked).a.kernel.get() is v and ptc.at(net).a.kernel.get() is not v
+    jax_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(net)[0]]
+    assert [jax.tree_util.keystr(p) for p in ptc.at(net)[...].paths()] == jax_paths
+    assert [jax.tree_util.keystr(p) for p in ptc.at(net)[nnx.Linear].kernel.paths()] == [
+        ".a.kernel",
+        ".b.kernel",
+    ]
+    items = dict(ptc.at(net)[...].items())
+    assert ptc.tree_equal(ptc.at(net)[...].set_items(items), net)
+    assert ptc.tree_equal(ptc.at(net).a.bias.apply(lambda x: x), net)
+    with pytest.raises(
+        AttributeError, match=r"tree\.a\.nope: Linear has no child \.nope; children:"
+    ):
+        ptc.at(net).a.nope.get()
+
+
+def test_every_node_kind_puts_one_child_as_it_rebuilds_many() -> None:
+    # The walk's hop (`lookup` + `put`) and the engine's (`children` + `rebuild`) are two
+    # entries of one kind: for every child of every kind of node they must agree.
+    from jax.tree_util import DictKey, GetAttrKey, SequenceKey
+
+    from pytreeclass._lens._lens_steps import PathStep
+    from pytreeclass._nodes._node_table import kind_of
+
+    a, b = Lin(jnp.ones(2), jnp.zeros(2)), Lin(jnp.full((2,), 2.0), jnp.zeros(2))
+    Pair = collections.namedtuple("Pair", "x y")
+
+    class EqxPair(eqx.Module):
+        x: Lin
+        y: Lin
+
+    @dataclasses.dataclass
+    class DataPair:
+        x: Lin
+        y: Lin
+
+    jax.tree_util.register_dataclass(DataPair, data_fields=["x", "y"], meta_fields=[])
+    nodes = [[a, b], (a, b), {"x": a, "y": b}, Pair(a, b), EqxPair(a, b), DataPair(a, b), a]
+    nodes.append(collections.OrderedDict(y=b, x=a))
+    new = jnp.full((2,), 9.0)
+    seen = set()
+    for node in nodes:
+        kind = kind_of(node)
+        seen.add(type(kind).__name__)
+        for key, child, token in kind.children(node):
+            if type(key) is SequenceKey:
+                step = PathStep(key.idx, False)
+            elif type(key) is DictKey:
+                step = PathStep(key.key, False)
+            else:
+                assert type(key) is GetAttrKey
+                step = PathStep(key.name, True)
+            found = kind.lookup(node, step)
+            assert found is not None and found[0] is child, (node, key)
+            one = kind.put(node, found[1], new)
+            many = kind.rebuild(node, [(token, new)])
+            assert type(one) is type(many) is type(node)
+            assert ptc.tree_equal(one, many) and kind.child(one, token) is new
+            assert kind.child(node, token) is child  # the original untouched
+    assert seen == {"List", "Tuple", "Dict", "NamedTuple", "Dataclass", "Treeclass"}
+
+
 # -- the selection verbs ---------------------------------------------------------------------
 
 

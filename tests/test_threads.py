@@ -52,7 +52,7 @@ def _same(a: Any, b: Any) -> bool:
 def tiny_caches() -> Iterator[None]:
     """Shrink every cache so that threads constantly evict each other's entries."""
     from pytreeclass import _filters, _labels, _leaf_facts, _partition
-    from pytreeclass._lens import _select
+    from pytreeclass._lens import _select_plans
 
     caches = [
         _leaf_facts._KINDS_CACHE,
@@ -60,7 +60,7 @@ def tiny_caches() -> Iterator[None]:
         _filters._MASK_CACHE,
         _partition._PLANS,
     ]
-    caches += [_select._PLANS, _partition._SELECTIONS, _partition._MASKS, _labels._LABELS]
+    caches += [_select_plans._PLANS, _partition._SELECTIONS, _partition._MASKS, _labels._LABELS]
     sizes = [c.maxsize for c in caches]
     interval = sys.getswitchinterval()
     try:

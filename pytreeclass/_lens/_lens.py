@@ -45,10 +45,9 @@ from ._lens_walk import (
     put,
     walk,
 )
-from ._select import (
-    NthStep,
+from ._select import NthStep, select
+from ._select_edit import (
     is_single_leaf,
-    planned_update,
     sel_apply,
     sel_get,
     sel_insert,
@@ -56,8 +55,8 @@ from ._select import (
     sel_remove,
     sel_set,
     sel_set_items,
-    select,
 )
+from ._select_plans import planned_update
 
 __all__ = ["Lens", "at", "lens_on"]
 

@@ -16,55 +16,32 @@ its key path. Steps map positions to positions, in any order:
   filter naming a node type keeps the outermost matching nodes;
 * `.nth(n)` keeps the n-th position.
 
-The terminals (`get`, `set`, `apply`, `items`, `remove`, `insert_*`, `set_items`) are
-small functions of the positions: an update rebuilds only the nodes above them, each
-once, through the node-kind table (`_nodes`). When every step depends on structure alone
-the positions' hops are cached per treedef (`_PLANS`): the cache holds tokens (field
-names, indices, dict keys), never values, so each tree is read from its own nodes.
+A position's children come from the node-kind table (`_nodes`), so no step switches on
+the kind of node. The terminals (`_select_edit`) are small functions of the positions:
+an update rebuilds only the nodes above them, each once; `_select_plans` caches what an
+update does per tree structure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
-from jax.core import Tracer
-from jax.tree_util import DictKey, SequenceKey
+from jax.tree_util import DictKey, SequenceKey, keystr
 
-from .._cache import BoundedCache, strict_treedef
 from .._class._kinds import foreign_kind
-from .._class._meta import is_treeclass, meta_of
 from .._errors import reraise_if_too_deep
 from .._filters import Filter, Position
 from .._leaf_facts import Leaves
-from .._nodes import KINDS, NodeKind, StackKind
-from .._tree_util import ARRAY_TYPES, first_difference, leaf_repr
-from ._lens_steps import (
-    ALL,
-    LEAF,
-    FilterStep,
-    PathStep,
-    SliceKey,
-    TracedIndex,
-    node_code,
-)
-from ._lens_walk import listing, path_text
+from .._nodes._node_codes import LEAF, node_code
+from .._nodes._node_kind import NodeKind
+from .._nodes._node_stack import StackKind
+from .._nodes._node_table import kind_of
+from .._tree_util import listing
+from ._lens_steps import ALL, FilterStep, PathStep, SliceKey, TracedIndex
+from ._lens_walk import missing, path_text, slice_items
 
-__all__ = [
-    "NthStep",
-    "is_single_leaf",
-    "planned_update",
-    "Pos",
-    "select",
-    "sel_apply",
-    "sel_get",
-    "sel_insert",
-    "sel_items",
-    "sel_remove",
-    "sel_set",
-    "sel_set_items",
-]
+__all__ = ["NthStep", "Pos", "Selection", "is_leaf_pos", "select"]
 
 
 class NthStep:
@@ -118,7 +95,7 @@ class Pos:
         self.view: tuple[Any, ...] | None = None
 
     def node_kind(self) -> NodeKind:
-        return self.stack if self.stack is not None else KINDS[node_code(self.value)]
+        return self.stack if self.stack is not None else kind_of(self.value)
 
     def items(self) -> list[Pos]:
         """A view's items; any other position is its own only item."""
@@ -126,10 +103,6 @@ class Pos:
             return [self]
         kids = children(self)
         return [kids[t] for t in self.view]
-
-
-def _num_leaves(x: Any) -> int:
-    return jax.tree_util.tree_structure(x).num_leaves
 
 
 def children(p: Pos) -> list[Pos]:
@@ -157,16 +130,12 @@ def children(p: Pos) -> list[Pos]:
             if sub is None:
                 sub = f.kind
             if f.stack is not None:
-                stack = StackKind(_keystr((*p.keys, k)))
+                stack = StackKind(keystr((*p.keys, k)))
         elif sub is None:
             sub = marker
         out.append(Pos(v, (*p.hops, (kind, t)), (*p.keys, k), sub, outer, lo, n, p.flat, stack, td))
         lo += n
     return out
-
-
-def _keystr(keys: tuple[Any, ...]) -> str:
-    return jax.tree_util.keystr(keys)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -267,7 +236,7 @@ class Selection:
 
 
 def _step_error(step: Any, state: Any, at: int, seen: list[Any], keyed: bool) -> Exception:
-    names = listing(dict.fromkeys(_keystr((k,)) for k in seen))
+    names = listing(dict.fromkeys(keystr((k,)) for k in seen))
     return step.error(
         f"{path_text(state, at + 1)}: no child {step!r} under any selected node; children "
         f"there: {names}",
@@ -277,12 +246,9 @@ def _step_error(step: Any, state: Any, at: int, seen: list[Any], keyed: bool) ->
 
 def _single_error(p: Pos, step: PathStep, state: Any, at: int) -> Exception:
     """The walk's error for a missing child of one position (it names what is there)."""
-    from ._lens_walk import step_into
-
-    try:
-        step_into(p.value, step, state, at)
-    except (AttributeError, KeyError, IndexError, TypeError) as e:
-        return e
+    kind = kind_of(p.value)
+    if kind.lookup(p.value, step) is None:
+        return missing(p.value, kind, step, state, at)
     return step.error(f"{path_text(state, at + 1)}: no such child")  # pragma: no cover
 
 
@@ -357,10 +323,8 @@ def _select(root: Any, steps: tuple[Any, ...], state: Any, split: int) -> Select
                     )
                 if p.view is not None or p.node_kind().sliceable:
                     out.append(_view(p, key.slice))
-                elif single:
-                    from ._lens_walk import slice_child
-
-                    slice_child(p.value, p.node_kind().code, key.slice, state, j)
+                elif single:  # raises the walk's error: what is there cannot be sliced
+                    slice_items(p.value, p.node_kind(), key.slice, state, j)
             cur = out
             continue
         if type(key) is TracedIndex:
@@ -429,13 +393,14 @@ def _expand(cur: list[Pos], mask: tuple[bool, ...]) -> list[Pos]:
     return found
 
 
-def _is_leaf(p: Pos) -> bool:
+def is_leaf_pos(p: Pos) -> bool:
+    """Is `p` a leaf (not a stacked field, not a node, not None)?"""
     return p.stack is None and node_code(p.value) == LEAF
 
 
 def _search(p: Pos, f: Filter, mask: tuple[bool, ...], out: list[Pos]) -> bool:
     """Add to `out` what `f` selects in `p`; True if it holds for all of `p`."""
-    if _is_leaf(p):
+    if is_leaf_pos(p):
         ok = bool(p.n) and mask[p.lo]
         if ok:
             out.append(p)
@@ -465,464 +430,7 @@ def _leaves(p: Pos, mask: tuple[bool, ...], out: list[Pos]) -> None:
             out.append(p)
         elif not any(mask[p.lo : p.lo + p.n]):
             continue  # nothing selected below: no need to take it apart
-        elif _is_leaf(p):
+        elif is_leaf_pos(p):
             out.append(p)
         else:
             todo.extend(reversed(children(p)))
-
-
-# -- rebuilding along hops ---------------------------------------------------------------------
-
-
-_END = object()
-
-
-def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, list[Any]], Any]:
-    """A function `(node, fns) -> node` with `fns[i]` applied at the hops of entry `i`.
-
-    `entries` are `(hops, static, i)`; each node on the way is rebuilt once. Made once
-    per plan (nested closures: a call runs no grouping, only reads, `fns` and rebuilds)."""
-    ends = [e for e in entries if not e[0]]
-    if ends:
-        if len(entries) > 1:
-            raise ValueError(
-                "a selection holds a position and another one inside it; select one of them"
-            )
-        i = ends[0][2]
-        return lambda node, fns: fns[i](node)
-    groups: dict[Any, list[tuple[tuple[Any, ...], bool, int]]] = {}
-    heads: dict[Any, tuple[NodeKind, Any]] = {}
-    for hops, static, i in entries:
-        kind, token = hops[0]
-        key = _token_key(token)
-        if key not in groups:
-            groups[key], heads[key] = [], (kind, token)
-        groups[key].append((hops[1:], static, i))
-    kind0 = next(iter(heads.values()))[0]
-    stack = isinstance(kind0, StackKind)
-    subs = []
-    for key, sub in groups.items():
-        kind, token = heads[key]
-        static = all(not h and st for h, st, _ in sub)
-        subs.append((token, runner(sub), static))
-
-    def run(node: Any, fns: list[Any]) -> Any:
-        new, statics, olds = [], [], []
-        layers = None
-        if stack and len(subs) > 1:  # many layers: take them apart at once
-            layers = [v for _, v, _ in kind0.children(node)]
-        for token, r, static in subs:
-            if static:
-                statics.append((token, r(getattr(node, token), fns)))
-            else:
-                old = kind0.child(node, token) if layers is None else layers[token]
-                new.append((token, r(old, fns)))
-                olds.append(old)
-        if stack:  # rows a layer kept as taken stay the stack's own (by identity)
-            out = kind0.rebuild_rows(node, new, olds) if new else node  # type: ignore[attr-defined]
-        else:
-            out = kind0.rebuild(node, new) if new else node
-        for name, value in statics:
-            out = kind0.put_static(out, name, value)
-        return out
-
-    tokens = [t for t, _, _ in subs]
-    ends = [sub[0][2] for sub in groups.values() if len(sub) == 1 and not sub[0][0]]
-    if kind0.list_like and tokens == list(range(len(tokens))) and len(ends) == len(tokens):
-        width = len(tokens)
-
-        def each(node: Any, fns: list[Any]) -> Any:  # every item of a list: one pass
-            if len(node) != width:  # pragma: no cover - plans are per structure
-                return run(node, fns)
-            return [fns[i](x) for i, x in zip(ends, node)]
-
-        return each
-    return run
-
-
-def _edit(root: Any, entries: list[tuple[Pos | tuple[Any, ...], Callable[[Any], Any]]]) -> Any:
-    """`root` with each function applied at its position (or at the hops given)."""
-    spec, fns, seen = [], [], set()
-    for p, fn in entries:
-        hops, static = (p.hops, p.static) if isinstance(p, Pos) else (p, False)
-        if static:  # a stack's static, reached through each layer: set once
-            key = tuple((id(k), _token_key(t)) for k, t in hops)
-            if key in seen:
-                continue
-            seen.add(key)
-        spec.append((hops, static, len(fns)))
-        fns.append(fn)
-    return runner(spec)(root, fns) if spec else root
-
-
-def _token_key(token: Any) -> Any:
-    if isinstance(token, Tracer):
-        return ("traced", id(token))
-    try:
-        hash(token)
-    except TypeError:
-        return ("id", id(token))
-    return (type(token), token)
-
-
-# -- terminals ---------------------------------------------------------------------------------
-
-
-def sel_items(sel: Selection) -> list[tuple[tuple[Any, ...], Any]]:
-    return [(q.keys, q.value) for p in sel.positions for q in p.items()]
-
-
-def _focus_leaves(sel: Selection) -> tuple[Pos, list[Any], Any, list[bool]]:
-    """The focus, its leaves and treedef, and which of them the selection covers."""
-    focus = sel.focus
-    if focus is None:  # pragma: no cover - a selection always starts from one position
-        raise AssertionError("no focus")
-    leaves, treedef = jax.tree_util.tree_flatten(focus.value)
-    covered = [False] * len(leaves)
-    for p in sel.positions:
-        for q in p.items():
-            lo = q.lo - focus.lo
-            covered[lo : lo + q.n] = [True] * q.n
-    return focus, leaves, treedef, covered
-
-
-def sel_get(sel: Selection) -> Any:
-    """The focus with every leaf the selection does not cover replaced by `None`."""
-    _, leaves, treedef, covered = _focus_leaves(sel)
-    return treedef.unflatten([x if s else None for x, s in zip(leaves, covered)])
-
-
-_LEAF_TYPES = (*ARRAY_TYPES, int, float, complex, bool, str)
-
-
-def is_single_leaf(v: Any) -> bool:
-    return isinstance(v, _LEAF_TYPES) or node_code(v) == LEAF
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-def sel_set(sel: Selection, value: Any) -> Any:
-    """`set(value)`: a leaf (or None) for every position; a tree shaped like `get()`; or,
-    when every position is a node, that node for every position."""
-    state = sel.state
-    if value is None or is_single_leaf(value):
-        return _edit(sel.root, [(p, _constant(value)) for p in sel.positions])
-    focus, leaves, treedef, _ = _focus_leaves(sel)
-    vals = _aligned(value, focus.value, treedef, leaves, state)
-    if type(vals) is list:
-        # Each position takes the part of `value` at its own hops from the focus (a
-        # stack's layer: that row), so rows a selection does not hold stay as they are.
-        fns = []
-        depth = len(focus.hops)
-        for p in sel.positions:
-            part = value
-            rel = p.hops[depth:]
-            for j, (kind, token) in enumerate(rel):
-                if part is None:
-                    break
-                last_static = p.static and j == len(rel) - 1
-                part = getattr(part, token) if last_static else kind.child(part, token)
-            if part is not None:
-                fns.append((p, _keep_holes(part)))
-        return _edit(sel.root, fns)
-    nodes = sel.positions
-    if nodes and all(q.static or not _is_leaf(q) for q in nodes):  # nodes or statics
-        return _edit(sel.root, [(p, _constant(value)) for p in nodes])  # a node for each
-    raise ValueError(
-        f"{path_text(state, len(state[1]))}.set(): {vals}. Pass a single leaf (given to every "
-        "selected leaf) or a tree shaped like .get(), where None keeps the leaf or subtree "
-        "there."
-    )
-
-
-def _aligned(value: Any, focus: Any, treedef: Any, leaves: list[Any], state: Any) -> Any:
-    """`value`'s leaves lined up with the focus's (None where it has a hole), or the
-    message saying where `value` does not have the focus's structure."""
-    vleaves, vdef = jax.tree_util.tree_flatten(value, is_leaf=_is_none)
-    try:
-        subtrees = vdef.flatten_up_to(focus)
-    except (ValueError, TypeError):
-        shape = treedef.unflatten([None] * treedef.num_leaves)
-        diff = first_difference(shape, value).replace("tree 0", "the selection")
-        return "the value does not match the selection's structure: " + diff.replace(
-            "tree 1", "the value"
-        )
-    out: list[Any] = []
-    n = len(leaves)
-    for j, (v, sub) in enumerate(zip(vleaves, subtrees)):
-        k = len(out)
-        if k < n and sub is leaves[k]:
-            out.append(v)
-            continue
-        count = _num_leaves(sub)
-        if v is None:
-            out.extend([None] * count)
-            continue
-        pairs = jax.tree_util.tree_flatten_with_path(value, is_leaf=_is_none)[0]
-        at_path = jax.tree_util.keystr(pairs[j][0]) or "its root"
-        there = (
-            "an empty node (None or an empty container)"
-            if count == 0
-            else f"a subtree with {count} leaves"
-        )
-        return (
-            f"the value has the leaf {leaf_repr(v)} at {at_path}, where the selection has {there}"
-        )
-    return out
-
-
-def _keep_holes(part: Any) -> Callable[[Any], Any]:
-    """A function putting `part` in place of a value, where `part` has no `None` hole."""
-
-    def put(old: Any) -> Any:
-        if _is_none(part) or is_single_leaf(part):
-            return part
-        return jax.tree.map(lambda v, x: x if v is None else v, part, old, is_leaf=_is_none)
-
-    return put
-
-
-def _constant(value: Any) -> Callable[[Any], Any]:
-    return lambda _: value
-
-
-def sel_apply(sel: Selection, fn: Callable[..., Any], with_path: bool) -> Any:
-    if not with_path:
-        return _edit(sel.root, [(p, fn) for p in sel.positions])
-    pairs = []
-    for p in sel.positions:
-        if p.view is not None:
-            for q in p.items():
-                pairs.append((q, _with_path(fn, q.keys)))
-        else:
-            pairs.append((p, _with_path(fn, p.keys)))
-    return _edit(sel.root, pairs)
-
-
-def _with_path(fn: Callable[..., Any], keys: tuple[Any, ...]) -> Callable[[Any], Any]:
-    return lambda x: fn(keys, x)
-
-
-def _parent_groups(sel: Selection, verb: str) -> dict[tuple[Any, ...], list[Pos]]:
-    """The selected items grouped by the hops of their parent (lists, tuples, dicts,
-    stacks only)."""
-    state = sel.state
-    groups: dict[tuple[Any, ...], list[Pos]] = {}
-    for p in sel.positions:
-        for q in p.items():
-            if not q.hops:
-                raise TypeError(
-                    f"{path_text(state, len(state[1]))}.{verb}(): the selection is the root "
-                    "itself, which has no parent to take it from."
-                )
-            kind = q.hops[-1][0]
-            if not kind.sequence:
-                what = type(_parent_value(sel.root, q.hops)).__name__
-                raise TypeError(
-                    f"{path_text(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
-                    f"of a {what}, whose children are fixed (a field or an attribute). "
-                    f"{verb}() works on items of lists, tuples, dicts and stacked fields; "
-                    "to replace a field use .set(v) or .apply(fn)."
-                )
-            if verb != "remove" and not kind.sliceable:
-                raise TypeError(
-                    f"{path_text(state, len(state[1]))}.{verb}(): {_keystr(q.keys)} is an item "
-                    "of a dict, which has no order to insert into; build the dict with "
-                    ".set(...) on its parent instead."
-                )
-            groups.setdefault(q.hops[:-1], []).append(q)
-    return groups
-
-
-def _parent_value(root: Any, hops: tuple[Any, ...]) -> Any:
-    node = root
-    for kind, token in hops[:-1]:
-        node = kind.child(node, token)
-    return node
-
-
-def sel_remove(sel: Selection) -> Any:
-    groups = _parent_groups(sel, "remove")
-    fns = []
-    for parent_hops, items in groups.items():
-        kind = items[0].hops[-1][0]
-        tokens = [q.hops[-1][1] for q in items]
-        fns.append((parent_hops, _remover(kind, tokens)))
-    return _edit(sel.root, fns)
-
-
-def _remover(kind: NodeKind, tokens: list[Any]) -> Callable[[Any], Any]:
-    return lambda node: kind.remove(node, tokens)
-
-
-def sel_insert(sel: Selection, x: Any, after: bool) -> Any:
-    groups = _parent_groups(sel, "insert_after" if after else "insert_before")
-    fns = []
-    for parent_hops, items in groups.items():
-        kind = items[0].hops[-1][0]
-        at: dict[Any, tuple[list[Any], list[Any]]] = {}
-        for q in items:
-            new = x(q.value) if callable(x) and not _is_tree_value(x) else x
-            before, behind = at.setdefault(q.hops[-1][1], ([], []))
-            (behind if after else before).append(new)
-        fns.append((parent_hops, _inserter(kind, at, sel.state)))
-    return _edit(sel.root, fns)
-
-
-def _is_tree_value(x: Any) -> bool:
-    """A callable that is a value to insert, not a function making one (a module)."""
-    return meta_of(type(x)) is not None or node_code(x) not in (LEAF,)
-
-
-def _inserter(kind: NodeKind, at: dict[Any, Any], state: Any) -> Callable[[Any], Any]:
-    if isinstance(kind, StackKind):
-
-        def run_stack(node: Any) -> Any:
-            from .._stack import tree_stack
-
-            layers = [c for _, c, _ in kind.children(node)]
-            out = []
-            for i, layer in enumerate(layers):
-                before, after = at.get(i, ((), ()))
-                out.extend(before)
-                out.append(layer)
-                out.extend(after)
-            try:
-                return tree_stack(out)
-            except ValueError as e:
-                raise ValueError(
-                    f"{path_text(state, len(state[1]))}: the inserted layer does not stack with "
-                    f"the others: {e}"
-                ) from None
-
-        return run_stack
-    return lambda node: kind.insert(node, at)  # type: ignore[attr-defined]
-
-
-def sel_set_items(sel: Selection, mapping: Any) -> Any:
-    state = sel.state
-    by_key: dict[Any, Pos] = {}
-    by_str: dict[str, Pos] = {}
-    for p in sel.positions:
-        for q in p.items():
-            by_key[q.keys] = q
-            by_str[_keystr(q.keys)] = q
-    fns = []
-    for k, v in dict(mapping).items():
-        q = by_str.get(k) if isinstance(k, str) else by_key.get(tuple(k))
-        if q is None:
-            shown = listing(by_str, 10)
-            raise KeyError(
-                f"{path_text(state, len(state[1]))}.set_items(): {k!r} is not a key path this "
-                f"lens selects; it selects: {shown}. Use the paths .items() or .paths() give."
-            )
-        fns.append((q, _constant(v)))
-    return _edit(sel.root, fns)
-
-
-# Per (root treedef, steps): what an update through a structural path does. Holds hops
-# (node kinds and tokens), never values; strict, since tokens hold the tree's dict keys.
-_PLANS = BoundedCache(maxsize=4096, strict=is_treeclass)
-
-
-class Plan:
-    """A selection's update, made once per structure: either the flat indices of the
-    selected leaves (one flatten and one unflatten of the root), or a runner."""
-
-    __slots__ = ("count", "indices", "run", "shapes")
-
-    def __init__(self, sel: Selection, leaves: list[Any]) -> None:
-        ps = sel.positions
-        # Layers of a stacked field are counted from array shapes, which the treedef
-        # does not hold: such a plan also keeps the shapes it was made for.
-        stacks = any(isinstance(h[0], StackKind) for p in ps for h in p.hops)
-        self.shapes = _shapes(leaves) if stacks else None
-        self.count = len(ps)
-        flat = all(p.flat and not p.static and _is_leaf(p) for p in ps)
-        self.indices = tuple(p.lo for p in ps) if flat and ps else None
-        self.run = None
-        if self.indices is None and ps:
-            spec, seen = [], set()
-            for p in ps:
-                key = tuple((id(k), _token_key(t)) for k, t in p.hops)
-                if key not in seen:  # a stack's static, reached through each layer
-                    seen.add(key)
-                    spec.append((p.hops, p.static, len(spec)))
-            self.count = len(spec)
-            self.run = runner(spec)
-
-    def fits(self, leaves: list[Any]) -> bool:
-        return self.shapes is None or self.shapes == _shapes(leaves)
-
-    def update(self, root: Any, fn: Callable[[Any], Any], flat: Any) -> Any:
-        if not self.count:
-            return root
-        if self.indices is not None:
-            leaves, treedef = flat
-            leaves = list(leaves)
-            for i in self.indices:
-                leaves[i] = fn(leaves[i])
-            return treedef.unflatten(leaves)
-        return self.run(root, [fn] * self.count)  # type: ignore[misc]
-
-
-_flatten = jax.tree_util.default_registry.flatten
-
-
-def _shapes(leaves: list[Any]) -> tuple[Any, ...]:
-    return tuple(getattr(x, "shape", None) for x in leaves)
-
-
-def is_plain(treedef: Any) -> bool:
-    """Does `treedef` hold no dict keys or foreign aux data whose types `==` ignores
-    (`1` vs `True`)? Treeclass statics compare by type already: a model's qualifies."""
-    try:
-        return strict_treedef(treedef, is_treeclass) is treedef
-    except Exception:  # a structure it cannot rebuild (older jax): not plain, not memoised
-        return False
-
-
-def _cacheable(steps: tuple[Any, ...]) -> bool:
-    for s in steps:
-        t = type(s)
-        if t is FilterStep and not s.filter.structural:
-            return False
-        if t is PathStep and type(s.key) is TracedIndex:
-            return False
-    return True
-
-
-def planned_update(
-    root: Any, steps: tuple[Any, ...], state: Any, split: int, fn: Any, memo: list[Any]
-) -> Any:
-    """`apply(fn)` on a selection, through a cached plan when the steps depend on the
-    structure alone and pass no stacked field (whose lengths the treedef does not hold).
-
-    `memo` is the lens path's own `[cacheable, (treedef, plan)]`: a path used on trees of
-    one structure (the common case) finds its plan without the shared cache."""
-    try:
-        if memo[0] is None:
-            memo[0] = _cacheable(steps)
-        if not memo[0]:  # depends on values: a plan for this call only
-            flat = _flatten(root)
-            return Plan(select(root, steps, state, split), flat[0]).update(root, fn, flat)
-        flat = _flatten(root)
-        leaves, treedef = flat
-        last = memo[1]  # one read: another thread may replace it meanwhile
-        if last is not None and last[0] == treedef and last[1].fits(leaves):
-            return last[1].update(root, fn, flat)
-        key = (treedef, steps)
-        plan = _PLANS.get(key)
-        if plan is None or not plan.fits(leaves):
-            plan = Plan(select(root, steps, state, split), leaves)
-            _PLANS.put(key, plan)
-        # The path's own memo takes only treedefs without dict keys or foreign aux data
-        # (a model's): an `==`-equal treedef then has none either, so nothing `==` ignores.
-        if is_plain(treedef):
-            memo[1] = (treedef, plan)
-        return plan.update(root, fn, flat)
-    except (RecursionError, SystemError) as e:
-        reraise_if_too_deep("lens", e)
-        raise
