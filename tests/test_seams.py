@@ -578,6 +578,12 @@ def test_insert_before_and_after_take_a_value_or_a_function_of_the_item() -> Non
     assert ptc.at([1, 2])[...].insert_after(0) == [1, 0, 2, 0]
     with pytest.raises(TypeError, match=r"insert_before\(\): \['a'\] is an item of a dict"):
         ptc.at({"a": 1})["a"].insert_before(0)
+    wide = block(7).at.lin.w.set(jnp.zeros(3))  # a layer of another shape does not stack
+    with pytest.raises(
+        ValueError,
+        match=r"model\.blocks\[0\]: the inserted layer does not stack with the others: ",
+    ):
+        stacked.at.blocks[0].insert_before(wide)
 
 
 def test_nth_narrows_to_one_match() -> None:

@@ -181,7 +181,7 @@ def _static_pos(p: Pos, name: Any) -> Pos | None:
     value = getattr(p.value, name)
     # A static attribute inside a stack's layer is the stacked node's own, shared by
     # every layer: its hops skip the layer, so setting it sets it for all of them.
-    hops = tuple(h for h in p.hops if not isinstance(h[0], StackKind))
+    hops = tuple(h for h in p.hops if not h[0].layered)
     keys = (*p.keys, jax.tree_util.GetAttrKey(name))
     q = Pos(value, (*hops, (kind, name)), keys, p.kind, (*p.outer, type(p.value)), p.lo, 0, p.flat)
     q.static = True

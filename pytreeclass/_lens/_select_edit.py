@@ -18,7 +18,6 @@ from jax.tree_util import keystr
 from .._class._meta import meta_of
 from .._nodes._node_codes import LEAF, node_code
 from .._nodes._node_kind import NodeKind
-from .._nodes._node_stack import StackKind
 from .._tree_util import ARRAY_TYPES, first_difference, leaf_repr, listing
 from ._lens_walk import path_text
 from ._select import Pos, Selection, is_leaf_pos
@@ -60,7 +59,7 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
             groups[key], heads[key] = [], (kind, token)
         groups[key].append((hops[1:], static, i))
     kind0 = next(iter(heads.values()))[0]
-    stack = isinstance(kind0, StackKind)
+    stack = kind0.layered
     subs = []
     for key, sub in groups.items():
         kind, token = heads[key]
@@ -79,10 +78,8 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
                 old = kind0.child(node, token) if layers is None else layers[token]
                 new.append((token, r(old, fns)))
                 olds.append(old)
-        if stack:  # rows a layer kept as taken stay the stack's own (by identity)
-            out = kind0.rebuild_rows(node, new, olds) if new else node  # type: ignore[attr-defined]
-        else:
-            out = kind0.rebuild(node, new) if new else node
+        # (a stack keeps the rows of a leaf that no layer changed, by identity)
+        out = kind0.rebuild_rows(node, new, olds) if new else node
         for name, value in statics:
             out = kind0.put_static(out, name, value)
         return out
@@ -338,28 +335,13 @@ def _is_tree_value(x: Any) -> bool:
 
 
 def _inserter(kind: NodeKind, at: dict[Any, Any], state: Any) -> Callable[[Any], Any]:
-    if isinstance(kind, StackKind):
+    def run(node: Any) -> Any:
+        try:
+            return kind.insert(node, at)
+        except ValueError as e:  # a stack's new layer that does not stack
+            raise ValueError(f"{path_text(state, len(state[1]))}: {e}") from None
 
-        def run_stack(node: Any) -> Any:
-            from .._stack import tree_stack
-
-            layers = [c for _, c, _ in kind.children(node)]
-            out = []
-            for i, layer in enumerate(layers):
-                before, after = at.get(i, ((), ()))
-                out.extend(before)
-                out.append(layer)
-                out.extend(after)
-            try:
-                return tree_stack(out)
-            except ValueError as e:
-                raise ValueError(
-                    f"{path_text(state, len(state[1]))}: the inserted layer does not stack with "
-                    f"the others: {e}"
-                ) from None
-
-        return run_stack
-    return lambda node: kind.insert(node, at)  # type: ignore[attr-defined]
+    return run
 
 
 def sel_set_items(sel: Selection, mapping: Any) -> Any:

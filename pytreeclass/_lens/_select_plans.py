@@ -18,7 +18,6 @@ import jax
 from .._cache import BoundedCache, strict_treedef
 from .._class._meta import is_treeclass
 from .._errors import reraise_if_too_deep
-from .._nodes._node_stack import StackKind
 from ._lens_steps import FilterStep, PathStep, TracedIndex
 from ._select import Selection, is_leaf_pos, select
 from ._select_edit import runner, token_key
@@ -41,7 +40,7 @@ class Plan:
         ps = sel.positions
         # Layers of a stacked field are counted from array shapes, which the treedef
         # does not hold: such a plan also keeps the shapes it was made for.
-        stacks = any(isinstance(h[0], StackKind) for p in ps for h in p.hops)
+        stacks = any(h[0].layered for p in ps for h in p.hops)
         self.shapes = _shapes(leaves) if stacks else None
         self.count = len(ps)
         flat = all(p.flat and not p.static and is_leaf_pos(p) for p in ps)

@@ -33,6 +33,7 @@ class NodeKind:
     sliceable = False  # `[a:b]` takes a view of its items; insert works on them
     sequence = False  # remove works on its children
     list_like = False  # rebuilt as a list: a plan may run every item in one pass
+    layered = False  # children are rows of stacked arrays: counted from shapes, not treedefs
 
     def fields(self, node: Any) -> dict[str, Any] | None:
         """A treeclass's fields by name (their kinds and stack axes), else None."""
@@ -91,7 +92,16 @@ class NodeKind:
         """A copy of `node` with the static attribute `name` set; the original untouched."""
         raise AssertionError("unreachable: static() said no")  # pragma: no cover
 
+    def rebuild_rows(self, node: Any, new: list[tuple[Any, Any]], olds: list[Any]) -> Any:
+        """`rebuild`, where `olds` are the children as `child` gave them (a stack keeps
+        the rows of leaves no layer changed)."""
+        return self.rebuild(node, new)
+
     def remove(self, node: Any, tokens: list[Any]) -> Any:
+        raise TypeError
+
+    def insert(self, node: Any, where: dict[Any, tuple[list[Any], list[Any]]]) -> Any:
+        """A copy with `where[token] = (before, after)` inserted around those children."""
         raise TypeError
 
     # -- value_and_tree's copy: the children alone (no keys: the hot path), and a copy of

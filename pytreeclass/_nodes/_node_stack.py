@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.tree_util import SequenceKey
 
-from .._stack import scatter, scatter_rows, shared_leaf, stack_length, take
+from .._stack import scatter, scatter_rows, shared_leaf, stack_length, take, tree_stack
 from ._node_codes import STACK
 from ._node_kind import NodeKind
 
@@ -25,7 +25,7 @@ class StackKind(NodeKind):
     kind is how a selection reads it once the field says it is a stack."""
 
     code = STACK
-    sequence = positional = sliceable = True
+    sequence = positional = sliceable = layered = True
 
     def __init__(self, where: str = "the stack") -> None:
         self.where = where
@@ -57,6 +57,18 @@ class StackKind(NodeKind):
             at = f"{self.where}[{i}]" if type(i) is int else f"{self.where}[<traced>]"
             node = scatter(node, (i,), layer, at)
         return node
+
+    def insert(self, node: Any, where: dict[Any, tuple[list[Any], list[Any]]]) -> Any:
+        layers = []
+        for i, (_, layer, _) in enumerate(self.children(node)):
+            before, after = where.get(i, ((), ()))
+            layers.extend(before)
+            layers.append(layer)
+            layers.extend(after)
+        try:
+            return tree_stack(layers)
+        except ValueError as e:
+            raise ValueError(f"the inserted layer does not stack with the others: {e}") from None
 
     def remove(self, node: Any, tokens: list[Any]) -> Any:
         drop = set(tokens)
