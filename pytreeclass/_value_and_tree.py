@@ -22,8 +22,8 @@ from typing import Any, Concatenate, TypeVar
 from ._class._instance import EDIT, MUTABLE
 from ._class._meta import FLAT, check_static, drop_derived, meta_of
 from ._errors import too_deep_error
-from ._nodes._node_codes import CODES, node_code
-from ._nodes._node_table import KINDS
+from ._nodes._node_kind import NodeKind
+from ._nodes._node_table import KIND_OF, kind_of
 
 __all__ = ["value_and_tree"]
 
@@ -40,9 +40,9 @@ class _Frame:
 
     __slots__ = ("aux", "children", "i", "kind", "node", "out")
 
-    def __init__(self, node: Any, code: int) -> None:
+    def __init__(self, node: Any, kind: NodeKind) -> None:
         self.node, self.i, self.out = node, 0, []
-        self.kind = kind = KINDS[code]
+        self.kind = kind
         self.children, self.aux = kind.values(node)
 
 
@@ -53,27 +53,22 @@ def _build(fr: _Frame, made: list[tuple[Any, Any]]) -> Any:
     return new
 
 
-_LEAFLIKE = {code: kind.leaf for code, kind in KINDS.items()}
-
-
 def _thaw(tree: Any, made: list[tuple[Any, Any]]) -> Any:
     """The mutable copy of `tree` described in the module docs (iterative, post-order)."""
-    code = node_code(tree)
-    if KINDS[code].leaf:
+    kind = kind_of(tree)
+    if kind.leaf:
         return tree
     memo: dict[int, Any] = {}  # id(original node) -> its copy; originals stay alive in `tree`
-    stack = [_Frame(tree, code)]
-    codes = CODES
+    stack = [_Frame(tree, kind)]
+    kinds = KIND_OF
     while True:
         fr = stack[-1]
         children, i, n = fr.children, fr.i, len(fr.children)
         while i < n:
             child = children[i]
             i += 1
-            c = codes.get(type(child))
-            if c is None:
-                c = node_code(child)
-            if _LEAFLIKE[c]:
+            c = kinds.get(type(child)) or kind_of(child)
+            if c.leaf:
                 fr.out.append(child)
                 continue
             copy = memo.get(id(child))
