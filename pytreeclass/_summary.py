@@ -185,7 +185,11 @@ def tree_aliases(tree: Any) -> list[tuple[str, ...]]:
         >>> ptc.tree_aliases({"embed": w, "head": w, "bias": jnp.zeros(2)})
         [("['embed']", "['head']")]
     """
-    pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    try:
+        pairs = jax.tree_util.tree_flatten_with_path(tree)[0]
+    except (RecursionError, SystemError) as e:
+        reraise_if_too_deep("tree_aliases", e)
+        raise
     leaves = [x for _, x in pairs]
     paths = [jax.tree_util.keystr(p) or "<root>" for p, _ in pairs]
     return [tuple(paths[i] for i in group) for group in _alias_groups(leaves)]
