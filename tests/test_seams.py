@@ -126,6 +126,17 @@ def values_equal(a: Any, b: Any) -> bool:
     return ta == tb and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
+def shaped_like_get(lens: Any, model: Any) -> Any:
+    """`lens.get()`; where a selection holds some layers of the stack (which get() refuses
+    to show as whole arrays), the whole stack: set takes each selected layer's rows."""
+    try:
+        return lens.get()
+    except ValueError as e:
+        if "of the stacked field at .blocks" not in str(e):
+            raise
+        return model.blocks
+
+
 def twice(x: Any) -> Any:
     """An elementwise function (a stack's slice is a sub-stack: compared with this)."""
     return x + "!" if isinstance(x, str) else x * 2 + 1
@@ -158,16 +169,17 @@ def test_seam_matrix_stack_equals_list(first: str, then: str) -> None:
     # set one leaf everywhere, apply per element (eagerly and under jit)
     for terminal in ("set", "apply", "apply_path"):
         if terminal == "set":  # each twin gets a value shaped like its own get()
-            run = lambda lens: lens.set(jax.tree.map(twice, lens.get()))  # noqa: E731
+            run = lambda lens, m: lens.set(jax.tree.map(twice, shaped_like_get(lens, m)))  # noqa: E731
         elif terminal == "apply":
-            run = lambda lens: lens.apply(bump)  # noqa: E731
+            run = lambda lens, m: lens.apply(bump)  # noqa: E731
         else:
-            run = lambda lens: lens.apply(  # noqa: E731
+            run = lambda lens, m: lens.apply(  # noqa: E731
                 lambda p, x: bump(x) if jax.tree_util.keystr(p) else x, with_path=True
             )
         if terminal != "set" and first in ("[1:3]", "[::2]") and then in ("", ".mlp[0:1]"):
-            run = lambda lens: lens.apply(lambda x: jax.tree.map(twice, x))  # noqa: E731
-        lo, so = outcome(functools.partial(run, ll)), outcome(functools.partial(run, sl))
+            run = lambda lens, m: lens.apply(lambda x: jax.tree.map(twice, x))  # noqa: E731
+        lo = outcome(functools.partial(run, ll, listed))
+        so = outcome(functools.partial(run, sl, stacked))
         if first in ("[1:3]", "[::2]") and then not in ("",) and not then.startswith("["):
             continue  # a name after a slice: the value is the items' sequence (below)
         assert lo[0] == so[0], (terminal, lo, so)
@@ -549,6 +561,28 @@ def test_every_node_kind_puts_one_child_as_it_rebuilds_many() -> None:
             assert ptc.tree_equal(one, many) and kind.child(one, token) is new
             assert kind.child(node, token) is child  # the original untouched
     assert seen == {"List", "Tuple", "Dict", "NamedTuple", "Dataclass", "Treeclass"}
+
+
+def test_get_on_some_layers_of_a_stack_is_an_error_not_every_layer() -> None:
+    # A stacked leaf holds every layer: where a selection covers only some of them,
+    # get() used to return the whole arrays, unselected layers included (silently).
+    listed, stacked = twins()
+    for lens in [
+        stacked.at.blocks[1:3][...],
+        stacked.at.blocks[OfType(Lin)].nth(1),
+        stacked.at[OfType(Lin)].nth(0).w,
+    ]:
+        with pytest.raises(
+            ValueError, match=r"\.get\(\): the selection holds \d layer\(s\) of the 4 "
+        ):
+            lens.get()
+    # every layer selected: the stacked arrays, as the list twin's layers stacked
+    got = stacked.at.blocks[...].lin.w.get()
+    twin = listed.at.blocks[...].lin.w.get()
+    assert np.array_equal(got.lin.w, np.stack([b.lin.w for b in twin]))
+    assert got.lin.b is None and twin[0].lin.b is None
+    # items() shows the layers one by one, as on the list twin
+    assert len(stacked.at.blocks[1:3][...].items()) == len(listed.at.blocks[1:3][...].items())
 
 
 # -- the selection verbs ---------------------------------------------------------------------

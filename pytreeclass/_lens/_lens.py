@@ -232,7 +232,9 @@ class Lens(Generic[T]):
         """The value at the path; with `[...]` or a filter, the focus with holes (`None`).
 
         For a node selection the selected nodes stand whole in the focus (every leaf
-        they hold is kept); `.items()` lists them one by one.
+        they hold is kept); `.items()` lists them one by one. A stacked field's arrays
+        hold every layer, so a selection that holds some of its layers (and not others)
+        cannot be shown with holes: `.items()` gives those layers one by one.
 
         Returns:
             The leaf or subtree at the path; for a selection, the subtree at its start
@@ -242,6 +244,7 @@ class Lens(Generic[T]):
             AttributeError: a step names a missing field or attribute.
             KeyError: a step names a missing key.
             IndexError: a step's index is out of range.
+            ValueError: the selection holds some layers of a stacked field, not all.
         """
         root, path = _GET(self)
         state = (root, path.steps, path.split)

@@ -146,8 +146,51 @@ def _focus_leaves(sel: Selection) -> tuple[Pos, list[Any], Any, list[bool]]:
 
 def sel_get(sel: Selection) -> Any:
     """The focus with every leaf the selection does not cover replaced by `None`."""
-    _, leaves, treedef, covered = _focus_leaves(sel)
+    focus, leaves, treedef, covered = _focus_leaves(sel)
+    _check_whole_layers(sel, focus)
     return treedef.unflatten([x if s else None for x, s in zip(leaves, covered)])
+
+
+def _check_whole_layers(sel: Selection, focus: Pos) -> None:
+    """A stacked leaf is one array for all layers: `get()` can show it only when the
+    selection covers it in every layer (its list twin would hold `None` for the rest)."""
+    depth = len(focus.hops)
+    rows: dict[int, set[tuple[Any, ...]]] = {}  # stacked leaf -> the layers covering it
+    whole: set[int] = set()
+    sample: dict[int, Pos] = {}
+    for p in sel.positions:
+        for q in p.items():
+            picked = tuple(t for k, t in q.hops[depth:] if k.layered)
+            span = range(q.lo - focus.lo, q.lo - focus.lo + q.n)
+            if not picked:
+                whole.update(span)
+                continue
+            for i in span:
+                rows.setdefault(i, set()).add(picked)
+                sample.setdefault(i, q)
+    for i, got in rows.items():
+        if i in whole:
+            continue
+        q = sample[i]
+        node, lengths, at = focus.value, [], None
+        for j, (kind, token) in enumerate(q.hops[depth:]):
+            if kind.layered:
+                lengths.append(kind.length(node))  # type: ignore[attr-defined]
+                at = at or keystr(q.keys[: depth + j])
+            node = kind.child(node, token)
+        n = 1
+        for m in lengths:
+            n *= m
+        traced = not all(type(t) is int for r in got for t in r)
+        if traced or len(got) != n:
+            held = "a layer picked by a traced index" if traced else f"{len(got)} layer(s)"
+            raise ValueError(
+                f"{path_text(sel.state, len(sel.state[1]))}.get(): the selection holds "
+                f"{held} of the {n} of the stacked field at {at}, whose arrays hold every "
+                "layer; one array cannot show the other layers as holes. Use .items() (one "
+                "entry per layer), or take the layers first (model.at.blocks[i].get(), or "
+                "[a:b]) and select inside them."
+            )
 
 
 _LEAF_TYPES = (*ARRAY_TYPES, int, float, complex, bool, str)
