@@ -23,6 +23,7 @@ from ._lens_walk import path_text
 from ._select import Pos, Selection, is_leaf_pos
 
 __all__ = [
+    "Same",
     "edit",
     "is_single_leaf",
     "runner",
@@ -37,8 +38,9 @@ __all__ = [
 ]
 
 
-def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, list[Any]], Any]:
-    """A function `(node, fns) -> node` with `fns[i]` applied at the hops of entry `i`.
+def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, Any], Any]:
+    """A function `(node, fns) -> node` with `fns[i]` applied at the hops of entry `i`
+    (`fns` a list, or `Same(fn)` for one function everywhere).
 
     `entries` are `(hops, static, i)`; each node on the way is rebuilt once. Made once
     per plan (nested closures: a call runs no grouping, only reads, `fns` and rebuilds)."""
@@ -89,13 +91,35 @@ def runner(entries: list[tuple[tuple[Any, ...], bool, int]]) -> Callable[[Any, l
     if kind0.list_like and tokens == list(range(len(tokens))) and len(ends) == len(tokens):
         width = len(tokens)
 
-        def each(node: Any, fns: list[Any]) -> Any:  # every item of a list: one pass
+        def each(node: Any, fns: Any) -> Any:  # every item of a list: one pass
             if len(node) != width:  # pragma: no cover - plans are per structure
                 return run(node, fns)
+            if type(fns) is Same:
+                fn = fns.fn
+                return [fn(x) for x in node]
             return [fns[i](x) for i, x in zip(ends, node)]
 
         return each
+    if len(subs) == 1 and not stack and not subs[0][2]:
+        ((token, r, _),) = subs
+
+        def one_child(node: Any, fns: Any) -> Any:  # one child on the way (a model's field)
+            return kind0.rebuild(node, [(token, r(kind0.child(node, token), fns))])
+
+        return one_child
     return run
+
+
+class Same:
+    """The `fns` of a runner where every position gets the same function (`apply`)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __getitem__(self, i: int) -> Callable[[Any], Any]:
+        return self.fn
 
 
 def edit(root: Any, entries: list[tuple[Pos | tuple[Any, ...], Callable[[Any], Any]]]) -> Any:

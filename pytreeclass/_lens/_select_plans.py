@@ -20,7 +20,7 @@ from .._class._meta import is_treeclass
 from .._errors import reraise_if_too_deep
 from ._lens_steps import FilterStep, PathStep, TracedIndex
 from ._select import Selection, is_leaf_pos, select
-from ._select_edit import runner, token_key
+from ._select_edit import Same, runner, token_key
 
 __all__ = ["Plan", "is_plain", "planned_update"]
 
@@ -68,7 +68,7 @@ class Plan:
             for i in self.indices:
                 leaves[i] = fn(leaves[i])
             return treedef.unflatten(leaves)
-        return self.run(root, [fn] * self.count)  # type: ignore[misc]
+        return self.run(root, Same(fn))  # type: ignore[misc]
 
 
 _flatten = jax.tree_util.default_registry.flatten
