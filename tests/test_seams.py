@@ -447,22 +447,36 @@ def test_12_a_lens_reaches_static_attributes_of_nnx_modules() -> None:
     assert net.drop.rate == 0.5
 
 
+Pair = collections.namedtuple("Pair", "x y")
+
+
+class EqxPair(eqx.Module):
+    x: Lin
+    y: Lin
+
+
+@dataclasses.dataclass
+class DataPair:
+    x: Lin
+    y: Lin
+
+
+jax.tree_util.register_dataclass(DataPair, data_fields=["x", "y"], meta_fields=[])
+
+
+def two_lins() -> tuple[Lin, Lin]:
+    return Lin(jnp.ones(2), jnp.zeros(2)), Lin(jnp.full((2,), 2.0), jnp.zeros(2))
+
+
+def containers_of(a: Any, b: Any) -> list[Any]:
+    """`a` and `b` in every kind of container node: list, tuple, dict, namedtuple,
+    Equinox module, registered dataclass."""
+    return [[a, b], (a, b), {"x": a, "y": b}, Pair(a, b), EqxPair(a, b), DataPair(a, b)]
+
+
 def test_the_same_node_selection_on_every_kind_of_container() -> None:
-    a, b = Lin(jnp.ones(2), jnp.zeros(2)), Lin(jnp.full((2,), 2.0), jnp.zeros(2))
-    Pair = collections.namedtuple("Pair", "x y")
-
-    class EqxPair(eqx.Module):
-        x: Lin
-        y: Lin
-
-    @dataclasses.dataclass
-    class DataPair:
-        x: Lin
-        y: Lin
-
-    jax.tree_util.register_dataclass(DataPair, data_fields=["x", "y"], meta_fields=[])
-    containers = [[a, b], (a, b), {"x": a, "y": b}, Pair(a, b), EqxPair(a, b), DataPair(a, b)]
-    for tree in containers:
+    a, b = two_lins()
+    for tree in containers_of(a, b):
         out = ptc.at(tree)[OfType(Lin)].w.apply(lambda w: w * 10)
         assert type(out) is type(tree)
         ws = [
@@ -525,21 +539,8 @@ def test_every_node_kind_puts_one_child_as_it_rebuilds_many() -> None:
     from pytreeclass._lens._lens_steps import PathStep
     from pytreeclass._nodes._node_table import kind_of
 
-    a, b = Lin(jnp.ones(2), jnp.zeros(2)), Lin(jnp.full((2,), 2.0), jnp.zeros(2))
-    Pair = collections.namedtuple("Pair", "x y")
-
-    class EqxPair(eqx.Module):
-        x: Lin
-        y: Lin
-
-    @dataclasses.dataclass
-    class DataPair:
-        x: Lin
-        y: Lin
-
-    jax.tree_util.register_dataclass(DataPair, data_fields=["x", "y"], meta_fields=[])
-    nodes = [[a, b], (a, b), {"x": a, "y": b}, Pair(a, b), EqxPair(a, b), DataPair(a, b), a]
-    nodes.append(collections.OrderedDict(y=b, x=a))
+    a, b = two_lins()
+    nodes = [*containers_of(a, b), a, collections.OrderedDict(y=b, x=a)]
     new = jnp.full((2,), 9.0)
     seen = set()
     for node in nodes:
