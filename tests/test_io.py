@@ -831,6 +831,72 @@ def test_tree_load_puts_leaves_on_the_template_leafs_sharding(tmp_path: Path) ->
     assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]
 
 
+_REWRITTEN_IN_PLACE = """
+import os, struct, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import pytreeclass as ptc
+mesh = jax.make_mesh((8,), ("x",))
+w = np.arange(512 * 256, dtype=np.float32).reshape(512, 256)
+likes = {
+    "sharded": {"w": jax.ShapeDtypeStruct(w.shape, jnp.float32, sharding=NamedSharding(mesh, P("x")))},
+    "one device": {"w": jax.ShapeDtypeStruct(w.shape, jnp.float32)},
+}
+starts = set()
+for pad in range(8):  # the data section starts at every multiple of 8 modulo 64
+    path = os.path.join(sys.argv[1], f"m{pad}.safetensors")
+    ptc.tree_save(path, {"w": w}, metadata={"pad": "x" * (8 * pad)})
+    with open(path, "rb") as f:
+        start = 8 + struct.unpack("<Q", f.read(8))[0]
+    starts.add(start % 64)
+    for name, like in likes.items():
+        out = ptc.tree_load(path, like=like)
+        jax.block_until_ready(out)
+        with open(path, "r+b") as f:  # another tool rewrites the file in place
+            f.seek(start)
+            f.write(np.full(w.size, -1.0, np.float32).tobytes())
+        assert np.array_equal(np.asarray(out["w"]), w), (name, start % 64)
+        with open(path, "r+b") as f:
+            f.seek(start)
+            f.write(w.tobytes())
+assert 0 in starts, starts
+print("OK")
+"""
+
+
+def test_a_loaded_leaf_never_shares_the_files_pages(tmp_path: Path) -> None:
+    # A leaf spread over several devices is copied from a view of the file's pages;
+    # jax.device_put(..., may_alias=False) aliases 64-byte aligned NumPy memory anyway
+    # (jax-ml/jax#37830), so a file whose data happened to be aligned gave arrays that
+    # changed when the file was rewritten in place.
+    result = subprocess.run(
+        [sys.executable, "-c", _REWRITTEN_IN_PLACE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "OK", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("n", [4, 64 * 1024])
+def test_tree_from_dict_never_shares_a_users_array(n: int) -> None:
+    # The same JAX behaviour: an aligned NumPy array given to tree_from_dict was aliased,
+    # so changing it afterwards changed the loaded model.
+    from pytreeclass._io._io_file import aligned_empty
+
+    for user in (aligned_empty(4 * n).view(np.float32), np.zeros(n, np.float32)):
+        user[:] = 0.0
+        like = {"w": jax.ShapeDtypeStruct((n,), jnp.float32)}
+        out = ptc.tree_from_dict({"w": user}, like=like)
+        user[:] = 7.0  # at once: no copy may still be reading it
+        jax.block_until_ready(out)
+        assert float(np.asarray(out["w"]).max()) == 0.0
+        assert out["w"].unsafe_buffer_pointer() != user.ctypes.data
+
+
 def test_the_garbage_collector_is_left_as_it_was(tmp_path: Path) -> None:
     # Saving and loading pause the cyclic collector (a speed-up for many leaves); they
     # must hand it back in the state they found it, errors included.

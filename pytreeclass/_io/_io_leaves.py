@@ -18,7 +18,9 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +30,7 @@ from jax.core import Tracer
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from .._tree_util import has_shape_dtype
+from ._io_file import aligned_empty
 
 __all__ = [
     "FORMAT",
@@ -52,6 +55,7 @@ __all__ = [
     "keystr",
     "list_names",
     "offered_str",
+    "own_copy",
     "place",
     "show",
     "spread",
@@ -554,6 +558,53 @@ def _global_array(data: Any, sharding: Any) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
 
 
+def _spread(jobs: list[tuple[int, np.ndarray, Any]]) -> list[jax.Array]:
+    """Arrays over several devices from data we do not own (a view of a file's pages, a
+    user's array): each device's part copied into memory of its own (`own_copy`), the
+    copies on worker threads (NumPy copies release the GIL). Only this process's devices
+    get parts, so it works for shardings over several processes too, with no collective."""
+    parts = []
+    for _, host, sharding in jobs:
+        where = sharding.addressable_devices_indices_map(host.shape)
+        parts.append([(device, host[index]) for device, index in where.items()])
+    views = [view for p in parts for _, view in p]
+    with ThreadPoolExecutor(_COPY_WORKERS) as pool:
+        copies = iter(list(pool.map(own_copy, views)))
+    out = []
+    for (_, host, sharding), p in zip(jobs, parts):
+        on = [_put(next(copies), device) for device, _ in p]
+        out.append(jax.make_array_from_single_device_arrays(host.shape, sharding, on))
+    return out
+
+
+def _put(x: np.ndarray, device: Any) -> jax.Array:
+    if _MAY_ALIAS:
+        return jax.device_put(x, device, may_alias=True)  # our own copy: taken as it is
+    return jax.device_put(x, device)
+
+
+_COPY_WORKERS = max(2, min(8, os.cpu_count() or 1))
+
+
+def own_copy(x: Any) -> np.ndarray:
+    """`x` copied into new memory of our own, aligned so that JAX takes it as it is.
+
+    Data we do not own (a user's NumPy array, a view of a file's pages) must be copied,
+    and `jax.device_put(x, may_alias=False)` does not: for NumPy input whose memory XLA
+    can use in place (64-byte aligned) JAX aliases it anyway (jax-ml/jax#37830), so the
+    user's array mutated later, or the file rewritten in place, would change the loaded
+    leaf; and a copy JAX does make runs asynchronously, racing such a change."""
+    x = np.asarray(x)
+    if x.nbytes < _OWN_ALIGNED:  # small: a plain copy is cheaper (JAX copies it again)
+        return np.array(x, order="C")
+    out = aligned_empty(x.nbytes).view(x.dtype).reshape(x.shape)
+    np.copyto(out, x)
+    return out
+
+
+_OWN_ALIGNED = 1 << 16  # bytes from which `own_copy` makes memory JAX takes as it is
+
+
 def spread(leaf: Any) -> bool:
     """Whether a template leaf is placed on several devices (so `jax.device_put` copies
     the data it is given, from wherever it lies)."""
@@ -580,6 +631,7 @@ def place(
     out: list[Any] = [None] * len(leaves)
     # Batches for jax.device_put: (sharding or None, may_alias) -> (indices, arrays)
     batches: dict[tuple[Any, bool], tuple[list[int], list[Any]]] = {}
+    spread_jobs: list[tuple[int, np.ndarray, Any]] = []  # data we do not own, on devices
     for i, (leaf, (data, owned, cast)) in enumerate(zip(leaves, values)):
         if type(leaf) in NUMBERS:
             out[i] = type(leaf)(np.asarray(data).item())
@@ -589,6 +641,11 @@ def place(
             owned = True
         if isinstance(leaf, jax.Array | jax.ShapeDtypeStruct):
             sharding = getattr(leaf, "sharding", None)
+            if not owned and not isinstance(data, jax.Array):
+                if sharding is not None and len(sharding.device_set) > 1:
+                    spread_jobs.append((i, np.asarray(data), sharding))
+                    continue
+                data, owned = own_copy(data), True
             alias = owned and not isinstance(data, jax.Array)
             idx, arrs = batches.setdefault((sharding, alias), ([], []))
             idx.append(i)
@@ -604,10 +661,13 @@ def place(
             placed = [_global_array(x, sharding) for x in arrs]
         elif alias and _MAY_ALIAS:
             placed = jax.device_put(arrs, sharding, may_alias=True)
-        elif _MAY_ALIAS:  # data we do not own (a user's array, a file's pages): copied
+        elif _MAY_ALIAS:  # a user's JAX arrays: copied (NumPy data was copied above)
             placed = jax.device_put(arrs, sharding, may_alias=False)
         else:
             placed = jax.device_put(arrs, sharding)
         for i, x in zip(idx, placed):
+            out[i] = x
+    if spread_jobs:
+        for (i, _, _), x in zip(spread_jobs, _spread(spread_jobs)):
             out[i] = x
     return out
