@@ -365,8 +365,8 @@ def tree_load(
         cp = open_checkpoint(fn, target, fmt)
         source = _CheckpointSource(cp)
         if not (rules.rename or rules.transform):  # file names are the template's
-            # A leaf placed on several devices is copied there by jax.device_put anyway:
-            # view the file's pages instead of reading into memory of its own.
+            # A leaf placed on several devices is copied there part by part anyway
+            # (`place`): view the file's pages instead of reading into memory of its own.
             source.mapped = {n for n, (_, leaf) in zip(names, t_flat) if spread(leaf)}
         stacks = (lambda: find_stacks(like, fn, skip_empty=True)) if fmt != "npz" else tuple
         leaves = import_leaves(

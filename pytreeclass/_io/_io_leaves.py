@@ -606,8 +606,8 @@ _OWN_ALIGNED = 1 << 16  # bytes from which `own_copy` makes memory JAX takes as 
 
 
 def spread(leaf: Any) -> bool:
-    """Whether a template leaf is placed on several devices (so `jax.device_put` copies
-    the data it is given, from wherever it lies)."""
+    """Whether a template leaf is placed on several devices (so `place` copies each
+    device's part from the data it is given, wherever that lies)."""
     sharding = getattr(leaf, "sharding", None) if isinstance(leaf, _PLACED) else None
     return sharding is not None and len(sharding.device_set) > 1
 
