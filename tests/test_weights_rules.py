@@ -357,6 +357,23 @@ def test_fan_out_from_a_file_reads_once_and_leaves_do_not_alias(tmp_path: Any) -
     assert out["b"][0] == 0
 
 
+@pytest.mark.parametrize("n", [4, 64 * 1024])
+def test_fan_out_into_device_leaves_gives_each_its_own_memory(tmp_path: Any, n: int) -> None:
+    # One file tensor feeding two JAX leaves (a tied head): they must not share a buffer,
+    # or donating the loaded model is refused ("donate the same buffer twice").
+    path = str(tmp_path / "t.safetensors")
+    save_file({"w": np.arange(n, dtype=np.float32)}, path)
+    like = {
+        "a": jax.ShapeDtypeStruct((n,), jnp.float32),
+        "b": jax.ShapeDtypeStruct((n,), jnp.float32),
+    }
+    out = ptc.tree_load(path, like=like, rename=[("^w$", ("a", "b"))])
+    assert out["a"].unsafe_buffer_pointer() != out["b"].unsafe_buffer_pointer()
+    step = jax.jit(lambda t: jax.tree.map(lambda x: x + 1, t), donate_argnums=0)
+    new = step(out)
+    assert float(new["a"][1]) == float(new["b"][1]) == 2.0
+
+
 def test_tied_field_left_out_on_export_and_filled_on_import(tmp_path: Any) -> None:
     model = init()
     flat = ptc.tree_to_dict(model, **SAVE)

@@ -259,6 +259,7 @@ def import_leaves(
                 uses[s] = uses.get(s, 0) + 1
     into, wholes = _destinations(plans, t_flat, source, uses)
     fetched = source.fetch(list(uses), into)
+    given: set[str] = set()  # sources whose new memory a leaf took (the others copy it)
     out: list[Any] = [leaf for _, leaf in t_flat]
     paths, leaves, values, where_of = [], [], [], []
     for plan in plans:
@@ -267,7 +268,7 @@ def import_leaves(
             if plan.leaf in wholes:  # its layers were read in place: ready as it is
                 value = Value(wholes[plan.leaf], True)
             else:
-                value = _value_of(fn, plan, leaf, source, fetched, uses, casts)
+                value = _value_of(fn, plan, leaf, source, fetched, given, casts)
         except ValueError as e:
             if on_mismatch == "skip" and isinstance(e, MismatchError):
                 kept[plan.leaf] = e.reason
@@ -321,16 +322,16 @@ def _value_of(
     leaf: Any,
     source: Source,
     fetched: Mapping[str, tuple[Any, bool]],
-    uses: Mapping[str, int],
+    given: set[str],
     casts: Mapping[tuple[int, int], bool],
 ) -> Value:
     if plan.layers is None:
         cast = bool(casts) and (plan.leaf, 0) in casts
-        return _one(fn, plan.needs[0], leaf, source, fetched, uses, cast)
+        return _one(fn, plan.needs[0], leaf, source, fetched, given, cast)
     row_leaf = jax.ShapeDtypeStruct(tuple(leaf.shape[len(plan.layers.cuts) :]), leaf.dtype)
     parts = []
     for j, need in enumerate(plan.needs):
-        data, _, cast = _one(fn, need, row_leaf, source, fetched, uses, casts.get((plan.leaf, j)))
+        data, _, cast = _one(fn, need, row_leaf, source, fetched, None, casts.get((plan.leaf, j)))
         if cast:
             data = as_template_number(
                 fn, keystr(need.path), data, np.dtype(leaf.dtype), source.word
@@ -348,14 +349,22 @@ def _one(
     leaf: Any,
     source: Source,
     fetched: Mapping[str, tuple[Any, bool]],
-    uses: Mapping[str, int],
+    given: set[str] | None,
     cast: bool | None,
 ) -> Value:
     """The value for one need: its source's (checked before reading), or the result of
-    its transforms (checked now)."""
+    its transforms (checked now).
+
+    A source read into new memory of its own is handed to the first leaf that takes it
+    whole (`given` records it; None: a row copied into a stack takes nothing); the
+    other leaves a tied name fills get copies (`place`), so no two leaves share memory."""
     if not need.transforms:
-        data, owned = fetched[need.sources[0]]
-        return Value(data, owned and uses[need.sources[0]] == 1, bool(cast))
+        src = need.sources[0]
+        data, owned = fetched[src]
+        if owned and given is not None and src not in given:
+            given.add(src)
+            return Value(data, True, bool(cast))
+        return Value(data, False, bool(cast))
     parts = [fetched[s][0] for s in need.sources]
     data: Any = parts[0] if len(parts) == 1 else tuple(parts)
     for f in need.transforms:
