@@ -223,6 +223,15 @@ def import_leaves(
         needs = [_Need(n, p, targets[n], transforms_of(n)) for n, p in pairs]
         plans.append(_Plan(i, needs, layers))
     skipped: list[str] = []
+
+    def skip(e: ValueError, leaf: int) -> bool:
+        """Whether `on_mismatch="skip"` keeps the template's value of `leaf` for `e`."""
+        if on_mismatch == "skip" and isinstance(e, MismatchError):
+            kept[leaf] = e.reason
+            skipped.append(names[leaf])
+            return True
+        return False
+
     casts: dict[tuple[int, int], bool] = {}
     checked = []
     for plan in plans:
@@ -245,9 +254,7 @@ def import_leaves(
                 if cast:
                     casts[plan.leaf, j] = True
         except ValueError as e:
-            if on_mismatch == "skip" and isinstance(e, MismatchError):
-                kept[plan.leaf] = e.reason
-                skipped.append(names[plan.leaf])
+            if skip(e, plan.leaf):
                 continue
             raise
         checked.append(plan)
@@ -270,9 +277,7 @@ def import_leaves(
             else:
                 value = _value_of(fn, plan, leaf, source, fetched, given, casts)
         except ValueError as e:
-            if on_mismatch == "skip" and isinstance(e, MismatchError):
-                kept[plan.leaf] = e.reason
-                skipped.append(names[plan.leaf])
+            if skip(e, plan.leaf):
                 continue
             raise
         paths.append(keystr(key_path))
