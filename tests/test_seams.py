@@ -706,3 +706,24 @@ def test_a_negative_index_after_every_child() -> None:
     _, stacked = twins()
     last = stacked.at[...][-1].paths()  # the leaves of the stack's last layer
     assert last and all(p.startswith(".blocks[3].") for p in last)
+
+
+class Pairish:
+    """A node registered without keys: JAX names its children `FlattenedIndexKey(i)`."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+
+jax.tree_util.register_pytree_node(Pairish, lambda p: ((p.a, p.b), None), lambda _, c: Pairish(*c))
+
+
+def test_a_node_keyed_by_flattened_index_is_indexed_alike_by_the_walk_and_the_engine() -> None:
+    # The walk and the engine ask one helper which child a step names: `[-1]` on such
+    # a node counts from the end in both (the engine used to look for a dict key -1).
+    tree = [Pairish(1.0, 2.0), Pairish(3.0, 4.0)]
+    walked = ptc.at(tree)[1][-1].set(9.0)
+    selected = ptc.at(tree)[...][-1].set(9.0)
+    assert (walked[1].a, walked[1].b) == (3.0, 9.0)
+    assert [(p.a, p.b) for p in selected] == [(1.0, 9.0), (3.0, 9.0)]
+    assert ptc.at(tree)[...][-1].paths() == ["[0][<flat index 1>]", "[1][<flat index 1>]"]

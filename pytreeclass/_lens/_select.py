@@ -34,7 +34,7 @@ from .._errors import reraise_if_too_deep
 from .._filters import Filter, Position
 from .._leaf_facts import Leaves
 from .._nodes._node_codes import LEAF, node_code
-from .._nodes._node_kind import NodeKind
+from .._nodes._node_kind import NodeKind, child_index, keyed_by_position
 from .._nodes._node_stack import StackKind
 from .._nodes._node_table import kind_of
 from .._tree_util import listing
@@ -143,26 +143,8 @@ def children(p: Pos) -> list[Pos]:
 
 def _match(step: PathStep, kids: list[Pos], seq: bool) -> Pos | None:
     """The child a `.name`, `["key"]` or `[i]` step names among `kids`, or None."""
-    key, attr = step.key, step.attr
-    if type(key) is str:
-        for c in kids:
-            k = c.keys[-1]
-            if getattr(k, "name", None) == key or (not attr and getattr(k, "key", _NO) == key):
-                return c
-        return None
-    if attr or type(key) is not int:
-        return None
-    if seq:
-        n = len(kids)
-        i = key + n if key < 0 else key
-        return kids[i] if 0 <= i < n else None
-    for c in kids:  # a dict or a foreign node keyed by ints
-        if getattr(c.keys[-1], "key", _NO) == key:
-            return c
-    return None
-
-
-_NO = object()
+    j = child_index(step, [c.keys[-1] for c in kids], seq)
+    return None if j is None else kids[j]
 
 
 def _is_seq(p: Pos) -> bool:
@@ -170,8 +152,7 @@ def _is_seq(p: Pos) -> bool:
     keyed by position)?"""
     if p.node_kind().positional:
         return True
-    kids = children(p)
-    return bool(kids) and type(kids[0].keys[-1]) is SequenceKey
+    return keyed_by_position([c.keys[-1] for c in children(p)])
 
 
 def _static_pos(p: Pos, name: Any) -> Pos | None:

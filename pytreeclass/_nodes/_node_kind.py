@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from jax.tree_util import FlattenedIndexKey, SequenceKey
+
 from .._tree_util import leaf_repr, listing, one_level
 from ._node_codes import LEAF
 
-__all__ = ["Hop", "NodeKind", "no_field"]
+__all__ = ["Hop", "NodeKind", "child_index", "keyed_by_position", "no_field"]
 
 # What `compile_hop` gives: lines that check node `n{j}` (and find its child), the
 # expression that reads the child, and lines that rebuild `n{j}` around `value`.
@@ -128,3 +130,33 @@ def no_field(node: Any, step: Any, path: str, names: Any) -> Exception:
             f"{path}: {type(node).__name__} has fields, not indices; fields: {listing(names)}"
         )
     return step.error(f"{path}: no field {step.key!r}; fields: {listing(names)}")
+
+
+def keyed_by_position(keys: Any) -> bool:
+    """Do JAX keys count children by position (`[i]`, negative from the end)?"""
+    return bool(keys) and type(keys[0]) in (SequenceKey, FlattenedIndexKey)
+
+
+def child_index(step: Any, keys: Any, positional: bool) -> int | None:
+    """The index of the child a `.name`, `["key"]` or `[i]` step names among children
+    keyed by the JAX `keys`, or None: a name matches an attribute key (and, as `[name]`,
+    a dict key); an int counts positions when `positional`, else matches a dict key."""
+    key = step.key
+    if type(key) is str:
+        for j, k in enumerate(keys):
+            if getattr(k, "name", None) == key or (not step.attr and getattr(k, "key", _NO) == key):
+                return j
+        return None
+    if step.attr or type(key) is not int:
+        return None
+    if positional:
+        n = len(keys)
+        i = key + n if key < 0 else key
+        return i if 0 <= i < n else None
+    for j, k in enumerate(keys):  # a dict or a foreign node keyed by ints
+        if getattr(k, "key", _NO) == key:
+            return j
+    return None
+
+
+_NO = object()
