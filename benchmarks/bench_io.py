@@ -317,7 +317,7 @@ def _hf_file(path: str, V: int, T: int, D: int, L: int) -> None:
 _HF_FRESH = (
     _HF_MODEL
     + """
-import re, sys, time
+import os, re, sys, time
 path, kind, V, T, D, L = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 like = template(V, T, D, L)
 def rss(key):
@@ -337,7 +337,7 @@ else:
 jax.block_until_ready(out)
 print(time.perf_counter() - start, rss("VmHWM") - base if memory else -1)
 """
-).replace("import re, sys, time", "import os, re, sys, time")
+)
 
 
 def bench_hf_load(settings: Settings) -> Section:
